@@ -1,0 +1,1 @@
+"""claimgate: a coupon claim / redeem gateway."""

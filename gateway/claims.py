@@ -1,0 +1,87 @@
+"""Claim and deliver: the typed calls over the ``claim`` and ``deliver`` scripts."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from gateway.ids import new_id
+from gateway.keys import KeySpace
+from gateway.outcomes import DomainError, Outcome
+from gateway.redis_client import ScriptRunner
+from gateway.tokens import UserIdentity
+
+TAG_SEPARATOR = "\x1f"
+
+
+def body_hash(channel: str) -> str:
+    """The request's identity for idempotency: the decoded body, so formatting differences don't conflict."""
+    return hashlib.sha256(b"claim\x00" + channel.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    outcome: Outcome  # ok or replay
+    answer: str  # the JSON body, as the script built it (encoded once)
+
+
+class ClaimService:
+    def __init__(self, runner: ScriptRunner, keyspace: KeySpace, idempotency_ttl: int) -> None:
+        self.runner = runner
+        self.keyspace = keyspace
+        self.idempotency_ttl = idempotency_ttl
+
+    async def claim(
+        self,
+        activity_id: str,
+        who: UserIdentity,
+        *,
+        now: int,
+        channel: str = "",
+        idempotency_key: str | None = None,
+        blocked: bool = False,
+        mode: str = "claim",
+        operator: str = "",
+    ) -> ClaimResult:
+        """Take one pack (script ``claim``), then put its coupons in the wallet (script ``deliver``)."""
+        act = self.keyspace.activity(activity_id)
+        scope = operator if mode == "grant" else who.user_id
+        idem = act.idempotency(scope, idempotency_key) if idempotency_key else act.no_idempotency
+        reply = await self.runner.run(
+            "claim",
+            [act.config, act.user_counts, act.device_counts, act.allow_list, idem, act.seq, act.events],
+            [
+                now,
+                activity_id,
+                who.user_id,
+                who.device_id,
+                channel,
+                "1" if blocked else "0",
+                idempotency_key or "",
+                body_hash(channel),
+                self.idempotency_ttl,
+                new_id(),
+                new_id(),
+                "" if who.reg is None else who.reg,
+                "" if who.orders is None else who.orders,
+                TAG_SEPARATOR.join(who.tags),
+                mode,
+                operator,
+            ],
+        )
+        outcome = Outcome(reply[0])
+        if outcome not in (Outcome.OK, Outcome.REPLAY):
+            raise DomainError(outcome)
+        answer: str = reply[1]
+        await self.deliver(who.user_id, activity_id, answer, now=now)
+        return ClaimResult(outcome, answer)
+
+    async def deliver(self, user_id: str, activity_id: str, answer: str, *, now: int) -> Outcome:
+        """Create a claim's coupons in the owner's wallet; a repeat changes nothing."""
+        wallet = self.keyspace.wallet(user_id)
+        reply = await self.runner.run(
+            "deliver",
+            [wallet.coupons, wallet.user_index(user_id), wallet.seq, wallet.events],
+            [now, new_id(), user_id, activity_id, answer],
+        )
+        return Outcome(reply[0])

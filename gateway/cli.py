@@ -1,0 +1,146 @@
+"""``claimgate``: one console command with subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gateway.settings import PREFIX, SettingsError, load_settings
+
+
+def _up(args: argparse.Namespace) -> int:
+    from gateway.demo import run_flash_sale
+    from gateway.devstack.stack import start_stack
+
+    stack = start_stack(Path(args.workdir), gateway_port=args.port)
+    try:
+        env = stack.env
+        api_key = next(iter(load_settings(env).auth.api_keys))
+        print("claimgate is up")
+        print(f"  gateway   {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/schema/openapi.json)")
+        print(f"  redis     {env[PREFIX + 'REDIS_URL']}")
+        print(f"  postgres  {env[PREFIX + 'DATABASE_URL']}")
+        print(f"  {PREFIX}JWT_SECRET={env[PREFIX + 'JWT_SECRET']}")
+        print(f"  {PREFIX}API_KEYS={env[PREFIX + 'API_KEYS']}")
+        print(f"  {PREFIX}SERVICE_KEYS={env[PREFIX + 'SERVICE_KEYS']}")
+        print(f"  logs in {args.workdir}/", flush=True)
+        if args.users:
+            report = asyncio.run(run_flash_sale(
+                stack.gateway_url, api_key, env[PREFIX + "JWT_SECRET"], env[PREFIX + "DATABASE_URL"],
+                users=args.users, stock=args.stock,
+            ))
+            print("\n".join(report.lines()), flush=True)
+            if report.granted != min(args.users, args.stock) or report.claims_rows != report.granted:
+                print("the demo did not come out as it must: see the logs", file=sys.stderr)
+                return 1
+        if args.once:
+            return 0
+        print("serving; Ctrl-C stops everything", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    finally:
+        stack.stop()
+        print("stopped every server this run started", flush=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    load_settings()  # fail here, naming the variable, rather than inside every granian worker
+    command = [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop",
+        "--host", args.host, "--port", str(args.port), "--workers", str(args.workers), "--no-access-log",
+        "gateway.http.app:app_from_env",
+    ]
+    os.execv(sys.executable, command)
+
+
+def _worker(_: argparse.Namespace) -> int:
+    import uvloop
+
+    from worker.consumer import run_worker
+
+    settings = load_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop)
+
+    uvloop.run(main())
+    return 0
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from gateway.migrate import migrate
+
+    url = os.environ.get(PREFIX + "DATABASE_URL")
+    if not url:
+        raise SettingsError(f"{PREFIX}DATABASE_URL is required")
+    applied = asyncio.run(migrate(url))
+    print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from gateway.tokens import mint_user_token
+
+    secret = os.environ.get(PREFIX + "JWT_SECRET", "")
+    if len(secret.encode()) < 32:
+        raise SettingsError(f"{PREFIX}JWT_SECRET must be set (at least 32 bytes) to mint tokens")
+    tags = args.tags.split(",") if args.tags else None
+    print(mint_user_token(secret, args.user, args.device, ttl_seconds=args.ttl, reg=args.reg, orders=args.orders,
+                          tags=tags))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="claimgate", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the embedded stack (own Valkey and Postgres unless configured) + a demo")
+    up.add_argument("--workdir", default=".claimgate", help="where servers keep data, logs and the pidfile")
+    up.add_argument("--port", type=int, default=None, help="gateway port (default: a free one)")
+    up.add_argument("--users", type=int, default=1000, help="users racing in the demo sale (0: no demo)")
+    up.add_argument("--stock", type=int, default=100, help="packs in the demo sale")
+    up.add_argument("--once", action="store_true", help="stop everything after the demo instead of serving")
+    up.set_defaults(run=_up)
+
+    serve = sub.add_parser("serve", help="run the gateway under granian (settings from CLAIMGATE_*)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(run=_serve)
+
+    sub.add_parser("worker", help="drain the event streams into Postgres").set_defaults(run=_worker)
+    sub.add_parser("migrate", help="apply migrations/*.sql to CLAIMGATE_DATABASE_URL").set_defaults(run=_migrate)
+
+    token = sub.add_parser("token", help="mint a user token signed with CLAIMGATE_JWT_SECRET")
+    token.add_argument("--user", required=True)
+    token.add_argument("--device", required=True)
+    token.add_argument("--ttl", type=int, default=3600)
+    token.add_argument("--reg", type=int, default=None, help="registration time (unix seconds)")
+    token.add_argument("--orders", type=int, default=None, help="completed orders")
+    token.add_argument("--tags", default=None, help="comma-separated tags")
+    token.set_defaults(run=_token)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except SettingsError as exc:
+        print(f"claimgate: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

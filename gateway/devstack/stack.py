@@ -1,0 +1,111 @@
+"""The embedded default: a real Valkey and a real Postgres of our own when no URL is configured, then the
+gateway (granian) and the worker as child processes. Everything started is recorded in a pidfile, so a run
+that was killed is cleaned up by the next one."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from gateway.devstack.pidfile import PidFile, free_port, stop_pid
+from gateway.devstack.postgres import PostgresServer, start_postgres, stop_postgres
+from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
+from gateway.settings import PREFIX
+
+READY_TIMEOUT_SECONDS = 60
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    pidfile: PidFile
+    env: dict[str, str]
+    gateway_url: str = ""
+    valkey: ValkeyServer | None = None
+    postgres: PostgresServer | None = None
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            stop_pid(child.pid)
+            self.pidfile.remove(child.pid)
+        self.children.clear()
+        if self.postgres is not None:
+            stop_postgres(self.postgres, self.pidfile)
+            self.postgres = None
+        if self.valkey is not None:
+            stop_valkey(self.valkey, self.pidfile)
+            self.valkey = None
+
+
+def made_up_settings(env: dict[str, str]) -> dict[str, str]:
+    """Secret and keys for a development stack, unless the environment gives them."""
+    made = {
+        PREFIX + "JWT_SECRET": secrets.token_urlsafe(48),
+        PREFIX + "API_KEYS": "dev-operator:" + secrets.token_urlsafe(24),
+        PREFIX + "SERVICE_KEYS": secrets.token_urlsafe(24),
+    }
+    return {name: env.get(name) or value for name, value in made.items()}
+
+
+def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int = 1) -> Stack:
+    workdir.mkdir(parents=True, exist_ok=True)
+    pidfile = PidFile(workdir / "pids.json")
+    ended = pidfile.reap_stale()
+    if ended:
+        print(f"stopped {len(ended)} server(s) a previous run left behind: pids {ended}", flush=True)
+    env = dict(os.environ)
+    env.update(made_up_settings(env))
+    stack = Stack(workdir, pidfile, env)
+    try:
+        if not env.get(PREFIX + "REDIS_URL"):
+            stack.valkey = start_valkey(workdir / "valkey", appendonly=True, pidfile=pidfile)
+            env[PREFIX + "REDIS_URL"] = stack.valkey.url
+        if not env.get(PREFIX + "DATABASE_URL"):
+            stack.postgres = start_postgres(workdir / "postgres", pidfile=pidfile)
+            env[PREFIX + "DATABASE_URL"] = stack.postgres.url
+        subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True)
+        port = gateway_port or free_port()
+        stack.gateway_url = f"http://127.0.0.1:{port}"
+        log = open(workdir / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", str(workers)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        stack.children.append(gateway)
+        pidfile.add(gateway.pid, "gateway", "gateway.cli")
+        worker_log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env, stdout=worker_log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        stack.children.append(worker)
+        pidfile.add(worker.pid, "worker", "gateway.cli")
+        wait_ready(stack.gateway_url, gateway)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    last = ""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {process.returncode}; see its log")
+        try:
+            reply = httpx.get(f"{url}/readyz", timeout=2)
+            if reply.status_code == 200 and reply.json().get("fence") == "open":
+                return
+            last = reply.text
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"the gateway was not ready within {READY_TIMEOUT_SECONDS}s: {last}")

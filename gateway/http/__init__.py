@@ -1,0 +1,1 @@
+"""The HTTP layer: create_app, auth, error rendering and routes by area."""

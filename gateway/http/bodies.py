@@ -1,0 +1,72 @@
+"""Request bodies, headers and query strings decoded with msgspec into the contract's refusals."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request
+
+from gateway.outcomes import UNSUPPORTED_MEDIA_TYPE, DomainError, Outcome
+
+T = TypeVar("T")
+_FIELD = re.compile(r"at `\$\.?([^`]*)`")
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,64}")
+PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_LIST_LIMIT = 100
+DEFAULT_LIST_LIMIT = 20
+
+
+def invalid_request(message: str, field: str | None = None) -> DomainError:
+    return DomainError(Outcome.INVALID_REQUEST, message, extra={"field": field} if field else None)
+
+
+def decode(raw: bytes, type_: type[T], content_type: str) -> T:
+    if content_type.split(";", 1)[0].strip().lower() not in ("application/json", ""):
+        raise DomainError(Outcome.INVALID_REQUEST, "The body must be JSON.", status=UNSUPPORTED_MEDIA_TYPE)
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as exc:
+        match = _FIELD.search(str(exc))
+        field = match[1] if match else None
+        if field is None and "Object missing required field" in str(exc):
+            field = str(exc).rsplit("`", 2)[-2]
+        raise invalid_request(str(exc), field) from None
+    except msgspec.DecodeError:
+        raise invalid_request("The body is not valid JSON.") from None
+
+
+async def body(request: Request[Any, Any, Any], type_: type[T]) -> T:
+    return decode(await request.body(), type_, request.headers.get("content-type", "application/json"))
+
+
+def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise invalid_request("Idempotency-Key must be 1-64 printable ASCII characters.", "Idempotency-Key")
+    return key
+
+
+def only_query(request: Request[Any, Any, Any], allowed: frozenset[str]) -> None:
+    unknown = set(request.query_params) - allowed
+    if unknown:
+        raise invalid_request(f"Unknown query parameter: {sorted(unknown)[0]}", sorted(unknown)[0])
+
+
+def list_limit(request: Request[Any, Any, Any]) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return DEFAULT_LIST_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+        raise invalid_request(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}.", "limit")
+    return int(raw)
+
+
+def cursor(request: Request[Any, Any, Any]) -> str | None:
+    raw = request.query_params.get("cursor")
+    if raw is not None and not PATH_ID.fullmatch(raw):
+        raise invalid_request("cursor is malformed.", "cursor")
+    return raw

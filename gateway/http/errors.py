@@ -1,0 +1,66 @@
+"""The one place refusals become responses: ``{"error": <code>, "message": <for a person>}``."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from gateway.outcomes import (
+    METHOD_NOT_ALLOWED,
+    PAYLOAD_TOO_LARGE,
+    STATUS,
+    UNSUPPORTED_MEDIA_TYPE,
+    DomainError,
+    Outcome,
+)
+
+log = logging.getLogger(__name__)
+JSON = "application/json"
+
+
+def render(error: DomainError) -> Response[bytes]:
+    body: dict[str, object] = {"error": error.outcome.value, "message": error.message, **error.extra}
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return Response(msgspec.json.encode(body), status_code=error.status, media_type=JSON, headers=headers)
+
+
+def on_domain_error(_: Request[object, object, object], exc: DomainError) -> Response[bytes]:
+    return render(exc)
+
+
+_FRAMEWORK_REFUSALS: dict[int, DomainError] = {
+    404: DomainError(Outcome.NOT_FOUND, "No such route."),
+    405: DomainError(Outcome.INVALID_REQUEST, "Method not allowed on this route.", status=METHOD_NOT_ALLOWED),
+    413: DomainError(Outcome.INVALID_REQUEST, "The request body is too large.", status=PAYLOAD_TOO_LARGE),
+    415: DomainError(Outcome.INVALID_REQUEST, "The body must be JSON.", status=UNSUPPORTED_MEDIA_TYPE),
+    401: DomainError(Outcome.UNAUTHORIZED),
+}
+
+
+def on_http_exception(_: Request[object, object, object], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own refusals (no route, wrong method, body too large, bad parameters) in the contract's shape."""
+    known = _FRAMEWORK_REFUSALS.get(exc.status_code)
+    if known is not None:
+        return render(known)
+    if exc.status_code < 500:
+        return render(DomainError(Outcome.INVALID_REQUEST, str(exc.detail)))
+    log.error("framework error %s: %s", exc.status_code, exc.detail)
+    return Response({"error": "internal", "message": "Internal error."}, status_code=500, media_type=JSON)
+
+
+def on_unexpected(_: Request[object, object, object], exc: Exception) -> Response[bytes]:
+    """Anything else is a bug: log it whole, answer 500 without details."""
+    log.exception("unhandled error", exc_info=exc)
+    return Response(msgspec.json.encode({"error": "internal", "message": "Internal error."}), status_code=500,
+                    media_type=JSON)
+
+
+EXCEPTION_HANDLERS = {
+    DomainError: on_domain_error,
+    HTTPException: on_http_exception,
+    Exception: on_unexpected,
+}
+assert all(outcome in STATUS for outcome in Outcome)

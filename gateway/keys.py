@@ -1,0 +1,148 @@
+"""Every Redis key claimgate uses, built here and nowhere else.
+
+Partitions are Redis Cluster hash tags (design.md): ``{a:<activity>}``, ``{w:<bucket>}``, ``{c:<bucket>}``.
+Each script receives only keys of one partition, so each runs in one slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+
+from redis.crc import key_slot
+
+EVENTS_SUFFIX = ":events"
+
+
+def stable_bucket(value: str, buckets: int) -> int:
+    """A bucket number that is the same in every process and machine (never Python's salted hash())."""
+    return zlib.crc32(value.encode()) % buckets
+
+
+def idempotency_digest(*parts: str) -> str:
+    """A fixed-length name for a client-chosen key, so any printable key is safe inside a Redis key."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def slot_of(key: str | bytes) -> int:
+    return int(key_slot(key.encode() if isinstance(key, str) else key))
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One hash-tagged partition: its own ``seq`` and event stream."""
+
+    tag: str
+
+    @property
+    def seq(self) -> str:
+        return f"{self.tag}:seq"
+
+    @property
+    def events(self) -> str:
+        return f"{self.tag}{EVENTS_SUFFIX}"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityKeys(Partition):
+    @property
+    def config(self) -> str:
+        return f"{self.tag}:act"
+
+    @property
+    def user_counts(self) -> str:
+        return f"{self.tag}:users"
+
+    @property
+    def device_counts(self) -> str:
+        return f"{self.tag}:devices"
+
+    @property
+    def allow_list(self) -> str:
+        return f"{self.tag}:allow"
+
+    def idempotency(self, scope: str, key: str) -> str:
+        return f"{self.tag}:idem:{idempotency_digest(scope, key)}"
+
+    @property
+    def no_idempotency(self) -> str:
+        """Placeholder in the same slot for calls without an Idempotency-Key; scripts never touch it."""
+        return f"{self.tag}:idem:-"
+
+
+@dataclass(frozen=True, slots=True)
+class WalletKeys(Partition):
+    @property
+    def coupons(self) -> str:
+        return f"{self.tag}:coupons"
+
+    def user_index(self, user_id: str) -> str:
+        return f"{self.tag}:u:{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CodeKeys(Partition):
+    @property
+    def codes(self) -> str:
+        return f"{self.tag}:codes"
+
+
+@dataclass(frozen=True, slots=True)
+class BlocklistKeys:
+    tag: str = "{blocklist}"
+
+    @property
+    def users(self) -> str:
+        return f"{self.tag}:users"
+
+    @property
+    def devices(self) -> str:
+        return f"{self.tag}:devices"
+
+    @property
+    def version(self) -> str:
+        return f"{self.tag}:version"
+
+
+BLOCKLIST = BlocklistKeys()
+
+
+class KeySpace:
+    """Maps ids to partitions for one deployment (bucket counts are fixed per deployment)."""
+
+    def __init__(self, wallet_buckets: int, code_buckets: int) -> None:
+        self.wallet_buckets = wallet_buckets
+        self.code_buckets = code_buckets
+
+    @staticmethod
+    def activity(activity_id: str) -> ActivityKeys:
+        return ActivityKeys(f"{{a:{activity_id}}}")
+
+    def wallet_bucket(self, user_id: str) -> int:
+        return stable_bucket(user_id, self.wallet_buckets)
+
+    def wallet(self, user_id: str) -> WalletKeys:
+        return WalletKeys(f"{{w:{self.wallet_bucket(user_id)}}}")
+
+    @staticmethod
+    def wallet_of_bucket(bucket: int) -> WalletKeys:
+        return WalletKeys(f"{{w:{bucket}}}")
+
+    @staticmethod
+    def code_of_bucket(bucket: int) -> CodeKeys:
+        return CodeKeys(f"{{c:{bucket}}}")
+
+    def wallet_partitions(self) -> list[Partition]:
+        """Wallet buckets: a fixed set per deployment, each with its own stream."""
+        return [self.wallet_of_bucket(n) for n in range(self.wallet_buckets)]
+
+    def code_partitions(self) -> list[Partition]:
+        return [self.code_of_bucket(n) for n in range(self.code_buckets)]
+
+
+def partition_of_stream(stream: str) -> str:
+    """``{a:X}:events`` -> ``{a:X}``."""
+    if not stream.endswith(EVENTS_SUFFIX):
+        raise ValueError(f"not an event stream: {stream!r}")
+    return stream[: -len(EVENTS_SUFFIX)]

@@ -1,0 +1,70 @@
+"""Opens or keeps closed the fence by comparing Redis's per-partition ``seq`` with the ledger's marks.
+
+A partition whose ``seq`` in Redis is below ``partition_marks`` lost writes the ledger already holds (a Redis
+that restarted from an older AOF, or a failover to a lagging replica): selling from it could sell a unit twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+from redis.asyncio import RedisCluster
+
+from gateway.fence import Fence
+from gateway.keys import Partition
+from gateway.redis_client import RedisClient
+
+log = logging.getLogger(__name__)
+
+
+async def redis_run_id(client: RedisClient) -> str:
+    """The run ids of every primary, joined: any restart or failover changes it."""
+    if isinstance(client, RedisCluster):
+        infos: dict[str, Any] = await client.info("server", target_nodes=RedisCluster.PRIMARIES)
+        if "run_id" in infos:  # redis-py answers one node's info unwrapped
+            return str(infos["run_id"])
+        return ",".join(sorted(str(info["run_id"]) for info in infos.values()))
+    info = await client.info("server")
+    return str(info["run_id"])
+
+
+async def partitions_behind(client: RedisClient, pool: asyncpg.Pool) -> list[str]:
+    marks = await pool.fetch("SELECT partition, seq FROM partition_marks")
+    if not marks:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for row in marks:
+        pipe.get(Partition(row["partition"]).seq)
+    seqs = await pipe.execute()
+    return [row["partition"] for row, seq in zip(marks, seqs, strict=True) if int(seq or 0) < row["seq"]]
+
+
+async def check(client: RedisClient, pool: asyncpg.Pool, fence: Fence) -> None:
+    run_id = await redis_run_id(client)
+    if run_id == fence.run_id and fence.is_open:
+        return
+    fence.close(f"Redis {run_id} not yet checked against the ledger")
+    try:
+        behind = await partitions_behind(client, pool)
+    except (OSError, asyncpg.PostgresError) as exc:
+        fence.close(f"the ledger is unreachable to check Redis ({exc.__class__.__name__})")
+        return
+    if behind:
+        shown = ", ".join(behind[:5]) + (" ..." if len(behind) > 5 else "")
+        fence.close(f"Redis is behind the ledger in {len(behind)} partition(s): {shown}; run restore")
+        log.error("fence stays closed: %s", fence.reason)
+        return
+    fence.open(run_id)
+
+
+async def watch(client: RedisClient, pool: asyncpg.Pool, fence: Fence, interval: float = 1.0) -> None:
+    """Re-check whenever Redis's run id changes; keeps the fence closed until the check passes."""
+    while True:
+        try:
+            await check(client, pool, fence)
+        except Exception as exc:  # Redis unreachable: scripts fail on their own; check again next round
+            log.warning("fence check failed: %s", exc)
+        await asyncio.sleep(interval)

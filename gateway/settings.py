@@ -1,0 +1,151 @@
+"""Settings read from ``CLAIMGATE_*`` environment variables, in one place, into frozen structs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+PREFIX = "CLAIMGATE_"
+MIN_SECRET_BYTES = 32
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class RedisSettings(msgspec.Struct, frozen=True):
+    url: str
+    wallet_buckets: int = 64
+    code_buckets: int = 64
+    max_connections: int = 64
+
+
+class PostgresSettings(msgspec.Struct, frozen=True):
+    url: str
+    pool_min: int = 1
+    pool_max: int = 10
+
+
+class AuthSettings(msgspec.Struct, frozen=True):
+    jwt_secret: str
+    api_keys: dict[str, str]  # key -> operator name
+    service_keys: frozenset[str]
+
+
+class ClaimSettings(msgspec.Struct, frozen=True):
+    idempotency_ttl_seconds: int = 86_400 + 3_600
+    blocklist_refresh_seconds: float = 1.0
+
+
+class WorkerSettings(msgspec.Struct, frozen=True):
+    name: str = "worker-1"
+    batch_size: int = 500
+    idle_sleep_seconds: float = 0.05
+    claim_idle_ms: int = 30_000
+
+
+class Settings(msgspec.Struct, frozen=True):
+    redis: RedisSettings
+    postgres: PostgresSettings
+    auth: AuthSettings
+    claim: ClaimSettings = ClaimSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{PREFIX}{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{PREFIX}{name} must be positive, got {value}")
+    return value
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    raw = env.get(PREFIX + name, "").strip()
+    if not raw:
+        raise SettingsError(f"{PREFIX}{name} is required")
+    return raw
+
+
+def parse_api_keys(raw: str, name: str = "API_KEYS") -> dict[str, str]:
+    """``operator:key,operator2:key2`` -> {key: operator}."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        operator, sep, key = item.partition(":")
+        if not sep or not operator or len(key) < 16:
+            raise SettingsError(
+                f"{PREFIX}{name} entries must look like operator:key with a key of 16+ characters"
+            )
+        keys[key] = operator
+    if not keys:
+        raise SettingsError(f"{PREFIX}{name} must name at least one operator:key")
+    return keys
+
+
+def parse_service_keys(raw: str) -> frozenset[str]:
+    keys = frozenset(filter(None, (part.strip() for part in raw.split(","))))
+    if not keys or any(len(k) < 16 for k in keys):
+        raise SettingsError(f"{PREFIX}SERVICE_KEYS must list keys of 16+ characters, comma-separated")
+    return keys
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting; raise SettingsError naming the first bad variable."""
+    env = os.environ if env is None else env
+    secret = _required(env, "JWT_SECRET")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(f"{PREFIX}JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+    redis_url = _required(env, "REDIS_URL")
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"{PREFIX}REDIS_URL must be a redis:// URL, got {redis_url!r}")
+    database_url = _required(env, "DATABASE_URL")
+    if not database_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
+    return Settings(
+        redis=RedisSettings(
+            url=redis_url,
+            wallet_buckets=_int(env, "WALLET_BUCKETS", 64),
+            code_buckets=_int(env, "CODE_BUCKETS", 64),
+            max_connections=_int(env, "REDIS_MAX_CONNECTIONS", 64),
+        ),
+        postgres=PostgresSettings(
+            url=database_url,
+            pool_min=_int(env, "PG_POOL_MIN", 1),
+            pool_max=_int(env, "PG_POOL_MAX", 10),
+        ),
+        auth=AuthSettings(
+            jwt_secret=secret,
+            api_keys=parse_api_keys(_required(env, "API_KEYS")),
+            service_keys=parse_service_keys(_required(env, "SERVICE_KEYS")),
+        ),
+        claim=ClaimSettings(
+            idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL", 86_400 + 3_600, minimum=86_400),
+            blocklist_refresh_seconds=_float(env, "BLOCKLIST_REFRESH", 1.0),
+        ),
+        worker=WorkerSettings(
+            name=env.get(PREFIX + "WORKER_NAME") or "worker-1",
+            batch_size=_int(env, "WORKER_BATCH", 500),
+            idle_sleep_seconds=_float(env, "WORKER_IDLE_SLEEP", 0.05),
+            claim_idle_ms=_int(env, "WORKER_CLAIM_IDLE_MS", 30_000),
+        ),
+    )

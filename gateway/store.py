@@ -1,0 +1,100 @@
+"""Postgres reads and writes of definitions (templates, activities, the stream registry)."""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+
+from gateway.campaign import Activity, Eligibility, PackItem, Template
+from gateway.keys import ActivityKeys, Partition
+
+_TEMPLATE_COLUMNS = (
+    "template_id, name, kind, amount_off, percent_off, max_off, min_spend, scope, valid_from, valid_until,"
+    " valid_days, created_by, created_at"
+)
+_ACTIVITY_COLUMNS = (
+    "activity_id, name, pack, starts_at, ends_at, stock, per_user_limit, per_device_limit, eligibility, budget,"
+    " face_per_pack, status, created_by, created_at"
+)
+
+
+def _template(row: asyncpg.Record) -> Template:
+    fields = dict(row)
+    fields["id"] = fields.pop("template_id")
+    fields["scope"] = list(fields["scope"])
+    return Template(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _activity(row: asyncpg.Record) -> Activity:
+    fields = dict(row)
+    fields["id"] = fields.pop("activity_id")
+    fields["pack"] = msgspec.json.decode(fields["pack"], type=list[PackItem])
+    if fields["eligibility"] is not None:
+        fields["eligibility"] = msgspec.json.decode(fields["eligibility"], type=Eligibility)
+    return Activity(**{k: v for k, v in fields.items() if v is not None})
+
+
+async def insert_template(conn: asyncpg.Connection | asyncpg.Pool, t: Template) -> None:
+    await conn.execute(
+        f"INSERT INTO templates ({_TEMPLATE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
+        t.id, t.name, t.kind, t.amount_off, t.percent_off, t.max_off, t.min_spend, t.scope,
+        t.valid_from, t.valid_until, t.valid_days, t.created_by, t.created_at,
+    )
+
+
+async def templates_by_id(conn: asyncpg.Connection | asyncpg.Pool, ids: list[str]) -> dict[str, Template]:
+    rows = await conn.fetch(f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE template_id = ANY($1)", ids)
+    return {row["template_id"]: _template(row) for row in rows}
+
+
+async def list_templates(pool: asyncpg.Pool, *, before: str | None, limit: int) -> list[Template]:
+    rows = await pool.fetch(
+        f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE ($1::text IS NULL OR template_id < $1)"
+        " ORDER BY template_id DESC LIMIT $2",
+        before, limit,
+    )
+    return [_template(row) for row in rows]
+
+
+async def insert_activity(conn: asyncpg.Connection, a: Activity, keys: ActivityKeys) -> None:
+    """The definition and its stream's registry entry, in the caller's transaction."""
+    await conn.execute(
+        f"INSERT INTO activities ({_ACTIVITY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+        a.id, a.name, msgspec.json.encode(a.pack).decode(), a.starts_at, a.ends_at, a.stock, a.per_user_limit,
+        a.per_device_limit, msgspec.json.encode(a.eligibility).decode() if a.eligibility else None, a.budget,
+        a.face_per_pack, a.status, a.created_by, a.created_at,
+    )
+    await register_streams(conn, [keys], kind="activity")
+
+
+async def register_streams(conn: asyncpg.Connection | asyncpg.Pool, partitions: list[Partition],
+                           *, kind: str) -> None:
+    await conn.executemany(
+        "INSERT INTO streams (stream, partition, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        [(p.events, p.tag, kind) for p in partitions],
+    )
+
+
+async def registered_streams(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
+    return [row["stream"] for row in await conn.fetch("SELECT stream FROM streams ORDER BY stream")]
+
+
+async def get_activity(pool: asyncpg.Pool, activity_id: str) -> Activity | None:
+    row = await pool.fetchrow(f"SELECT {_ACTIVITY_COLUMNS} FROM activities WHERE activity_id = $1", activity_id)
+    return _activity(row) if row else None
+
+
+async def list_activities(pool: asyncpg.Pool, *, before: str | None, limit: int) -> list[Activity]:
+    rows = await pool.fetch(
+        f"SELECT {_ACTIVITY_COLUMNS} FROM activities WHERE ($1::text IS NULL OR activity_id < $1)"
+        " ORDER BY activity_id DESC LIMIT $2",
+        before, limit,
+    )
+    return [_activity(row) for row in rows]
+
+
+async def activity_allow_list(pool: asyncpg.Pool, activity_id: str) -> list[str]:
+    raw = await pool.fetchval(
+        "SELECT eligibility -> 'users' FROM activities WHERE activity_id = $1", activity_id
+    )
+    return msgspec.json.decode(raw, type=list[str]) if raw else []

@@ -1,0 +1,49 @@
+#!lua
+--[[
+put_activity: mirror an activity's definition from Postgres into its partition (an operators' change).
+Creates the config if absent, with stock_left = stock and taken = 0; an existing config is left as it is, so
+a repeated mirror (reconcile repairing a crash) changes nothing. Creates the partition stream's consumer group.
+KEYS[1] config   hash   {a:X}:act     the activity's hot config
+KEYS[2] allow    set    {a:X}:allow   the users allow-list
+KEYS[3] seq      string {a:X}:seq     the partition's event sequence
+KEYS[4] events   stream {a:X}:events  the partition's ledger stream (its group has the stream's name)
+ARGV[1] now         unix seconds
+ARGV[2] event_id    gateway-made
+ARGV[3] operator    the operator's name
+ARGV[4] activity_id
+ARGV[5] config      JSON object of string/number fields: status, starts_at, ends_at, stock, per_user_limit,
+                    per_device_limit, elig (JSON text or ""), pack (JSON text), face_per_pack
+ARGV[6] allow_users JSON array of user ids ([] when the activity has no allow-list)
+REPLY ok seq     mirrored; the event's seq
+REPLY replay     already mirrored; nothing written
+EVENT activity_created
+]]
+local config_key, allow_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, event_id, operator, activity_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local config_json, allow_json = ARGV[5], ARGV[6]
+
+if redis.call("EXISTS", config_key) == 1 then
+  return {"replay"}
+end
+local config = cjson.decode(config_json)
+local fields = {}
+for name, value in pairs(config) do
+  if name ~= "stock" then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = tostring(value)
+  end
+end
+redis.call("HSET", config_key, "stock_left", config.stock, "taken", 0, unpack(fields))
+local allow = cjson.decode(allow_json)
+for i = 1, #allow, 1000 do
+  redis.call("SADD", allow_key, unpack(allow, i, math.min(i + 999, #allow)))
+end
+local created = redis.pcall("XGROUP", "CREATE", events_key, events_key, "0", "MKSTREAM")
+if type(created) == "table" and created.err and not string.find(created.err, "BUSYGROUP") then
+  return created
+end
+local seq = redis.call("INCR", seq_key)
+redis.call("XADD", events_key, "*",
+  "type", "activity_created", "id", event_id, "seq", seq, "at", now,
+  "activity", activity_id, "by", operator, "before", "", "after", config_json, "allow", allow_json)
+return {"ok", seq}

@@ -1,0 +1,184 @@
+"""The consumer: one ``XREADGROUP`` per registered stream (pipelined), one transaction per batch, ``XACK`` after.
+
+Entries a batch failed to commit stay in this consumer's pending list and are read again (``0`` instead of
+``>``) until they commit; entries a dead consumer left pending are taken over with ``XAUTOCLAIM``. A
+``claimed`` event is delivered into its wallet (idempotent) before it is acknowledged, so a gateway that died
+between ``claim`` and ``deliver`` still converges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+from redis.exceptions import ResponseError
+
+from gateway import ledger_check
+from gateway.claims import ClaimService
+from gateway.fence import Fence
+from gateway.keys import KeySpace
+from gateway.outcomes import DomainError
+from gateway.redis_client import RedisClient, ScriptRunner, connect
+from gateway.scripts import load_scripts
+from gateway.settings import Settings
+from gateway.store import register_streams, registered_streams
+from worker import sink
+from worker.events import Entry
+
+log = logging.getLogger(__name__)
+STREAM_REFRESH_SECONDS = 2.0
+MAX_BACKOFF_SECONDS = 5.0
+
+
+async def ensure_group(client: RedisClient, stream: str) -> None:
+    """The stream's consumer group (named as the stream), reading from the start so nothing is skipped."""
+    try:
+        await client.xgroup_create(stream, stream, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+@dataclass
+class Consumer:
+    settings: Settings
+    client: RedisClient
+    pool: asyncpg.Pool
+    runner: ScriptRunner
+    claims: ClaimService
+    streams: list[str] = field(default_factory=list)
+    reread_pending: bool = True
+    persisted: int = 0
+    _streams_at: float = 0.0
+    _autoclaim_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.settings.worker.name
+
+    async def refresh_streams(self) -> None:
+        known = await registered_streams(self.pool)
+        for stream in set(known) - set(self.streams):
+            await ensure_group(self.client, stream)
+        self.streams = known
+        self._streams_at = time.monotonic()
+
+    async def read(self) -> list[Entry]:
+        """Our own pending entries first (after a failure or a restart), else new ones."""
+        start = "0" if self.reread_pending else ">"
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xreadgroup(stream, self.name, {stream: start}, count=self.settings.worker.batch_size)
+        replies = await pipe.execute(raise_on_error=False)
+        entries: list[Entry] = []
+        for stream, reply in zip(self.streams, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                if "NOGROUP" in str(reply):
+                    await ensure_group(self.client, stream)
+                    continue
+                raise reply
+            for _, messages in reply or []:
+                entries.extend(Entry(stream, entry_id, fields) for entry_id, fields in messages if fields)
+        if self.reread_pending and not entries:
+            self.reread_pending = False
+        return entries
+
+    async def autoclaim(self) -> None:
+        """Take over entries another consumer left pending longer than ``claim_idle_ms``."""
+        idle = self.settings.worker.claim_idle_ms
+        for stream in self.streams:
+            reply = await self.client.xautoclaim(stream, stream, self.name, idle, "0-0", count=1000,
+                                                 justid=True)
+            if reply and reply[1]:
+                self.reread_pending = True
+        self._autoclaim_at = time.monotonic()
+
+    async def deliver_claims(self, entries: list[Entry]) -> None:
+        now = int(time.time())
+        await asyncio.gather(*(
+            self.claims.deliver(e.fields["user"], e.fields["activity"], e.fields["answer"], now=now)
+            for e in entries if e.type == "claimed"
+        ))
+
+    async def ack(self, entries: list[Entry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        pipe = self.client.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, stream, *ids)
+        await pipe.execute()
+
+    async def step(self) -> int:
+        """Read, persist, deliver, acknowledge one batch; the number of entries acknowledged."""
+        now = time.monotonic()
+        if now - self._streams_at > STREAM_REFRESH_SECONDS:
+            await self.refresh_streams()
+        if now - self._autoclaim_at > self.settings.worker.claim_idle_ms / 2000:
+            await self.autoclaim()
+        entries = await self.read()
+        if not entries:
+            return 0
+        try:
+            async with self.pool.acquire() as conn:
+                await sink.apply(conn, entries)
+            await self.deliver_claims(entries)
+        except BaseException:
+            self.reread_pending = True
+            raise
+        await self.ack(entries)
+        self.persisted += len(entries)
+        return len(entries)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                done = await self.step()
+                backoff = 0.1
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, DomainError) as exc:
+                log.warning("batch not persisted, will retry in %.1fs: %r", backoff, exc)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            if not done:
+                await _sleep_or_stop(stop, self.settings.worker.idle_sleep_seconds)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+async def start_consumer(settings: Settings, fence: Fence | None = None) -> Consumer:
+    client = await connect(settings.redis.url, max_connections=settings.redis.max_connections)
+    pool = await asyncpg.create_pool(settings.postgres.url, min_size=0, max_size=4, timeout=5)
+    keyspace = KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
+    fence = fence or Fence()
+    runner = ScriptRunner(client, load_scripts(), fence)
+    await runner.load_all()
+    try:
+        await register_streams(pool, keyspace.wallet_partitions(), kind="wallet")
+        await register_streams(pool, keyspace.code_partitions(), kind="code")
+        await ledger_check.check(client, pool, fence)
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("Postgres unreachable at start: %r", exc)
+    claims = ClaimService(runner, keyspace, settings.claim.idempotency_ttl_seconds)
+    return Consumer(settings, client, pool, runner, claims)
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    consumer = await start_consumer(settings)
+    watcher = asyncio.create_task(ledger_check.watch(consumer.client, consumer.pool, consumer.runner.fence))
+    try:
+        await consumer.run(stop)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await consumer.client.aclose()
+        await consumer.pool.close()

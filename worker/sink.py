@@ -1,0 +1,136 @@
+"""The Postgres sink: one transaction per batch, each event applied at most once and in a safe order.
+
+- claims are unique on claim id (and event id): a redelivered ``claimed`` changes nothing;
+- coupons are upserted only where the stored version is older, after the batch keeps each coupon's newest
+  event, in coupon-id order so two workers never deadlock; ``coupon_events`` keeps the history once per version;
+- ``partition_marks`` keeps the highest seq persisted per partition;
+- anything the ledger cannot take (unknown type, undecodable) goes to ``conflicts``, never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+import msgspec
+
+from worker.events import Entry, decode_answer
+
+_INSERT_CLAIMS = """
+INSERT INTO claims (claim_id, activity_id, user_id, device_id, channel, mode, operator, answer, claimed_at,
+                    event_id, partition, seq)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::bigint[], $10::text[], $11::text[], $12::bigint[])
+ON CONFLICT DO NOTHING
+"""
+_UPSERT_IDEMPOTENCY = """
+INSERT INTO idempotency_records (redis_key, partition, body_hash, answer, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+ON CONFLICT (redis_key) DO NOTHING
+"""
+_UPSERT_COUPONS = """
+INSERT INTO coupons AS c (coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from,
+                          valid_until, updated_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
+                     $8::bigint[], $9::bigint[], $10::bigint[])
+ON CONFLICT (coupon_id) DO UPDATE SET status = excluded.status, version = excluded.version,
+    updated_at = excluded.updated_at
+WHERE c.version < excluded.version
+"""
+_INSERT_COUPON_EVENTS = """
+INSERT INTO coupon_events (coupon_id, version, event_id, type, at, status)
+SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::text[])
+ON CONFLICT DO NOTHING
+"""
+_INSERT_AUDIT = """
+INSERT INTO audit (event_id, partition, seq, at, operator, action, target, before, after)
+SELECT e, p, s, a, o, ac, t, nullif(b, '')::jsonb, nullif(af, '')::jsonb
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[]) AS u(e, p, s, a, o, ac, t, b, af)
+ON CONFLICT DO NOTHING
+"""
+_UPSERT_MARKS = """
+INSERT INTO partition_marks AS m (partition, seq)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT (partition) DO UPDATE SET seq = greatest(m.seq, excluded.seq)
+"""
+_INSERT_CONFLICT = "INSERT INTO conflicts (event_id, partition, reason, entry) VALUES ($1, $2, $3, $4::jsonb)"
+
+AUDITED = {"activity_created": "create_activity"}
+
+
+@dataclass
+class _Rows:
+    claims: list[tuple[object, ...]] = field(default_factory=list)
+    idempotency: list[tuple[object, ...]] = field(default_factory=list)
+    coupons: dict[str, tuple[object, ...]] = field(default_factory=dict)  # coupon id -> newest row
+    coupon_events: list[tuple[object, ...]] = field(default_factory=list)
+    audit: list[tuple[object, ...]] = field(default_factory=list)
+    marks: dict[str, int] = field(default_factory=dict)
+    conflicts: list[tuple[object, ...]] = field(default_factory=list)
+
+
+def _columns(rows: list[tuple[object, ...]], width: int) -> list[list[object]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+def _add(rows: _Rows, entry: Entry) -> None:
+    f = entry.fields
+    kind = entry.type
+    if kind == "claimed":
+        rows.claims.append((f["claim_id"], f["activity"], f["user"], f["device"], f["channel"], f["mode"],
+                            f["by"] or None, f["answer"], int(f["at"]), f["id"], entry.partition, entry.seq))
+        if f.get("idem"):
+            rows.idempotency.append((f["idem"], entry.partition, f["idem_hash"], f["answer"],
+                                     int(f["idem_expires"])))
+    elif kind == "delivered":
+        version, at = int(f["version"]), int(f["at"])
+        answer = decode_answer(f["answer"])
+        for coupon in answer.coupons:
+            row = (coupon.coupon_id, f["user"], f["activity"], coupon.template_id, answer.claim_id, "available",
+                   version, coupon.valid_from, coupon.valid_until, at)
+            held = rows.coupons.get(coupon.coupon_id)
+            if held is None or int(held[6]) < version:  # type: ignore[call-overload]
+                rows.coupons[coupon.coupon_id] = row
+            rows.coupon_events.append((coupon.coupon_id, version, f["id"], kind, at, "available"))
+    elif kind in AUDITED:
+        rows.audit.append((f["id"], entry.partition, entry.seq, int(f["at"]), f["by"], AUDITED[kind],
+                           f["activity"], f.get("before", ""), f.get("after", "")))
+    else:
+        raise ValueError(f"unknown event type {kind!r}")
+
+
+def collect(entries: list[Entry]) -> _Rows:
+    rows = _Rows()
+    for entry in entries:
+        try:
+            _add(rows, entry)
+        except (KeyError, ValueError, msgspec.DecodeError) as exc:
+            rows.conflicts.append((entry.fields.get("id"), entry.partition, f"undecodable: {exc!r}",
+                                   msgspec.json.encode({"stream": entry.stream, "entry_id": entry.entry_id,
+                                                        "fields": entry.fields}).decode()))
+        if "seq" in entry.fields and entry.fields["seq"].isdigit():
+            rows.marks[entry.partition] = max(rows.marks.get(entry.partition, 0), entry.seq)
+    return rows
+
+
+async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> None:
+    """Write a batch in one transaction; raises (and writes nothing) if Postgres refuses."""
+    rows = collect(entries)
+    async with conn.transaction():
+        if rows.claims:
+            await conn.execute(_INSERT_CLAIMS, *_columns(rows.claims, 12))
+        if rows.idempotency:
+            await conn.execute(_UPSERT_IDEMPOTENCY, *_columns(rows.idempotency, 5))
+        if rows.coupons:
+            ordered = [rows.coupons[k] for k in sorted(rows.coupons)]
+            await conn.execute(_UPSERT_COUPONS, *_columns(ordered, 10))
+        if rows.coupon_events:
+            await conn.execute(_INSERT_COUPON_EVENTS, *_columns(sorted(rows.coupon_events, key=lambda r: (r[0], r[1])), 6))
+        if rows.audit:
+            await conn.execute(_INSERT_AUDIT, *_columns(rows.audit, 9))
+        if rows.conflicts:
+            await conn.executemany(_INSERT_CONFLICT, rows.conflicts)
+        if rows.marks:
+            names = sorted(rows.marks)
+            await conn.execute(_UPSERT_MARKS, names, [rows.marks[n] for n in names])
