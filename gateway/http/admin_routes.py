@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 
 from gateway import store
 from gateway.campaign import ActivityIn, TemplateIn
@@ -64,7 +65,7 @@ async def list_activities(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/v1/admin/activities/{activity_id:str}")
-async def get_activity(request: Request[Any, Any, Any], activity_id: str) -> Response[bytes]:
+async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     auth.operator(request)
     services = auth.services(request)
     activity = await store.get_activity(services.pool, activity_id) if bodies.PATH_ID.fullmatch(activity_id) else None

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, post
+from litestar.params import FromPath
 from msgspec import Meta
 
 from gateway.http import auth, bodies
@@ -21,7 +22,7 @@ class ClaimBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @post("/v1/activities/{activity_id:str}/claim", status_code=201)
-async def claim(request: Request[Any, Any, Any], activity_id: str) -> Response[bytes]:
+async def claim(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Claim one pack of an activity. Answers 201 {claim_id, coupons}; a keyed retry answers the first success."""
     services = auth.services(request)
     who = auth.user(request)
