@@ -49,11 +49,13 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.devstack.stack import GATEWAY_TARGET
+
     load_settings()  # fail here, naming the variable, rather than inside every granian worker
     command = [
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop",
         "--host", args.host, "--port", str(args.port), "--workers", str(args.workers), "--no-access-log",
-        "gateway.http.app:app_from_env",
+        GATEWAY_TARGET,
     ]
     os.execv(sys.executable, command)
 

@@ -7,11 +7,14 @@ to ``overloaded``. It works with a single node and with a cluster client.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.fence import Fence
 from gateway.keys import slot_of
@@ -20,6 +23,8 @@ from gateway.scripts import Script
 
 RedisClient = Redis | RedisCluster
 MEMORY_RETRY_AFTER = 2
+UNREACHABLE_RETRY_AFTER = 1
+SPARE_CONNECTIONS = 4  # beyond the script calls: blocklist refresh, fence watch, readiness
 
 
 class CrossSlotCall(AssertionError):
@@ -27,13 +32,18 @@ class CrossSlotCall(AssertionError):
 
 
 async def connect(url: str, *, max_connections: int = 64) -> RedisClient:
-    """A client for ``url``: a cluster client when the server runs in cluster mode, else a plain one."""
-    plain: Redis = Redis.from_url(url, decode_responses=True, max_connections=max_connections)
+    """A client for ``url``: a cluster client when the server runs in cluster mode, else a plain one.
+
+    Both kinds raise, rather than wait, when their pool is exhausted; the ScriptRunner bounds in-flight
+    script calls below the pool size, and the pool keeps a few spare connections for everything else.
+    """
+    size = max_connections + SPARE_CONNECTIONS
+    plain: Redis = Redis.from_url(url, decode_responses=True, max_connections=size)
     info = await plain.info("cluster")
     if not info.get("cluster_enabled"):
         return plain
     await plain.aclose()
-    return RedisCluster.from_url(url, decode_responses=True, max_connections=max_connections)
+    return RedisCluster.from_url(url, decode_responses=True, max_connections=size)
 
 
 def check_one_slot(script: Script, keys: Sequence[str]) -> None:
@@ -46,10 +56,12 @@ def check_one_slot(script: Script, keys: Sequence[str]) -> None:
 
 
 class ScriptRunner:
-    def __init__(self, client: RedisClient, scripts: dict[str, Script], fence: Fence) -> None:
+    def __init__(self, client: RedisClient, scripts: dict[str, Script], fence: Fence, *,
+                 max_in_flight: int = 64) -> None:
         self.client = client
         self.scripts = scripts
         self.fence = fence
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def load_all(self) -> None:
         for script in self.scripts.values():
@@ -68,14 +80,20 @@ class ScriptRunner:
             self.fence.check()
         check_one_slot(script, keys)
         try:
-            try:
-                reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
-            except NoScriptError:
-                await self.client.script_load(script.source)
-                reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            async with self._in_flight:
+                try:
+                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+                except NoScriptError:
+                    await self.client.script_load(script.source)
+                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
         except OutOfMemoryError:
             raise DomainError(
                 Outcome.OVERLOADED, "Redis is out of memory; nothing was done.", retry_after=MEMORY_RETRY_AFTER
+            ) from None
+        except (RedisConnectionError, RedisTimeoutError):
+            # The call may or may not have run; a keyed retry gets its first answer either way.
+            raise DomainError(
+                Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=UNREACHABLE_RETRY_AFTER
             ) from None
         if not isinstance(reply, list) or not reply or reply[0] not in script.replies:
             raise RuntimeError(f"{name}: reply {reply!r} is not one its header declares")

@@ -41,7 +41,7 @@ class Services:
         )
         keyspace = KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
         fence = Fence()
-        runner = ScriptRunner(client, load_scripts(), fence)
+        runner = ScriptRunner(client, load_scripts(), fence, max_in_flight=settings.redis.max_connections)
         await runner.load_all()
         blocklist = Blocklist()
         services = cls(

@@ -84,6 +84,7 @@ class Consumer:
                 entries.extend(Entry(stream, entry_id, fields) for entry_id, fields in messages if fields)
         if self.reread_pending and not entries:
             self.reread_pending = False
+            return await self.read()
         return entries
 
     async def autoclaim(self) -> None:

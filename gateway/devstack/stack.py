@@ -20,6 +20,7 @@ from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
 from gateway.settings import PREFIX
 
 READY_TIMEOUT_SECONDS = 60
+GATEWAY_TARGET = "gateway.http.app:app_from_env"  # in the cmdline once `serve` has exec'd granian
 
 
 @dataclass
@@ -81,7 +82,7 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         stack.children.append(gateway)
-        pidfile.add(gateway.pid, "gateway", "gateway.cli")
+        pidfile.add(gateway.pid, "gateway", GATEWAY_TARGET)
         worker_log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
         worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env, stdout=worker_log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
