@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import ledger_check
 from gateway.claims import ClaimService
@@ -30,6 +32,9 @@ from worker.events import Entry
 
 log = logging.getLogger(__name__)
 STREAM_REFRESH_SECONDS = 2.0
+# Postgres or Redis away, or the fence closed: the batch stays pending and is retried with backoff.
+TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisConnectionError,
+             RedisTimeoutError, DomainError)
 MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -140,7 +145,7 @@ class Consumer:
             try:
                 done = await self.step()
                 backoff = 0.1
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, DomainError) as exc:
+            except TRANSIENT as exc:
                 log.warning("batch not persisted, will retry in %.1fs: %r", backoff, exc)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.devstack.pidfile import PidFile, free_port, stop_pid
+from gateway.devstack.pidfile import PidFile, adopt_child, free_port, stop_pid
 from gateway.devstack.postgres import PostgresServer, start_postgres, stop_postgres
 from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
 from gateway.settings import PREFIX
@@ -75,17 +75,11 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
         subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True)
         port = gateway_port or free_port()
         stack.gateway_url = f"http://127.0.0.1:{port}"
-        log = open(workdir / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", str(workers)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        gateway = spawn([sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                         "--workers", str(workers)], env, workdir / "gateway.log")
         stack.children.append(gateway)
         pidfile.add(gateway.pid, "gateway", GATEWAY_TARGET)
-        worker_log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env, stdout=worker_log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        worker = spawn([sys.executable, "-m", "gateway.cli", "worker"], env, workdir / "worker.log")
         stack.children.append(worker)
         pidfile.add(worker.pid, "worker", "gateway.cli")
         wait_ready(stack.gateway_url, gateway)
@@ -93,6 +87,14 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
         stack.stop()
         raise
     return stack
+
+
+def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A child in its own session (a Ctrl-C of the launcher reaches it only through ``Stack.stop``)."""
+    with open(log, "ab") as out:
+        child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    adopt_child(child)
+    return child
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:

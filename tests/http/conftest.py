@@ -5,8 +5,10 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
 
 from gateway.http.app import create_app
+from gateway.services import Services
 from gateway.settings import Settings
 
 
@@ -14,3 +16,18 @@ from gateway.settings import Settings
 async def client(settings: Settings, clean: None) -> AsyncIterator[AsyncTestClient[Any]]:
     async with AsyncTestClient(app=create_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+async def raw_redis(settings: Settings, clean: None) -> AsyncIterator[Redis]:
+    """A plain (non-cluster) client on the session's one Valkey node: SCAN, DUMP and direct writes."""
+    plain: Redis = Redis.from_url(settings.redis.url)
+    yield plain
+    await plain.aclose()
+
+
+@pytest.fixture
+def services(client: AsyncTestClient[Any]) -> Services:
+    """The running app's services (fence, blocklist copy, script runner)."""
+    found: Services = client.app.state.services
+    return found

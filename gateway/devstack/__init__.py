@@ -1,0 +1,1 @@
+"""Launchers for throwaway local Valkey and PostgreSQL servers (tests, load runs, local development)."""

@@ -1,0 +1,215 @@
+"""Bookkeeping for the servers this project starts, so a crashed launcher's leftovers can be ended later.
+
+A :class:`PidFile` is a JSON list of ``{"pid", "kind", "marker"}``. The marker is a string that appears, as
+a whole whitespace-delimited run, in the process's ``/proc/PID/cmdline`` (Valkey rewrites its process title
+to ``<binary> 127.0.0.1:PORT [cluster]``, so its marker is ``127.0.0.1:PORT``; the postmaster keeps its argv,
+so its marker is its data directory). A pid whose command line lacks the marker is a recycled pid and is never
+signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypedDict
+
+# Popen handles of the servers started in this process, so their exit status is collected (no zombies) and
+# Python never warns that a still-running subprocess was garbage collected.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+# The signal that asks each kind of server for a quick, clean shutdown. The postmaster's SIGTERM is "smart"
+# shutdown, which waits for every client to disconnect; SIGINT is "fast" shutdown.
+_STOP_SIGNALS: dict[str, signal.Signals] = {"postgres": signal.SIGINT}
+
+
+class Entry(TypedDict):
+    pid: int
+    kind: str
+    marker: str
+
+
+def adopt_child(proc: subprocess.Popen[bytes]) -> None:
+    """Keep ``proc`` so :func:`stop_pid` can reap it; launchers call this right after ``Popen``."""
+    _children[proc.pid] = proc
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _reap_if_child(pid: int) -> bool:
+    """True when ``pid`` is (was) our child and has exited; its status is collected."""
+    proc = _children.get(pid)
+    if proc is not None:
+        if proc.poll() is None:
+            return False
+        del _children[pid]
+        return True
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == pid
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process. Collects it if it is an exited child of ours."""
+    if pid <= 0:
+        return False
+    if _reap_if_child(pid):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # Field 3, after the parenthesised command name (which may itself contain spaces or parentheses).
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X")
+
+
+def cmdline_of(pid: int) -> str:
+    """The process's command line with NULs as spaces ("" when it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+
+
+def marker_matches(pid: int, marker: str) -> bool:
+    """Whether ``marker`` appears in the pid's command line as a whole run (whitespace or ends around it)."""
+    if not marker:
+        return False
+    pattern = r"(?<!\S)" + re.escape(marker) + r"(?!\S)"
+    return re.search(pattern, cmdline_of(pid)) is not None
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not pid_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def stop_pid(pid: int, timeout: float = 10.0, *, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Send ``sig`` (SIGTERM), wait up to ``timeout`` seconds, then SIGKILL and wait; no error if gone."""
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    if _wait_gone(pid, timeout):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not _wait_gone(pid, 10.0):
+        raise RuntimeError(f"process {pid} survived SIGKILL for 10 s")
+
+
+def kill_pid(pid: int) -> None:
+    """SIGKILL and wait until it is gone (crash simulation)."""
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not _wait_gone(pid, 10.0):
+        raise RuntimeError(f"process {pid} survived SIGKILL for 10 s")
+
+
+class PidFile:
+    """A JSON file listing servers this project started: ``[{pid, kind, marker}]``.
+
+    Every read-modify-write holds an exclusive ``flock`` on a sibling ``.lock`` file and rewrites the list
+    atomically (temporary file + ``os.replace``), so concurrent launchers never lose each other's entries.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[Entry]:
+        """The current entries (an unreadable or malformed file counts as empty)."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(data, list):
+            return []
+        out: list[Entry] = []
+        for item in data:
+            if not isinstance(item, dict):
+                continue
+            pid, kind, marker = item.get("pid"), item.get("kind"), item.get("marker")
+            if isinstance(pid, int) and isinstance(kind, str) and isinstance(marker, str):
+                out.append(Entry(pid=pid, kind=kind, marker=marker))
+        return out
+
+    def _write(self, entries: list[Entry]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as fh:
+            json.dump(entries, fh, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def add(self, pid: int, kind: str, marker: str) -> None:
+        with self._locked():
+            entries = [e for e in self.entries() if e["pid"] != pid]
+            entries.append(Entry(pid=pid, kind=kind, marker=marker))
+            self._write(entries)
+
+    def remove(self, pid: int) -> None:
+        with self._locked():
+            entries = self.entries()
+            kept = [e for e in entries if e["pid"] != pid]
+            if len(kept) != len(entries):
+                self._write(kept)
+
+    def reap_stale(self) -> list[int]:
+        """End every listed process that is alive and still carries its marker; empty the file.
+
+        Newest first (clients before the servers they use), each is asked to stop (SIGTERM; SIGINT for a
+        postmaster), given 5 s, then SIGKILLed. Returns the pids that were ended. A live pid whose command line
+        lacks the marker (a recycled pid) is left alone.
+        """
+        with self._locked():
+            ended: list[int] = []
+            for entry in reversed(self.entries()):
+                pid = entry["pid"]
+                if pid_alive(pid) and marker_matches(pid, entry["marker"]):
+                    stop_pid(pid, 5.0, sig=_STOP_SIGNALS.get(entry["kind"], signal.SIGTERM))
+                    ended.append(pid)
+            self._write([])
+            return ended
