@@ -30,7 +30,11 @@ class AdminService:
         face = body.check(templates)
         activity = Activity(
             **msgspec.structs.asdict(body),
-            id=new_id(), status="active", face_per_pack=face, created_by=operator, created_at=now,
+            id=new_id(),
+            status="active",
+            face_per_pack=face,
+            created_by=operator,
+            created_at=now,
         )
         keys = self.keyspace.activity(activity.id)
         async with self.pool.acquire() as conn, conn.transaction():
@@ -38,8 +42,9 @@ class AdminService:
         await self.mirror_activity(activity, templates, operator, now)
         return activity
 
-    async def mirror_activity(self, activity: Activity, templates: dict[str, Template], operator: str,
-                              now: int) -> Outcome:
+    async def mirror_activity(
+        self, activity: Activity, templates: dict[str, Template], operator: str, now: int
+    ) -> Outcome:
         """Create the activity's hot config in Redis if absent (reconcile repeats this after a crash)."""
         keys = self.keyspace.activity(activity.id)
         allow = activity.eligibility.users if activity.eligibility and activity.eligibility.users else []
@@ -47,13 +52,19 @@ class AdminService:
             "put_activity",
             [keys.config, keys.allow_list, keys.seq, keys.events],
             [
-                now, new_id(), operator, activity.id,
-                msgspec.json.encode(hot_config(activity, templates)), msgspec.json.encode(allow),
+                now,
+                new_id(),
+                operator,
+                activity.id,
+                msgspec.json.encode(hot_config(activity, templates)),
+                msgspec.json.encode(allow),
             ],
         )
         return Outcome(reply[0])
 
     async def live_status(self, activity: Activity) -> dict[str, str]:
         keys = self.keyspace.activity(activity.id)
-        status, stock_left, taken = await self.runner.client.hmget(keys.config, ["status", "stock_left", "taken"])
-        return {"status": status or "unmirrored", "stock_left": stock_left or "0", "taken": taken or "0"}
+        status, stock_left, taken = await self.runner.client.hmget(
+            keys.config, ["status", "stock_left", "taken"]
+        )
+        return {"status": str(status or "unmirrored"), "stock_left": str(stock_left or 0), "taken": str(taken or 0)}

@@ -31,7 +31,9 @@ class Blocklist:
             return False
         users = await client.smembers(BLOCKLIST.users)
         devices = await client.smembers(BLOCKLIST.devices)
-        self.users, self.devices, self.version = frozenset(users), frozenset(devices), version or ""
+        self.users = frozenset(str(user) for user in users)
+        self.devices = frozenset(str(device) for device in devices)
+        self.version = str(version or "")
         return True
 
     async def keep_fresh(self, client: RedisClient, interval: float) -> None:

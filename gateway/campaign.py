@@ -54,7 +54,9 @@ class TemplateIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             raise invalid("valid_days", "give exactly one of valid_days or valid_from with valid_until")
         if window:
             if self.valid_from is None or self.valid_until is None:
-                raise invalid("valid_until" if self.valid_until is None else "valid_from", "both ends are needed")
+                raise invalid(
+                    "valid_until" if self.valid_until is None else "valid_from", "both ends are needed"
+                )
             if self.valid_until <= self.valid_from:
                 raise invalid("valid_until", "must be after valid_from")
 
@@ -127,9 +129,13 @@ class ActivityIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             face += (value or 0) * item.count
         if self.budget is not None:
             if uncapped:
-                raise DomainError(Outcome.OVER_BUDGET, "A budgeted activity cannot hold a discount without max_off.")
+                raise DomainError(
+                    Outcome.OVER_BUDGET, "A budgeted activity cannot hold a discount without max_off."
+                )
             if face * self.stock > self.budget:
-                raise DomainError(Outcome.OVER_BUDGET, f"stock x face value {face * self.stock} exceeds the budget.")
+                raise DomainError(
+                    Outcome.OVER_BUDGET, f"stock x face value {face * self.stock} exceeds the budget."
+                )
         return face
 
 

@@ -45,7 +45,8 @@ class ClaimService:
     ) -> ClaimResult:
         """Take one pack (script ``claim``), then put its coupons in the wallet (script ``deliver``)."""
         act = self.keyspace.activity(activity_id)
-        scope = operator if mode == "grant" else who.user_id
+        # A claim's key is the user's; a grant's key is the operator's, per user granted.
+        scope = f"{operator}\x1f{who.user_id}" if mode == "grant" else who.user_id
         idem = act.idempotency(scope, idempotency_key) if idempotency_key else act.no_idempotency
         reply = await self.runner.run(
             "claim",
@@ -54,7 +55,7 @@ class ClaimService:
                 now,
                 activity_id,
                 who.user_id,
-                who.device_id,
+                "" if mode == "grant" else who.device_id,
                 channel,
                 "1" if blocked else "0",
                 idempotency_key or "",

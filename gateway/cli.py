@@ -30,10 +30,16 @@ def _up(args: argparse.Namespace) -> int:
         print(f"  {PREFIX}SERVICE_KEYS={env[PREFIX + 'SERVICE_KEYS']}")
         print(f"  logs in {args.workdir}/", flush=True)
         if args.users:
-            report = asyncio.run(run_flash_sale(
-                stack.gateway_url, api_key, env[PREFIX + "JWT_SECRET"], env[PREFIX + "DATABASE_URL"],
-                users=args.users, stock=args.stock,
-            ))
+            report = asyncio.run(
+                run_flash_sale(
+                    stack.gateway_url,
+                    api_key,
+                    env[PREFIX + "JWT_SECRET"],
+                    env[PREFIX + "DATABASE_URL"],
+                    users=args.users,
+                    stock=args.stock,
+                )
+            )
             print("\n".join(report.lines()), flush=True)
             if report.granted != min(args.users, args.stock) or report.claims_rows != report.granted:
                 print("the demo did not come out as it must: see the logs", file=sys.stderr)
@@ -53,8 +59,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     load_settings()  # fail here, naming the variable, rather than inside every granian worker
     command = [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop",
-        "--host", args.host, "--port", str(args.port), "--workers", str(args.workers), "--no-access-log",
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--factory",
+        "--loop",
+        "uvloop",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(args.workers),
+        "--no-access-log",
         GATEWAY_TARGET,
     ]
     os.execv(sys.executable, command)
@@ -97,8 +116,11 @@ def _token(args: argparse.Namespace) -> int:
     if len(secret.encode()) < 32:
         raise SettingsError(f"{PREFIX}JWT_SECRET must be set (at least 32 bytes) to mint tokens")
     tags = args.tags.split(",") if args.tags else None
-    print(mint_user_token(secret, args.user, args.device, ttl_seconds=args.ttl, reg=args.reg, orders=args.orders,
-                          tags=tags))
+    print(
+        mint_user_token(
+            secret, args.user, args.device, ttl_seconds=args.ttl, reg=args.reg, orders=args.orders, tags=tags
+        )
+    )
     return 0
 
 
@@ -106,7 +128,9 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="claimgate", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="run the embedded stack (own Valkey and Postgres unless configured) + a demo")
+    up = sub.add_parser(
+        "up", help="run the embedded stack (own Valkey and Postgres unless configured) + a demo"
+    )
     up.add_argument("--workdir", default=".claimgate", help="where servers keep data, logs and the pidfile")
     up.add_argument("--port", type=int, default=None, help="gateway port (default: a free one)")
     up.add_argument("--users", type=int, default=1000, help="users racing in the demo sale (0: no demo)")
@@ -121,7 +145,9 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     sub.add_parser("worker", help="drain the event streams into Postgres").set_defaults(run=_worker)
-    sub.add_parser("migrate", help="apply migrations/*.sql to CLAIMGATE_DATABASE_URL").set_defaults(run=_migrate)
+    sub.add_parser("migrate", help="apply migrations/*.sql to CLAIMGATE_DATABASE_URL").set_defaults(
+        run=_migrate
+    )
 
     token = sub.add_parser("token", help="mint a user token signed with CLAIMGATE_JWT_SECRET")
     token.add_argument("--user", required=True)

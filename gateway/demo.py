@@ -34,28 +34,66 @@ class SaleReport:
 
 
 async def run_flash_sale(
-    base_url: str, api_key: str, jwt_secret: str, database_url: str, *, users: int = 1000, stock: int = 100,
-    devices: int | None = None, concurrency: int = 200, drain_timeout: float = 30.0,
+    base_url: str,
+    api_key: str,
+    jwt_secret: str,
+    database_url: str,
+    *,
+    users: int = 1000,
+    stock: int = 100,
+    devices: int | None = None,
+    concurrency: int = 200,
+    drain_timeout: float = 30.0,
 ) -> SaleReport:
     admin = {"X-API-Key": api_key}
     now = int(time.time())
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-        template = (await http.post("/v1/admin/templates", headers=admin, json={
-            "name": "demo 5 off", "kind": "cash", "amount_off": 500, "valid_days": 7,
-        })).raise_for_status().json()
-        activity = (await http.post("/v1/admin/activities", headers=admin, json={
-            "name": "demo flash sale", "pack": [{"template_id": template["id"], "count": 1}],
-            "starts_at": now - 1, "ends_at": now + 3600, "stock": stock, "per_user_limit": 1,
-        })).raise_for_status().json()
-        tokens = [mint_user_token(jwt_secret, f"demo-user-{i}", f"demo-device-{i % (devices or users)}")
-                  for i in range(users)]
+        template = (
+            (
+                await http.post(
+                    "/v1/admin/templates",
+                    headers=admin,
+                    json={
+                        "name": "demo 5 off",
+                        "kind": "cash",
+                        "amount_off": 500,
+                        "valid_days": 7,
+                    },
+                )
+            )
+            .raise_for_status()
+            .json()
+        )
+        activity = (
+            (
+                await http.post(
+                    "/v1/admin/activities",
+                    headers=admin,
+                    json={
+                        "name": "demo flash sale",
+                        "pack": [{"template_id": template["id"], "count": 1}],
+                        "starts_at": now - 1,
+                        "ends_at": now + 3600,
+                        "stock": stock,
+                        "per_user_limit": 1,
+                    },
+                )
+            )
+            .raise_for_status()
+            .json()
+        )
+        tokens = [
+            mint_user_token(jwt_secret, f"demo-user-{i}", f"demo-device-{i % (devices or users)}")
+            for i in range(users)
+        ]
         outcomes: collections.Counter[str] = collections.Counter()
         gate = asyncio.Semaphore(concurrency)
 
         async def one(token: str) -> None:
             async with gate:
-                reply = await http.post(f"/v1/activities/{activity['id']}/claim",
-                                        headers={"Authorization": f"Bearer {token}"})
+                reply = await http.post(
+                    f"/v1/activities/{activity['id']}/claim", headers={"Authorization": f"Bearer {token}"}
+                )
             outcomes["granted" if reply.status_code == 201 else reply.json()["error"]] += 1
 
         started = time.monotonic()
@@ -67,8 +105,12 @@ async def run_flash_sale(
     try:
         deadline = time.monotonic() + drain_timeout
         while time.monotonic() < deadline:
-            claims_rows = await conn.fetchval("SELECT count(*) FROM claims WHERE activity_id = $1", activity["id"])
-            coupon_rows = await conn.fetchval("SELECT count(*) FROM coupons WHERE activity_id = $1", activity["id"])
+            claims_rows = await conn.fetchval(
+                "SELECT count(*) FROM claims WHERE activity_id = $1", activity["id"]
+            )
+            coupon_rows = await conn.fetchval(
+                "SELECT count(*) FROM coupons WHERE activity_id = $1", activity["id"]
+            )
             if claims_rows >= granted and coupon_rows >= granted:
                 break
             await asyncio.sleep(0.2)

@@ -32,5 +32,8 @@ class Fence:
 
     def check(self) -> None:
         if not self._open:
-            raise DomainError(Outcome.OVERLOADED, f"State changes are paused: {self.reason}.",
-                              retry_after=FENCED_RETRY_AFTER)
+            raise DomainError(
+                Outcome.OVERLOADED,
+                f"State changes are paused: {self.reason}.",
+                retry_after=FENCED_RETRY_AFTER,
+            )

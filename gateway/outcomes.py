@@ -97,7 +97,9 @@ class DomainError(Exception):
     ) -> None:
         if outcome in SUCCESSES:
             raise ValueError(f"{outcome} is not a refusal")
-        if status is not None and not (outcome is Outcome.INVALID_REQUEST and status in INVALID_REQUEST_STATUSES):
+        if status is not None and not (
+            outcome is Outcome.INVALID_REQUEST and status in INVALID_REQUEST_STATUSES
+        ):
             raise ValueError(f"{outcome} cannot answer {status}")
         self.outcome = outcome
         self.message = message or MESSAGES[outcome]

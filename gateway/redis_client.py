@@ -56,8 +56,9 @@ def check_one_slot(script: Script, keys: Sequence[str]) -> None:
 
 
 class ScriptRunner:
-    def __init__(self, client: RedisClient, scripts: dict[str, Script], fence: Fence, *,
-                 max_in_flight: int = 64) -> None:
+    def __init__(
+        self, client: RedisClient, scripts: dict[str, Script], fence: Fence, *, max_in_flight: int = 64
+    ) -> None:
         self.client = client
         self.scripts = scripts
         self.fence = fence
@@ -74,7 +75,7 @@ class ScriptRunner:
         loaded = await self.client.script_exists(*(self.scripts[n].sha for n in names))
         return [name for name, present in zip(names, loaded, strict=True) if not present]
 
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> list[Any]:
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> list[Any]:
         script = self.scripts[name]
         if not script.read_only:
             self.fence.check()
@@ -82,18 +83,22 @@ class ScriptRunner:
         try:
             async with self._in_flight:
                 try:
-                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
                 except NoScriptError:
                     await self.client.script_load(script.source)
-                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
         except OutOfMemoryError:
             raise DomainError(
-                Outcome.OVERLOADED, "Redis is out of memory; nothing was done.", retry_after=MEMORY_RETRY_AFTER
+                Outcome.OVERLOADED,
+                "Redis is out of memory; nothing was done.",
+                retry_after=MEMORY_RETRY_AFTER,
             ) from None
         except (RedisConnectionError, RedisTimeoutError):
             # The call may or may not have run; a keyed retry gets its first answer either way.
             raise DomainError(
-                Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=UNREACHABLE_RETRY_AFTER
+                Outcome.OVERLOADED,
+                "Redis is unreachable; retry shortly.",
+                retry_after=UNREACHABLE_RETRY_AFTER,
             ) from None
         if not isinstance(reply, list) or not reply or reply[0] not in script.replies:
             raise RuntimeError(f"{name}: reply {reply!r} is not one its header declares")

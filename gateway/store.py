@@ -37,8 +37,19 @@ def _activity(row: asyncpg.Record) -> Activity:
 async def insert_template(conn: asyncpg.Connection | asyncpg.Pool, t: Template) -> None:
     await conn.execute(
         f"INSERT INTO templates ({_TEMPLATE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
-        t.id, t.name, t.kind, t.amount_off, t.percent_off, t.max_off, t.min_spend, t.scope,
-        t.valid_from, t.valid_until, t.valid_days, t.created_by, t.created_at,
+        t.id,
+        t.name,
+        t.kind,
+        t.amount_off,
+        t.percent_off,
+        t.max_off,
+        t.min_spend,
+        t.scope,
+        t.valid_from,
+        t.valid_until,
+        t.valid_days,
+        t.created_by,
+        t.created_at,
     )
 
 
@@ -51,7 +62,8 @@ async def list_templates(pool: asyncpg.Pool, *, before: str | None, limit: int) 
     rows = await pool.fetch(
         f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE ($1::text IS NULL OR template_id < $1)"
         " ORDER BY template_id DESC LIMIT $2",
-        before, limit,
+        before,
+        limit,
     )
     return [_template(row) for row in rows]
 
@@ -60,15 +72,27 @@ async def insert_activity(conn: asyncpg.Connection, a: Activity, keys: ActivityK
     """The definition and its stream's registry entry, in the caller's transaction."""
     await conn.execute(
         f"INSERT INTO activities ({_ACTIVITY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
-        a.id, a.name, msgspec.json.encode(a.pack).decode(), a.starts_at, a.ends_at, a.stock, a.per_user_limit,
-        a.per_device_limit, msgspec.json.encode(a.eligibility).decode() if a.eligibility else None, a.budget,
-        a.face_per_pack, a.status, a.created_by, a.created_at,
+        a.id,
+        a.name,
+        msgspec.json.encode(a.pack).decode(),
+        a.starts_at,
+        a.ends_at,
+        a.stock,
+        a.per_user_limit,
+        a.per_device_limit,
+        msgspec.json.encode(a.eligibility).decode() if a.eligibility else None,
+        a.budget,
+        a.face_per_pack,
+        a.status,
+        a.created_by,
+        a.created_at,
     )
     await register_streams(conn, [keys], kind="activity")
 
 
-async def register_streams(conn: asyncpg.Connection | asyncpg.Pool, partitions: list[Partition],
-                           *, kind: str) -> None:
+async def register_streams(
+    conn: asyncpg.Connection | asyncpg.Pool, partitions: list[Partition], *, kind: str
+) -> None:
     await conn.executemany(
         "INSERT INTO streams (stream, partition, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         [(p.events, p.tag, kind) for p in partitions],
@@ -80,7 +104,9 @@ async def registered_streams(conn: asyncpg.Connection | asyncpg.Pool) -> list[st
 
 
 async def get_activity(pool: asyncpg.Pool, activity_id: str) -> Activity | None:
-    row = await pool.fetchrow(f"SELECT {_ACTIVITY_COLUMNS} FROM activities WHERE activity_id = $1", activity_id)
+    row = await pool.fetchrow(
+        f"SELECT {_ACTIVITY_COLUMNS} FROM activities WHERE activity_id = $1", activity_id
+    )
     return _activity(row) if row else None
 
 
@@ -88,7 +114,8 @@ async def list_activities(pool: asyncpg.Pool, *, before: str | None, limit: int)
     rows = await pool.fetch(
         f"SELECT {_ACTIVITY_COLUMNS} FROM activities WHERE ($1::text IS NULL OR activity_id < $1)"
         " ORDER BY activity_id DESC LIMIT $2",
-        before, limit,
+        before,
+        limit,
     )
     return [_activity(row) for row in rows]
 

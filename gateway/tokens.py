@@ -35,7 +35,7 @@ def _optional_int(claims: dict[str, Any], name: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise _unauthorized(f"The token's {name} must be an integer.")
-    return value
+    return int(value)
 
 
 def verify_user_token(authorization: str | None, secret: str) -> UserIdentity:

@@ -26,14 +26,21 @@ if redis.call("EXISTS", config_key) == 1 then
   return {"replay"}
 end
 local config = cjson.decode(config_json)
+-- cjson reads numbers as doubles and tostring keeps 14 digits: write integers out whole.
+local function as_stored(value)
+  if type(value) == "number" then
+    return string.format("%.0f", value)
+  end
+  return tostring(value)
+end
 local fields = {}
 for name, value in pairs(config) do
   if name ~= "stock" then
     fields[#fields + 1] = name
-    fields[#fields + 1] = tostring(value)
+    fields[#fields + 1] = as_stored(value)
   end
 end
-redis.call("HSET", config_key, "stock_left", config.stock, "taken", 0, unpack(fields))
+redis.call("HSET", config_key, "stock_left", as_stored(config.stock), "taken", 0, unpack(fields))
 local allow = cjson.decode(allow_json)
 for i = 1, #allow, 1000 do
   redis.call("SADD", allow_key, unpack(allow, i, math.min(i + 999, #allow)))

@@ -9,6 +9,7 @@ between ``claim`` and ``deliver`` still converges.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,8 +34,15 @@ from worker.events import Entry
 log = logging.getLogger(__name__)
 STREAM_REFRESH_SECONDS = 2.0
 # Postgres or Redis away, or the fence closed: the batch stays pending and is retried with backoff.
-TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisConnectionError,
-             RedisTimeoutError, DomainError)
+TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    DomainError,
+)
 MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -96,18 +104,22 @@ class Consumer:
         """Take over entries another consumer left pending longer than ``claim_idle_ms``."""
         idle = self.settings.worker.claim_idle_ms
         for stream in self.streams:
-            reply = await self.client.xautoclaim(stream, stream, self.name, idle, "0-0", count=1000,
-                                                 justid=True)
+            reply = await self.client.xautoclaim(
+                stream, stream, self.name, idle, "0-0", count=1000, justid=True
+            )
             if reply and reply[1]:
                 self.reread_pending = True
         self._autoclaim_at = time.monotonic()
 
     async def deliver_claims(self, entries: list[Entry]) -> None:
         now = int(time.time())
-        await asyncio.gather(*(
-            self.claims.deliver(e.fields["user"], e.fields["activity"], e.fields["answer"], now=now)
-            for e in entries if e.type == "claimed"
-        ))
+        await asyncio.gather(
+            *(
+                self.claims.deliver(e.fields["user"], e.fields["activity"], e.fields["answer"], now=now)
+                for e in entries
+                if e.type == "claimed"
+            )
+        )
 
     async def ack(self, entries: list[Entry]) -> None:
         by_stream: dict[str, list[str]] = {}
@@ -155,10 +167,8 @@ class Consumer:
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 async def start_consumer(settings: Settings, fence: Fence | None = None) -> Consumer:

@@ -78,24 +78,60 @@ def _add(rows: _Rows, entry: Entry) -> None:
     f = entry.fields
     kind = entry.type
     if kind == "claimed":
-        rows.claims.append((f["claim_id"], f["activity"], f["user"], f["device"], f["channel"], f["mode"],
-                            f["by"] or None, f["answer"], int(f["at"]), f["id"], entry.partition, entry.seq))
+        rows.claims.append(
+            (
+                f["claim_id"],
+                f["activity"],
+                f["user"],
+                f["device"],
+                f["channel"],
+                f["mode"],
+                f["by"] or None,
+                f["answer"],
+                int(f["at"]),
+                f["id"],
+                entry.partition,
+                entry.seq,
+            )
+        )
         if f.get("idem"):
-            rows.idempotency.append((f["idem"], entry.partition, f["idem_hash"], f["answer"],
-                                     int(f["idem_expires"])))
+            rows.idempotency.append(
+                (f["idem"], entry.partition, f["idem_hash"], f["answer"], int(f["idem_expires"]))
+            )
     elif kind == "delivered":
         version, at = int(f["version"]), int(f["at"])
         answer = decode_answer(f["answer"])
         for coupon in answer.coupons:
-            row = (coupon.coupon_id, f["user"], f["activity"], coupon.template_id, answer.claim_id, "available",
-                   version, coupon.valid_from, coupon.valid_until, at)
+            row = (
+                coupon.coupon_id,
+                f["user"],
+                f["activity"],
+                coupon.template_id,
+                answer.claim_id,
+                "available",
+                version,
+                coupon.valid_from,
+                coupon.valid_until,
+                at,
+            )
             held = rows.coupons.get(coupon.coupon_id)
             if held is None or int(held[6]) < version:  # type: ignore[call-overload]
                 rows.coupons[coupon.coupon_id] = row
             rows.coupon_events.append((coupon.coupon_id, version, f["id"], kind, at, "available"))
     elif kind in AUDITED:
-        rows.audit.append((f["id"], entry.partition, entry.seq, int(f["at"]), f["by"], AUDITED[kind],
-                           f["activity"], f.get("before", ""), f.get("after", "")))
+        rows.audit.append(
+            (
+                f["id"],
+                entry.partition,
+                entry.seq,
+                int(f["at"]),
+                f["by"],
+                AUDITED[kind],
+                f["activity"],
+                f.get("before", ""),
+                f.get("after", ""),
+            )
+        )
     else:
         raise ValueError(f"unknown event type {kind!r}")
 
@@ -106,9 +142,16 @@ def collect(entries: list[Entry]) -> _Rows:
         try:
             _add(rows, entry)
         except (KeyError, ValueError, msgspec.DecodeError) as exc:
-            rows.conflicts.append((entry.fields.get("id"), entry.partition, f"undecodable: {exc!r}",
-                                   msgspec.json.encode({"stream": entry.stream, "entry_id": entry.entry_id,
-                                                        "fields": entry.fields}).decode()))
+            rows.conflicts.append(
+                (
+                    entry.fields.get("id"),
+                    entry.partition,
+                    f"undecodable: {exc!r}",
+                    msgspec.json.encode(
+                        {"stream": entry.stream, "entry_id": entry.entry_id, "fields": entry.fields}
+                    ).decode(),
+                )
+            )
         if "seq" in entry.fields and entry.fields["seq"].isdigit():
             rows.marks[entry.partition] = max(rows.marks.get(entry.partition, 0), entry.seq)
     return rows
@@ -126,7 +169,9 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> None:
             ordered = [rows.coupons[k] for k in sorted(rows.coupons)]
             await conn.execute(_UPSERT_COUPONS, *_columns(ordered, 10))
         if rows.coupon_events:
-            await conn.execute(_INSERT_COUPON_EVENTS, *_columns(sorted(rows.coupon_events, key=lambda r: (r[0], r[1])), 6))
+            await conn.execute(
+                _INSERT_COUPON_EVENTS, *_columns(sorted(rows.coupon_events, key=lambda r: (r[0], r[1])), 6)
+            )
         if rows.audit:
             await conn.execute(_INSERT_AUDIT, *_columns(rows.audit, 9))
         if rows.conflicts:

@@ -35,6 +35,7 @@ class Entry(TypedDict):
     pid: int
     kind: str
     marker: str
+    owner: int  # the process that started it; its servers are stale only once it is gone
 
 
 def adopt_child(proc: subprocess.Popen[bytes]) -> None:
@@ -138,7 +139,7 @@ def kill_pid(pid: int) -> None:
 
 
 class PidFile:
-    """A JSON file listing servers this project started: ``[{pid, kind, marker}]``.
+    """A JSON file listing servers this project started: ``[{pid, kind, marker, owner}]``.
 
     Every read-modify-write holds an exclusive ``flock`` on a sibling ``.lock`` file and rewrites the list
     atomically (temporary file + ``os.replace``), so concurrent launchers never lose each other's entries.
@@ -170,9 +171,19 @@ class PidFile:
         for item in data:
             if not isinstance(item, dict):
                 continue
-            pid, kind, marker = item.get("pid"), item.get("kind"), item.get("marker")
-            if isinstance(pid, int) and isinstance(kind, str) and isinstance(marker, str):
-                out.append(Entry(pid=pid, kind=kind, marker=marker))
+            pid, kind, marker, owner = (
+                item.get("pid"),
+                item.get("kind"),
+                item.get("marker"),
+                item.get("owner", 0),
+            )
+            if (
+                isinstance(pid, int)
+                and isinstance(kind, str)
+                and isinstance(marker, str)
+                and isinstance(owner, int)
+            ):
+                out.append(Entry(pid=pid, kind=kind, marker=marker, owner=owner))
         return out
 
     def _write(self, entries: list[Entry]) -> None:
@@ -187,7 +198,7 @@ class PidFile:
     def add(self, pid: int, kind: str, marker: str) -> None:
         with self._locked():
             entries = [e for e in self.entries() if e["pid"] != pid]
-            entries.append(Entry(pid=pid, kind=kind, marker=marker))
+            entries.append(Entry(pid=pid, kind=kind, marker=marker, owner=os.getpid()))
             self._write(entries)
 
     def remove(self, pid: int) -> None:
@@ -198,18 +209,22 @@ class PidFile:
                 self._write(kept)
 
     def reap_stale(self) -> list[int]:
-        """End every listed process that is alive and still carries its marker; empty the file.
+        """End every listed process whose owner is gone and that is alive and still carries its marker.
 
-        Newest first (clients before the servers they use), each is asked to stop (SIGTERM; SIGINT for a
-        postmaster), given 5 s, then SIGKILLed. Returns the pids that were ended. A live pid whose command line
-        lacks the marker (a recycled pid) is left alone.
+        Entries of a live owner (another launcher or test session running now) are kept as they are. Newest
+        first (clients before the servers they use), each is asked to stop (SIGTERM; SIGINT for a postmaster),
+        given 5 s, then SIGKILLed. Returns the pids that were ended. A live pid whose command line lacks the
+        marker (a recycled pid) is left alone.
         """
         with self._locked():
             ended: list[int] = []
+            kept: list[Entry] = []
             for entry in reversed(self.entries()):
-                pid = entry["pid"]
-                if pid_alive(pid) and marker_matches(pid, entry["marker"]):
+                pid, owner = entry["pid"], entry["owner"]
+                if owner != os.getpid() and pid_alive(owner):
+                    kept.insert(0, entry)
+                elif pid_alive(pid) and marker_matches(pid, entry["marker"]):
                     stop_pid(pid, 5.0, sig=_STOP_SIGNALS.get(entry["kind"], signal.SIGTERM))
                     ended.append(pid)
-            self._write([])
+            self._write(kept)
             return ended

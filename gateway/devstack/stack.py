@@ -75,8 +75,22 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
         subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True)
         port = gateway_port or free_port()
         stack.gateway_url = f"http://127.0.0.1:{port}"
-        gateway = spawn([sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                         "--workers", str(workers)], env, workdir / "gateway.log")
+        gateway = spawn(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            env,
+            workdir / "gateway.log",
+        )
         stack.children.append(gateway)
         pidfile.add(gateway.pid, "gateway", GATEWAY_TARGET)
         worker = spawn([sys.executable, "-m", "gateway.cli", "worker"], env, workdir / "worker.log")
@@ -92,7 +106,9 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
 def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """A child in its own session (a Ctrl-C of the launcher reaches it only through ``Stack.stop``)."""
     with open(log, "ab") as out:
-        child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     adopt_child(child)
     return child
 

@@ -172,7 +172,15 @@ def start_valkey(
     if not auto_aof_rewrite:
         args += ["--auto-aof-rewrite-percentage", "0"]
     if cluster:
-        args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        # The bus port defaults to port + 10000, which fails for a free port above 55535: give it its own.
+        args += [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            str(free_port()),
+        ]
     log = workdir / LOG_NAME
     with open(log, "ab") as log_fh:
         proc = subprocess.Popen(

@@ -43,7 +43,9 @@ async def list_templates(request: Request[Any, Any, Any]) -> Response[bytes]:
     auth.operator(request)
     bodies.only_query(request, _LIST_QUERY)
     limit = bodies.list_limit(request)
-    items = await store.list_templates(auth.services(request).pool, before=bodies.cursor(request), limit=limit + 1)
+    items = await store.list_templates(
+        auth.services(request).pool, before=bodies.cursor(request), limit=limit + 1
+    )
     return _page(items, limit)
 
 
@@ -60,7 +62,9 @@ async def list_activities(request: Request[Any, Any, Any]) -> Response[bytes]:
     auth.operator(request)
     bodies.only_query(request, _LIST_QUERY)
     limit = bodies.list_limit(request)
-    items = await store.list_activities(auth.services(request).pool, before=bodies.cursor(request), limit=limit + 1)
+    items = await store.list_activities(
+        auth.services(request).pool, before=bodies.cursor(request), limit=limit + 1
+    )
     return _page(items, limit)
 
 
@@ -68,7 +72,11 @@ async def list_activities(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     auth.operator(request)
     services = auth.services(request)
-    activity = await store.get_activity(services.pool, activity_id) if bodies.PATH_ID.fullmatch(activity_id) else None
+    activity = (
+        await store.get_activity(services.pool, activity_id)
+        if bodies.PATH_ID.fullmatch(activity_id)
+        else None
+    )
     if activity is None:
         raise DomainError(Outcome.NOT_FOUND, "No such activity.")
     live = await services.admin.live_status(activity)

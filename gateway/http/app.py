@@ -26,8 +26,12 @@ def create_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            Router("/", route_handlers=claim_routes.ROUTES, request_max_body_size=claim_routes.USER_BODY_LIMIT),
-            Router("/", route_handlers=admin_routes.ROUTES, request_max_body_size=admin_routes.ADMIN_BODY_LIMIT),
+            Router(
+                "/", route_handlers=claim_routes.ROUTES, request_max_body_size=claim_routes.USER_BODY_LIMIT
+            ),
+            Router(
+                "/", route_handlers=admin_routes.ROUTES, request_max_body_size=admin_routes.ADMIN_BODY_LIMIT
+            ),
             *ops_routes.ROUTES,
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgspec
 from litestar import Request, Response
@@ -19,6 +20,7 @@ from gateway.outcomes import (
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
+INTERNAL_ERROR = b'{"error":"internal","message":"Internal error."}'
 
 
 def render(error: DomainError) -> Response[bytes]:
@@ -27,7 +29,7 @@ def render(error: DomainError) -> Response[bytes]:
     return Response(msgspec.json.encode(body), status_code=error.status, media_type=JSON, headers=headers)
 
 
-def on_domain_error(_: Request[object, object, object], exc: DomainError) -> Response[bytes]:
+def on_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
     return render(exc)
 
 
@@ -40,7 +42,7 @@ _FRAMEWORK_REFUSALS: dict[int, DomainError] = {
 }
 
 
-def on_http_exception(_: Request[object, object, object], exc: HTTPException) -> Response[bytes]:
+def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     """Litestar's own refusals (no route, wrong method, body too large, bad parameters) in the contract's shape."""
     known = _FRAMEWORK_REFUSALS.get(exc.status_code)
     if known is not None:
@@ -48,14 +50,13 @@ def on_http_exception(_: Request[object, object, object], exc: HTTPException) ->
     if exc.status_code < 500:
         return render(DomainError(Outcome.INVALID_REQUEST, str(exc.detail)))
     log.error("framework error %s: %s", exc.status_code, exc.detail)
-    return Response({"error": "internal", "message": "Internal error."}, status_code=500, media_type=JSON)
+    return Response(INTERNAL_ERROR, status_code=500, media_type=JSON)
 
 
-def on_unexpected(_: Request[object, object, object], exc: Exception) -> Response[bytes]:
+def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Anything else is a bug: log it whole, answer 500 without details."""
     log.exception("unhandled error", exc_info=exc)
-    return Response(msgspec.json.encode({"error": "internal", "message": "Internal error."}), status_code=500,
-                    media_type=JSON)
+    return Response(INTERNAL_ERROR, status_code=500, media_type=JSON)
 
 
 EXCEPTION_HANDLERS = {

@@ -3,6 +3,7 @@ environment pointed at servers this test starts, must come up and work together.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -65,8 +66,20 @@ def compose_valkey(compose: dict[str, Any], tmp_path: Path) -> Iterator[str]:
     command = compose["services"]["valkey"]["command"]
     assert command[0] == "valkey-server"
     port = free_port()
-    process = subprocess.Popen([str(valkey_binary()), *command[1:], "--port", str(port), "--bind", "127.0.0.1",
-                                "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            str(valkey_binary()),
+            *command[1:],
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     adopt_child(process)
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -82,14 +95,27 @@ def compose_valkey(compose: dict[str, Any], tmp_path: Path) -> Iterator[str]:
         stop_pid(process.pid)
 
 
-@pytest.fixture
-async def compose_database(postgres: PostgresServer) -> str:
-    conn = await asyncpg.connect(postgres.url)
+async def _fresh_database(url: str, name: str) -> None:
+    conn = await asyncpg.connect(url)
     try:
-        await conn.execute("DROP DATABASE IF EXISTS compose_check")
-        await conn.execute("CREATE DATABASE compose_check")
+        await conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        await conn.execute(f"CREATE DATABASE {name}")
     finally:
         await conn.close()
+
+
+async def _count_claims(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM claims")
+        return count
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def compose_database(postgres: PostgresServer) -> str:
+    asyncio.run(_fresh_database(postgres.url, "compose_check"))
     return postgres.url.rsplit("/", 1)[0] + "/compose_check"
 
 
@@ -107,11 +133,14 @@ def test_dockerfile_copies_what_exists() -> None:
                 assert (ROOT / source).exists(), source
 
 
-async def test_services_come_up_and_drain_a_claim(compose: dict[str, Any], compose_valkey: str,
-                                                   compose_database: str, tmp_path: Path) -> None:
+def test_services_come_up_and_drain_a_claim(
+    compose: dict[str, Any], compose_valkey: str, compose_database: str, tmp_path: Path
+) -> None:
     services = compose["services"]
-    env = {name: service_env(compose, name, compose_valkey, compose_database)
-           for name in ("migrate", "gateway", "worker", "locust")}
+    env = {
+        name: service_env(compose, name, compose_valkey, compose_database)
+        for name in ("migrate", "gateway", "worker", "locust")
+    }
     subprocess.run(local_command(services["migrate"]["command"]), env=env["migrate"], check=True, timeout=60)
     port = free_port()
     gateway_command = local_command(services["gateway"]["command"], port)
@@ -120,39 +149,51 @@ async def test_services_come_up_and_drain_a_claim(compose: dict[str, Any], compo
     try:
         gateway = spawn(gateway_command, env["gateway"], tmp_path / "gateway.log")
         started.append(gateway)
-        started.append(spawn(local_command(services["worker"]["command"]), env["worker"], tmp_path / "worker.log"))
+        started.append(
+            spawn(local_command(services["worker"]["command"]), env["worker"], tmp_path / "worker.log")
+        )
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, gateway)
         assert httpx.get(f"{base}/readyz").status_code == 200
         admin = {"X-API-Key": API_KEY}
         now = int(time.time())
-        async with httpx.AsyncClient(base_url=base) as http:
-            template = (await http.post("/v1/admin/templates", headers=admin, json={
-                "name": "t", "kind": "cash", "amount_off": 100, "valid_days": 1})).json()
-            activity = (await http.post("/v1/admin/activities", headers=admin, json={
-                "name": "a", "pack": [{"template_id": template["id"], "count": 1}], "starts_at": now - 1,
-                "ends_at": now + 600, "stock": 5, "per_user_limit": 1})).json()
+        with httpx.Client(base_url=base) as http:
+            template = http.post(
+                "/v1/admin/templates",
+                headers=admin,
+                json={"name": "t", "kind": "cash", "amount_off": 100, "valid_days": 1},
+            ).json()
+            activity = http.post(
+                "/v1/admin/activities",
+                headers=admin,
+                json={
+                    "name": "a",
+                    "pack": [{"template_id": template["id"], "count": 1}],
+                    "starts_at": now - 1,
+                    "ends_at": now + 600,
+                    "stock": 5,
+                    "per_user_limit": 1,
+                },
+            ).json()
             token = mint_user_token(JWT_SECRET, "compose-user", "compose-device")
-            claimed = await http.post(f"/v1/activities/{activity['id']}/claim",
-                                      headers={"Authorization": f"Bearer {token}"})
+            claimed = http.post(
+                f"/v1/activities/{activity['id']}/claim", headers={"Authorization": f"Bearer {token}"}
+            )
             assert claimed.status_code == 201, claimed.text
-        conn = await asyncpg.connect(compose_database)
-        try:
-            for _ in range(100):
-                rows = await conn.fetchval("SELECT count(*) FROM claims")
-                if rows:
-                    break
-                time.sleep(0.1)
-            assert rows == 1
-        finally:
-            await conn.close()
+        deadline = time.monotonic() + 10
+        while asyncio.run(_count_claims(compose_database)) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert asyncio.run(_count_claims(compose_database)) == 1
 
         locust = local_command(services["locust"]["command"])
         locust[locust.index("--host") + 1] = base
         done = subprocess.run(
             [*locust, "--headless", "-u", "4", "-r", "4", "-t", "3s", "--only-summary"],
             env={**env["locust"], "LOADTEST_ACTIVITY": activity["id"], "LOADTEST_USERS": "200"},
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert "claim" in done.stderr + done.stdout

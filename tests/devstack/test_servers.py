@@ -284,8 +284,8 @@ def test_pidfile_add_remove_roundtrip(tmp_path: Path) -> None:
     pids.add(222, "postgres", "/x/pgdata")
     pids.add(111, "valkey", "127.0.0.1:2")  # re-adding a pid replaces its entry
     assert json.loads(path.read_text()) == [
-        {"pid": 222, "kind": "postgres", "marker": "/x/pgdata"},
-        {"pid": 111, "kind": "valkey", "marker": "127.0.0.1:2"},
+        {"pid": 222, "kind": "postgres", "marker": "/x/pgdata", "owner": os.getpid()},
+        {"pid": 111, "kind": "valkey", "marker": "127.0.0.1:2", "owner": os.getpid()},
     ]
     pids.remove(222)
     assert [e["pid"] for e in PidFile(path).entries()] == [111]
@@ -297,7 +297,12 @@ def test_reap_stale_ends_servers_of_a_crashed_launcher(tmp_path: Path, started: 
     valkey = started.valkey(start_valkey(tmp_path / "valkey", pidfile=PidFile(path)))
     postgres = started.postgres(start_postgres(tmp_path / "pg", pidfile=PidFile(path)))
     listed = {e["pid"]: e for e in PidFile(path).entries()}
-    assert listed[valkey.pid] == {"pid": valkey.pid, "kind": "valkey", "marker": f"127.0.0.1:{valkey.port}"}
+    assert listed[valkey.pid] == {
+        "pid": valkey.pid,
+        "kind": "valkey",
+        "marker": f"127.0.0.1:{valkey.port}",
+        "owner": os.getpid(),
+    }
     assert listed[postgres.pid]["marker"] == str(postgres.datadir)
 
     # The launcher "crashed": nothing called stop. A later run reaps what the file lists.
@@ -362,3 +367,25 @@ def test_free_port_is_bindable() -> None:
     assert 1024 <= port <= 65535
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_reap_stale_spares_servers_whose_owner_is_alive(tmp_path: Path) -> None:
+    """Two test sessions (or launchers) at once share a pidfile: neither ends the other's servers."""
+    owner = subprocess.Popen(["sleep", "30"])
+    server = subprocess.Popen(["sleep", "31"])
+    path = tmp_path / "servers.json"
+    try:
+        entry = {"pid": server.pid, "kind": "valkey", "marker": "31", "owner": owner.pid}
+        path.write_text(json.dumps([entry]))
+        assert PidFile(path).reap_stale() == []
+        assert server.poll() is None
+        assert PidFile(path).entries() == [entry]
+
+        owner.kill()
+        owner.wait()
+        assert PidFile(path).reap_stale() == [server.pid]  # its owner is gone: now it is stale
+        assert PidFile(path).entries() == []
+    finally:
+        for process in (owner, server):
+            process.kill()
+            process.wait()

@@ -39,8 +39,14 @@ def processes_with(text: str) -> list[int]:
 
 def test_up_after_a_kill_9_stops_what_the_killed_run_left(tmp_path: Path) -> None:
     workdir = tmp_path / "stack"
-    first = subprocess.Popen([*CLAIMGATE, "up", "--workdir", str(workdir), "--users", "30", "--stock", "5"],
-                             env=bare_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [*CLAIMGATE, "up", "--workdir", str(workdir), "--users", "30", "--stock", "5"],
+        env=bare_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     left: list[int] = []
     try:
         output = []
@@ -59,9 +65,14 @@ def test_up_after_a_kill_9_stops_what_the_killed_run_left(tmp_path: Path) -> Non
         time.sleep(0.5)
         assert all(pid_alive(pid) for pid in left), "the servers should outlive a kill -9 of the launcher"
 
-        second = subprocess.run([*CLAIMGATE, "up", "--workdir", str(workdir), "--once", "--users", "30",
-                                 "--stock", "5"], env=bare_env(), cwd=ROOT, capture_output=True, text=True,
-                                timeout=180)
+        second = subprocess.run(
+            [*CLAIMGATE, "up", "--workdir", str(workdir), "--once", "--users", "30", "--stock", "5"],
+            env=bare_env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert second.returncode == 0, second.stdout + second.stderr
         assert f"stopped {len(left)} server(s) a previous run left behind" in second.stdout
         assert "granted: 5" in second.stdout

@@ -37,13 +37,20 @@ async def crowd_claims(client: AsyncTestClient[Any], activity_id: str) -> list[t
         user, device = f"user-{i}", f"device-{i % DEVICES}"
         headers = bearer(user, device)
         calls += [(user, device, headers)] * CLAIMS_EACH
-    replies = await asyncio.gather(*(
-        client.post(f"/v1/activities/{activity_id}/claim", headers=h) for _, _, h in calls))
+    replies = await asyncio.gather(
+        *(client.post(f"/v1/activities/{activity_id}/claim", headers=h) for _, _, h in calls)
+    )
     return [(u, d, r) for (u, d, _), r in zip(calls, replies, strict=True)]
 
 
-async def check_race(client: AsyncTestClient[Any], redis_client: RedisClient, settings: Settings,
-                     activity_id: str, *, expect_granted: int) -> collections.Counter[str]:
+async def check_race(
+    client: AsyncTestClient[Any],
+    redis_client: RedisClient,
+    settings: Settings,
+    activity_id: str,
+    *,
+    expect_granted: int,
+) -> collections.Counter[str]:
     results = await crowd_claims(client, activity_id)
     statuses = collections.Counter(r.status_code for _, _, r in results)
     assert set(statuses) <= {201, 409}, statuses  # granted, sold out or limit reached: nothing else
@@ -75,30 +82,39 @@ async def check_race(client: AsyncTestClient[Any], redis_client: RedisClient, se
     consumer = await start_consumer(settings)
     try:
         await drain(consumer)
-        claims = await consumer.pool.fetch("SELECT claim_id, user_id FROM claims WHERE activity_id = $1",
-                                           activity_id)
-        coupons = await consumer.pool.fetch("SELECT coupon_id, user_id FROM coupons WHERE activity_id = $1",
-                                            activity_id)
+        claims = await consumer.pool.fetch(
+            "SELECT claim_id, user_id FROM claims WHERE activity_id = $1", activity_id
+        )
+        coupons = await consumer.pool.fetch(
+            "SELECT coupon_id, user_id FROM coupons WHERE activity_id = $1", activity_id
+        )
     finally:
         await consumer.client.aclose()
         await consumer.pool.close()
     assert sorted((r["claim_id"], r["user_id"]) for r in claims) == sorted(
-        (a["claim_id"], u) for u, _, a in granted)
+        (a["claim_id"], u) for u, _, a in granted
+    )
     assert sorted((r["coupon_id"], r["user_id"]) for r in coupons) == sorted(
-        (c, u) for u, cs in coupons_by_user.items() for c in cs)
+        (c, u) for u, cs in coupons_by_user.items() for c in cs
+    )
     return per_device
 
 
-async def test_stock_binds(client: AsyncTestClient[Any], redis_client: RedisClient, settings: Settings) -> None:
+async def test_stock_binds(
+    client: AsyncTestClient[Any], redis_client: RedisClient, settings: Settings
+) -> None:
     template = await create_template(client)
-    activity = await create_activity(client, template_id=template["id"], stock=100, per_user_limit=2,
-                                     per_device_limit=3)
+    activity = await create_activity(
+        client, template_id=template["id"], stock=100, per_user_limit=2, per_device_limit=3
+    )
     await check_race(client, redis_client, settings, activity["id"], expect_granted=100)
     keys = KeySpace(8, 4).activity(activity["id"])
     assert await redis_client.hget(keys.config, "stock_left") == "0"
 
 
-async def test_limits_bind(client: AsyncTestClient[Any], redis_client: RedisClient, settings: Settings) -> None:
+async def test_limits_bind(
+    client: AsyncTestClient[Any], redis_client: RedisClient, settings: Settings
+) -> None:
     activity = await create_activity(client, stock=100_000, per_user_limit=2, per_device_limit=3)
     per_device = await check_race(client, redis_client, settings, activity["id"], expect_granted=300)
     assert set(per_device.values()) == {3}

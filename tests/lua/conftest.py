@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from gateway.keys import ActivityKeys, KeySpace
 from gateway.redis_client import ScriptRunner
@@ -33,3 +34,11 @@ def make_activity(runner: ScriptRunner) -> MakeActivity:
         return KeySpace.activity(activity_id)
 
     return make
+
+
+@pytest.fixture
+async def plain(settings: Settings, clean: None) -> AsyncIterator[Redis]:
+    """A non-cluster connection to the one node, for its INFO and CONFIG answers."""
+    client: Redis = Redis.from_url(settings.redis.url, decode_responses=True)
+    yield client
+    await client.aclose()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.ids import new_id
-from gateway.keys import ActivityKeys, KeySpace, WalletKeys
+from gateway.keys import KeySpace, WalletKeys
 from gateway.redis_client import RedisClient, ScriptRunner
 
 DAY = 86_400
@@ -71,7 +71,6 @@ class Claimer:
 
     runner: ScriptRunner
     idem_ttl: int
-    calls: list[Claimed] = field(default_factory=list)
 
     async def __call__(self, activity_id: str = "act1", *, now: int = NOW, user: str = "u1",
                        device: str = "d1", channel: str = "", blocked: bool = False, key: str = "",
@@ -93,9 +92,7 @@ class Claimer:
                 "\x1f".join(tags), mode, operator,
             ],
         )
-        done = Claimed(reply, claim_id, event_id, idem)
-        self.calls.append(done)
-        return done
+        return Claimed(reply, claim_id, event_id, idem)
 
 
 async def deliver(runner: ScriptRunner, wallet: WalletKeys, user: str, activity_id: str, answer: str, *,
@@ -153,5 +150,11 @@ async def last_event(client: RedisClient, stream: str) -> dict[str, str]:
     return fields
 
 
-def activity_keys(activity_id: str = "act1") -> ActivityKeys:
-    return KeySpace.activity(activity_id)
+async def command_calls(plain: Any, *commands: str) -> int:
+    """How often the node saw these commands (from clients or scripts): run, failed or rejected."""
+    stats = await plain.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get(counter, 0))
+        for name in commands
+        for counter in ("calls", "rejected_calls", "failed_calls")
+    )

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from gateway.keys import KeySpace
 from gateway.redis_client import RedisClient
@@ -19,6 +20,7 @@ from tests.lua.support import (
     Claimed,
     Claimer,
     changed,
+    command_calls,
     last_event,
     snapshot,
 )
@@ -169,7 +171,8 @@ async def test_idempotency_conflict(claimer: Claimer, make_activity: MakeActivit
     await make_activity(per_user_limit=5)
     await succeeded(claimer, redis_client, user="u1", key="k-1", body=HASH_A)
     await refused(claimer, redis_client, "idempotency_conflict", user="u1", key="k-1", body=HASH_B)
-    await refused(claimer, redis_client, "idempotency_conflict", user="u1", key="k-1", body=HASH_B, blocked=True)
+    await refused(claimer, redis_client, "idempotency_conflict", user="u1", key="k-1", body=HASH_B,
+                  blocked=True)
     # Another key of the same user is a new request.
     await succeeded(claimer, redis_client, user="u1", key="k-2", body=HASH_B)
 
@@ -208,7 +211,8 @@ async def test_not_found(claimer: Claimer, make_activity: MakeActivity, redis_cl
         assert await redis_client.exists(key) == 0
 
 
-async def test_ended_by_status(claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient) -> None:
+async def test_ended_by_status(claimer: Claimer, make_activity: MakeActivity,
+                               redis_client: RedisClient) -> None:
     await make_activity(status="ended")
     await refused(claimer, redis_client, "ended")
 
@@ -250,6 +254,17 @@ async def test_sold_out_writes_nothing(claimer: Claimer, make_activity: MakeActi
     await refused(claimer, redis_client, "sold_out", user="u3", device="d3", key="k-3")
 
 
+async def test_sold_out_costs_one_hmget(claimer: Claimer, make_activity: MakeActivity, plain: Redis) -> None:
+    """The header's promise: a sold-out claim (without a key) reads the config once and nothing else."""
+    await make_activity(stock=0, elig={"users": True}, per_device_limit=1)
+    reads = ("hmget", "hget", "hgetall", "get", "sismember", "exists", "hexists")
+    before = {name: await command_calls(plain, name) for name in reads}
+    done = await claimer(user="u1")
+    assert done.reply == ["sold_out"]
+    after = {name: await command_calls(plain, name) for name in reads}
+    assert {name: after[name] - before[name] for name in reads} == {name: int(name == "hmget") for name in reads}
+
+
 async def test_zero_stock_is_sold_out(claimer: Claimer, make_activity: MakeActivity,
                                       redis_client: RedisClient) -> None:
     await make_activity(stock=0)
@@ -267,7 +282,8 @@ ELIGIBILITY = [
     ("min_orders", {"min_orders": 3}, [],
      [{"orders": 2}, {"orders": None}], [{"orders": 3}, {"orders": 40}]),
     ("tags", {"tags": ["vip", "gold"]}, [],
-     [{"tags": []}, {"tags": ["new"]}, {"tags": ["vipx", "gol"]}], [{"tags": ["new", "gold"]}, {"tags": ["vip"]}]),
+     [{"tags": []}, {"tags": ["new"]}, {"tags": ["vipx", "gol"]}],
+     [{"tags": ["new", "gold"]}, {"tags": ["vip"]}]),
     ("users", {"users": True}, ["u1", "u2"],
      [{"user": "u3"}, {"user": "u"}], [{"user": "u2"}, {"user": "u1"}]),
     ("all-rules", {"new_within_days": 1, "min_orders": 1, "tags": ["vip"], "users": True}, ["u1"],
@@ -292,15 +308,18 @@ async def test_eligibility_rule(claimer: Claimer, make_activity: MakeActivity, r
 
 
 async def test_no_rules_means_everyone(claimer: Claimer, make_activity: MakeActivity,
-                                       redis_client: RedisClient) -> None:
-    await make_activity(elig="")
+                                       redis_client: RedisClient, plain: Redis) -> None:
+    await make_activity(elig="", allow=["u1"])
+    lookups = await command_calls(plain, "sismember")
     await succeeded(claimer, redis_client, user="anyone")
+    assert await command_calls(plain, "sismember") == lookups  # the allow set is read only for elig.users
 
 
 # --- limits ----------------------------------------------------------------------------------------------
 
 
-async def test_per_user_limit(claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient) -> None:
+async def test_per_user_limit(claimer: Claimer, make_activity: MakeActivity,
+                              redis_client: RedisClient) -> None:
     await make_activity(per_user_limit=2)
     await succeeded(claimer, redis_client, user="u1", device="d1")
     await succeeded(claimer, redis_client, user="u1", device="d2")
@@ -398,7 +417,8 @@ ORDER = [
     ("paused+not_started", {"status": "paused", "starts_at": NOW + 10}, [], [], {}, "paused"),
     ("window_over+sold_out", {"ends_at": NOW, "stock": 0}, [], [], {}, "ended"),
     ("not_started+sold_out", {"starts_at": NOW + 10, "stock": 0}, [], [], {}, "not_started"),
-    ("not_started+not_eligible", {"starts_at": NOW + 10, "elig": {"min_orders": 1}}, [], [], {}, "not_started"),
+    ("not_started+not_eligible", {"starts_at": NOW + 10, "elig": {"min_orders": 1}}, [], [], {},
+     "not_started"),
     ("sold_out+not_eligible", {"stock": 0, "elig": {"min_orders": 1}}, [], [], {"orders": 0}, "sold_out"),
     ("sold_out+limit_reached", {"stock": 1}, [], [{"user": "u1"}], {"user": "u1"}, "sold_out"),
     ("not_eligible+limit_reached", {"elig": {"tags": ["vip"]}}, [], [{"user": "u1", "tags": ["vip"]}],

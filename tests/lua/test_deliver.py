@@ -29,9 +29,9 @@ async def claimed_answer(claimer: Claimer, make_activity: MakeActivity, claim_id
     return done.answer
 
 
-def record(claim_id: str, template: str, valid_from: int, valid_until: int, user: str = "u1") -> dict[str, object]:
-    return {"user": user, "activity": "act1", "template": template, "claim": claim_id, "valid_from": valid_from,
-            "valid_until": valid_until, "status": "available", "version": 1}
+def record(claim_id: str, template: str, valid_from: int, valid_until: int) -> dict[str, object]:
+    return {"user": "u1", "activity": "act1", "template": template, "claim": claim_id,
+            "valid_from": valid_from, "valid_until": valid_until, "status": "available", "version": 1}
 
 
 async def test_deliver_creates_coupons_index_seq_and_event(runner: ScriptRunner, claimer: Claimer,
@@ -119,3 +119,27 @@ async def test_claim_service_claims_then_delivers(runner: ScriptRunner, make_act
         await service.claim("act1", UserIdentity("u2", "d2", reg=NOW, orders=2, tags=("new",)), now=NOW)
     assert refused.value.outcome is Outcome.NOT_ELIGIBLE
     assert await snapshot(redis_client) == before
+
+
+async def test_grant_key_reused_for_another_user_is_not_a_replay(runner: ScriptRunner,
+                                                                make_activity: MakeActivity,
+                                                                keyspace: KeySpace, redis_client: RedisClient,
+                                                                settings: Settings) -> None:
+    await make_activity(stock=10)
+    service = ClaimService(runner, keyspace, settings.claim.idempotency_ttl_seconds)
+    first, second = UserIdentity("u7", ""), UserIdentity("u1", "")
+    assert keyspace.wallet("u7") != keyspace.wallet("u1")
+    granted = await service.claim("act1", first, now=NOW, idempotency_key="g-1", mode="grant", operator="ops")
+    coupon_ids = [c["coupon_id"] for c in json.loads(granted.answer)["coupons"]]
+
+    try:
+        other: str | None = (await service.claim("act1", second, now=NOW, idempotency_key="g-1", mode="grant",
+                                                 operator="ops")).answer
+    except DomainError as refused:  # idempotency_conflict is a right answer; so is a new grant for u1
+        assert refused.outcome is Outcome.IDEMPOTENCY_CONFLICT
+        other = None
+
+    wallet = keyspace.wallet("u1")
+    shared = [cid for cid in coupon_ids if await redis_client.hexists(wallet.coupons, cid)]
+    assert (other, shared) != (granted.answer, coupon_ids)  # u1 would be told "u7's grant" and hold its coupons
+    assert shared == []  # never the same coupon in two wallets

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 from gateway.admin import AdminService
-from gateway.campaign import Activity, Eligibility, PackItem, Template
+from gateway.campaign import Activity, ActivityIn, Eligibility, PackItem, Template
 from gateway.keys import KeySpace
 from gateway.redis_client import RedisClient, ScriptRunner
 from tests.lua.support import NOW, activity_config, changed, put_activity, snapshot
 
 
-async def test_creates_config_allow_group_seq_and_event(runner: ScriptRunner, redis_client: RedisClient) -> None:
+async def test_creates_config_allow_group_seq_and_event(runner: ScriptRunner,
+                                                        redis_client: RedisClient) -> None:
     keys = KeySpace.activity("act1")
     config = activity_config(stock=7, per_user_limit=2, per_device_limit=3, elig={"users": True})
     before = await snapshot(redis_client)
@@ -59,7 +60,8 @@ async def test_long_allow_list_is_added_in_chunks(runner: ScriptRunner, redis_cl
     assert await redis_client.smembers(KeySpace.activity("act1").allow_list) == set(users)
 
 
-async def test_second_call_replays_and_changes_nothing(runner: ScriptRunner, redis_client: RedisClient) -> None:
+async def test_second_call_replays_and_changes_nothing(runner: ScriptRunner,
+                                                       redis_client: RedisClient) -> None:
     assert (await put_activity(runner, "act1", activity_config(stock=5), allow=["u1"]))[0] == "ok"
     before = await snapshot(redis_client)
 
@@ -71,7 +73,7 @@ async def test_second_call_replays_and_changes_nothing(runner: ScriptRunner, red
 
 
 async def test_existing_group_is_kept(runner: ScriptRunner, redis_client: RedisClient) -> None:
-    """A stream and group left from before (config lost, e.g. a partial restore): BUSYGROUP is not an error."""
+    """A stream and group left from before (config lost, e.g. partial restore): BUSYGROUP is no error."""
     keys = KeySpace.activity("act1")
     await redis_client.xgroup_create(keys.events, keys.events, id="0", mkstream=True)
     await redis_client.set(keys.seq, 41)
@@ -84,7 +86,8 @@ async def test_existing_group_is_kept(runner: ScriptRunner, redis_client: RedisC
 async def test_admin_mirror_builds_what_claim_reads(runner: ScriptRunner, redis_client: RedisClient,
                                                     db: object) -> None:
     """AdminService.mirror_activity (hot_config) makes a config of the shape the claim script reads."""
-    days = Template(name="5 off", kind="cash", amount_off=500, valid_days=7, id="t1", created_by="a", created_at=1)
+    days = Template(name="5 off", kind="cash", amount_off=500, valid_days=7, id="t1", created_by="a",
+                    created_at=1)
     window = Template(name="10%", kind="discount", percent_off=10, max_off=300, valid_from=NOW,
                       valid_until=NOW + 100, id="t2", created_by="a", created_at=1)
     activity = Activity(
@@ -108,3 +111,20 @@ async def test_admin_mirror_builds_what_claim_reads(runner: ScriptRunner, redis_
     }
     assert await redis_client.smembers(keys.allow_list) == {"u1"}
     assert await redis_client.get(keys.seq) == "1"
+
+
+async def test_large_numbers_are_stored_as_given(runner: ScriptRunner, redis_client: RedisClient) -> None:
+    """The header: the config's other fields are stored as given. face_per_pack reaches 10**14 and more
+    within the admin API's own limits (amount_off <= 10**12, count <= 100, 20 pack items)."""
+    big = Template(name="big", kind="cash", amount_off=10**12, valid_days=7, id="t1", created_by="a",
+                   created_at=1)
+    body = ActivityIn(name="sale", pack=[PackItem("t1", 100)], starts_at=NOW - 10, ends_at=NOW + 3600, stock=1,
+                      per_user_limit=1)
+    face = body.check({"t1": big})
+    assert face == 10**14  # accepted by validation
+    config = activity_config(face_per_pack=face)
+
+    assert (await put_activity(runner, "act1", config))[0] == "ok"
+
+    stored = await redis_client.hget(KeySpace.activity("act1").config, "face_per_pack")
+    assert stored == str(10**14)  # actually '1e+14'; int(stored) would raise ValueError

@@ -22,10 +22,20 @@ async def make_activity(consumer: Consumer, stock: int = 10, per_user_limit: int
     admin = AdminService(consumer.pool, consumer.runner, KeySpace(8, 4))
     now = int(time.time())
     template = await admin.create_template(
-        TemplateIn(name="t", kind="cash", amount_off=100, valid_days=3), "alice", now)
+        TemplateIn(name="t", kind="cash", amount_off=100, valid_days=3), "alice", now
+    )
     activity = await admin.create_activity(
-        ActivityIn(name="a", pack=[PackItem(template.id, 2)], starts_at=now - 5, ends_at=now + 600, stock=stock,
-                   per_user_limit=per_user_limit), "alice", now)
+        ActivityIn(
+            name="a",
+            pack=[PackItem(template.id, 2)],
+            starts_at=now - 5,
+            ends_at=now + 600,
+            stock=stock,
+            per_user_limit=per_user_limit,
+        ),
+        "alice",
+        now,
+    )
     return activity.id
 
 
@@ -39,8 +49,10 @@ async def claim_n(claims: ClaimService, activity_id: str, users: int) -> list[st
 
 
 async def table_counts(pool: asyncpg.Pool) -> dict[str, int]:
-    return {t: await pool.fetchval(f"SELECT count(*) FROM {t}")
-            for t in ("claims", "coupons", "coupon_events", "audit")}
+    return {
+        t: await pool.fetchval(f"SELECT count(*) FROM {t}")
+        for t in ("claims", "coupons", "coupon_events", "audit")
+    }
 
 
 async def pending(consumer: Consumer) -> int:
@@ -74,8 +86,11 @@ async def test_batch_delivered_twice_writes_each_event_once(consumer: Consumer) 
         before = await table_counts(consumer.pool)
         await sink.apply(conn, entries)  # the same batch again, as after a crash between COMMIT and XACK
         await sink.apply(conn, list(reversed(entries)))
-    assert await table_counts(consumer.pool) == before == {
-        "claims": 4, "coupons": 8, "coupon_events": 8, "audit": 1}
+    assert (
+        await table_counts(consumer.pool)
+        == before
+        == {"claims": 4, "coupons": 8, "coupon_events": 8, "audit": 1}
+    )
     # Redelivery through Redis too: never acked, read again from the pending list, persisted once.
     consumer.reread_pending = True
     assert await drain(consumer) == 9
@@ -84,12 +99,25 @@ async def test_batch_delivered_twice_writes_each_event_once(consumer: Consumer) 
 
 def coupon_entry(coupon_id: str, version: int, at: int, event_id: str) -> Entry:
     claim_id, _, _ = coupon_id.partition(".")
-    answer = (f'{{"claim_id":"{claim_id}","coupons":[{{"coupon_id":"{coupon_id}","template_id":"t",'
-              f'"valid_from":1,"valid_until":2}}]}}')
-    return Entry("{w:0}:events", f"{at}-0", {
-        "type": "delivered", "id": event_id, "seq": str(version), "at": str(at), "activity": "a",
-        "claim_id": claim_id, "user": "u", "version": str(version), "answer": answer,
-    })
+    answer = (
+        f'{{"claim_id":"{claim_id}","coupons":[{{"coupon_id":"{coupon_id}","template_id":"t",'
+        f'"valid_from":1,"valid_until":2}}]}}'
+    )
+    return Entry(
+        "{w:0}:events",
+        f"{at}-0",
+        {
+            "type": "delivered",
+            "id": event_id,
+            "seq": str(version),
+            "at": str(at),
+            "activity": "a",
+            "claim_id": claim_id,
+            "user": "u",
+            "version": str(version),
+            "answer": answer,
+        },
+    )
 
 
 async def test_a_late_old_event_never_overwrites_a_newer_state(db: asyncpg.Pool) -> None:
@@ -119,8 +147,9 @@ async def test_postgres_unreachable_acks_nothing(consumer: Consumer) -> None:
     await claim_n(consumer.claims, activity_id, 2)
     await consumer.refresh_streams()
     good_pool = consumer.pool
-    consumer.pool = await asyncpg.create_pool("postgresql://nobody@127.0.0.1:1/none", min_size=0, max_size=1,
-                                              timeout=1)
+    consumer.pool = await asyncpg.create_pool(
+        "postgresql://nobody@127.0.0.1:1/none", min_size=0, max_size=1, timeout=1
+    )
     try:
         with pytest.raises(OSError):
             await consumer.step()
@@ -144,15 +173,42 @@ async def test_worker_delivers_a_claim_whose_deliver_never_ran(consumer: Consume
     now = int(time.time())
     # The gateway died between the two scripts: only `claim` ran.
     reply = await consumer.runner.run(
-        "claim", [act.config, act.user_counts, act.device_counts, act.allow_list, act.no_idempotency, act.seq,
-                  act.events],
-        [now, activity_id, "lost-user", "dev", "", "0", "", "0" * 32, 90000, "claim1", "event1", "", "", "",
-         "claim", ""])
+        "claim",
+        [
+            act.config,
+            act.user_counts,
+            act.device_counts,
+            act.allow_list,
+            act.no_idempotency,
+            act.seq,
+            act.events,
+        ],
+        [
+            now,
+            activity_id,
+            "lost-user",
+            "dev",
+            "",
+            "0",
+            "",
+            "0" * 32,
+            90000,
+            "claim1",
+            "event1",
+            "",
+            "",
+            "",
+            "claim",
+            "",
+        ],
+    )
     assert reply[0] == "ok"
     wallet = keyspace.wallet("lost-user")
     assert await consumer.client.zcard(wallet.user_index("lost-user")) == 0
     await drain(consumer)
     assert await consumer.client.zrange(wallet.user_index("lost-user"), 0, -1) == ["claim1.1", "claim1.2"]
     rows = await consumer.pool.fetch("SELECT coupon_id, status FROM coupons WHERE user_id = 'lost-user'")
-    assert sorted((r["coupon_id"], r["status"]) for r in rows) == [("claim1.1", "available"),
-                                                                   ("claim1.2", "available")]
+    assert sorted((r["coupon_id"], r["status"]) for r in rows) == [
+        ("claim1.1", "available"),
+        ("claim1.2", "available"),
+    ]

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.settings import SettingsError, load_settings
+
+GOOD = {
+    "CLAIMGATE_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "CLAIMGATE_DATABASE_URL": "postgresql://u@127.0.0.1/db",
+    "CLAIMGATE_JWT_SECRET": "s" * 32,
+    "CLAIMGATE_API_KEYS": "alice:0123456789abcdef,bob:fedcba9876543210",
+    "CLAIMGATE_SERVICE_KEYS": "svc-0123456789abcdef",
+}
+
+
+def test_reads_every_setting() -> None:
+    settings = load_settings({**GOOD, "CLAIMGATE_WALLET_BUCKETS": "16", "CLAIMGATE_BLOCKLIST_REFRESH": "0.5"})
+    assert settings.auth.api_keys == {"0123456789abcdef": "alice", "fedcba9876543210": "bob"}
+    assert settings.auth.service_keys == frozenset({"svc-0123456789abcdef"})
+    assert settings.redis.wallet_buckets == 16
+    assert settings.claim.blocklist_refresh_seconds == 0.5
+    assert settings.claim.idempotency_ttl_seconds >= 86_400
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CLAIMGATE_JWT_SECRET", "short"),
+        ("CLAIMGATE_JWT_SECRET", ""),
+        ("CLAIMGATE_REDIS_URL", "http://x"),
+        ("CLAIMGATE_DATABASE_URL", "mysql://x"),
+        ("CLAIMGATE_API_KEYS", "no-colon-here-0123456789"),
+        ("CLAIMGATE_API_KEYS", "alice:short"),
+        ("CLAIMGATE_SERVICE_KEYS", "short"),
+        ("CLAIMGATE_WALLET_BUCKETS", "many"),
+        ("CLAIMGATE_WALLET_BUCKETS", "0"),
+        ("CLAIMGATE_IDEMPOTENCY_TTL", "3600"),
+        ("CLAIMGATE_BLOCKLIST_REFRESH", "-1"),
+    ],
+)
+def test_a_bad_value_fails_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        load_settings({**GOOD, name: value})
+
+
+def test_a_missing_required_variable_is_named() -> None:
+    env = dict(GOOD)
+    del env["CLAIMGATE_DATABASE_URL"]
+    with pytest.raises(SettingsError, match="CLAIMGATE_DATABASE_URL"):
+        load_settings(env)
