@@ -67,4 +67,8 @@ class AdminService:
         status, stock_left, taken = await self.runner.client.hmget(
             keys.config, ["status", "stock_left", "taken"]
         )
-        return {"status": str(status or "unmirrored"), "stock_left": str(stock_left or 0), "taken": str(taken or 0)}
+        return {
+            "status": str(status or "unmirrored"),
+            "stock_left": str(stock_left or 0),
+            "taken": str(taken or 0),
+        }

@@ -20,7 +20,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 # Popen handles of the servers started in this process, so their exit status is collected (no zombies) and
 # Python never warns that a still-running subprocess was garbage collected.
@@ -41,6 +41,22 @@ class Entry(TypedDict):
 def adopt_child(proc: subprocess.Popen[bytes]) -> None:
     """Keep ``proc`` so :func:`stop_pid` can reap it; launchers call this right after ``Popen``."""
     _children[proc.pid] = proc
+
+
+def spawn(command: list[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """A child in its own session (a Ctrl-C of the parent reaches it only through an explicit stop), its output
+    appended to ``log``, adopted so :func:`stop_pid` reaps it."""
+    with open(log, "ab") as out:
+        child: subprocess.Popen[bytes] = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **popen,
+        )
+    adopt_child(child)
+    return child
 
 
 def free_port() -> int:

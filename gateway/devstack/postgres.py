@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.devstack.pidfile import PidFile, adopt_child, free_port, kill_pid, pid_alive, stop_pid
+from gateway.devstack.pidfile import PidFile, free_port, kill_pid, pid_alive, spawn, stop_pid
 
 DB_USER = "claimgate"
 DB_NAME = "claimgate"
@@ -318,17 +318,7 @@ def start_postgres(
     user_kwargs: dict[str, object] = {}
     if run_as is not None:
         user_kwargs = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
-    with open(log, "ab") as log_fh:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-            args,
-            cwd=datadir,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            **user_kwargs,
-        )
-    adopt_child(proc)
+    proc = spawn(args, log, cwd=datadir, **user_kwargs)
     if pidfile is not None:
         pidfile.add(proc.pid, "postgres", str(datadir))
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.devstack.pidfile import PidFile, adopt_child, free_port, stop_pid
+from gateway.devstack.pidfile import PidFile, free_port, spawn, stop_pid
 from gateway.devstack.postgres import PostgresServer, start_postgres, stop_postgres
 from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
 from gateway.settings import PREFIX
@@ -88,12 +88,12 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
                 "--workers",
                 str(workers),
             ],
-            env,
             workdir / "gateway.log",
+            env=env,
         )
         stack.children.append(gateway)
         pidfile.add(gateway.pid, "gateway", GATEWAY_TARGET)
-        worker = spawn([sys.executable, "-m", "gateway.cli", "worker"], env, workdir / "worker.log")
+        worker = spawn([sys.executable, "-m", "gateway.cli", "worker"], workdir / "worker.log", env=env)
         stack.children.append(worker)
         pidfile.add(worker.pid, "worker", "gateway.cli")
         wait_ready(stack.gateway_url, gateway)
@@ -101,16 +101,6 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
         stack.stop()
         raise
     return stack
-
-
-def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A child in its own session (a Ctrl-C of the launcher reaches it only through ``Stack.stop``)."""
-    with open(log, "ab") as out:
-        child = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    adopt_child(child)
-    return child
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:

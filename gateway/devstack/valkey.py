@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 import redis.exceptions
 
-from gateway.devstack.pidfile import PidFile, adopt_child, free_port, kill_pid, pid_alive, stop_pid
+from gateway.devstack.pidfile import PidFile, free_port, kill_pid, pid_alive, spawn, stop_pid
 
 LOG_NAME = "valkey.log"
 START_TIMEOUT = 10.0
@@ -182,16 +182,7 @@ def start_valkey(
             str(free_port()),
         ]
     log = workdir / LOG_NAME
-    with open(log, "ab") as log_fh:
-        proc = subprocess.Popen(
-            args,
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    adopt_child(proc)
+    proc = spawn(args, log, cwd=workdir)
     if pidfile is not None:
         pidfile.add(proc.pid, "valkey", process_marker(port))
     try:

@@ -19,9 +19,9 @@ import pytest
 import redis
 import yaml
 
-from gateway.devstack.pidfile import adopt_child, free_port, stop_pid
+from gateway.devstack.pidfile import free_port, spawn, stop_pid
 from gateway.devstack.postgres import PostgresServer
-from gateway.devstack.stack import spawn, wait_ready
+from gateway.devstack.stack import wait_ready
 from gateway.devstack.valkey import valkey_binary
 from gateway.tokens import mint_user_token
 from tests.conftest import API_KEY, JWT_SECRET, ROOT, SERVICE_KEY
@@ -66,7 +66,7 @@ def compose_valkey(compose: dict[str, Any], tmp_path: Path) -> Iterator[str]:
     command = compose["services"]["valkey"]["command"]
     assert command[0] == "valkey-server"
     port = free_port()
-    process = subprocess.Popen(
+    process = spawn(
         [
             str(valkey_binary()),
             *command[1:],
@@ -77,10 +77,8 @@ def compose_valkey(compose: dict[str, Any], tmp_path: Path) -> Iterator[str]:
             "--dir",
             str(tmp_path),
         ],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
+        tmp_path / "valkey.log",
     )
-    adopt_child(process)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         with redis.Redis.from_url(url) as client:
@@ -147,10 +145,10 @@ def test_services_come_up_and_drain_a_claim(
     assert gateway_command[gateway_command.index("--workers") + 1] == "2"
     started = []
     try:
-        gateway = spawn(gateway_command, env["gateway"], tmp_path / "gateway.log")
+        gateway = spawn(gateway_command, tmp_path / "gateway.log", env=env["gateway"])
         started.append(gateway)
         started.append(
-            spawn(local_command(services["worker"]["command"]), env["worker"], tmp_path / "worker.log")
+            spawn(local_command(services["worker"]["command"]), tmp_path / "worker.log", env=env["worker"])
         )
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, gateway)
