@@ -18,8 +18,14 @@ SECRET = os.environ.get("CLAIMGATE_JWT_SECRET", "")
 ACTIVITY = os.environ.get("LOADTEST_ACTIVITY", "")
 USERS = int(os.environ.get("LOADTEST_USERS", "50000"))
 DEVICES = int(os.environ.get("LOADTEST_DEVICES", str(USERS)))
-TOKENS = [mint_user_token(SECRET, f"load-{i}", f"load-dev-{i % DEVICES}", ttl_seconds=6 * 3600)
-          for i in range(USERS)] if SECRET else []
+TOKENS = (
+    [
+        mint_user_token(SECRET, f"load-{i}", f"load-dev-{i % DEVICES}", ttl_seconds=6 * 3600)
+        for i in range(USERS)
+    ]
+    if SECRET
+    else []
+)
 _next_token = itertools.cycle(TOKENS)
 
 
@@ -29,8 +35,9 @@ class FlashSaleUser(FastHttpUser):
     @task
     def claim(self) -> None:
         headers = {"Authorization": f"Bearer {next(_next_token)}"}
-        with self.client.post(f"/v1/activities/{ACTIVITY}/claim", headers=headers, name="claim",
-                              catch_response=True) as reply:
+        with self.client.post(
+            f"/v1/activities/{ACTIVITY}/claim", headers=headers, name="claim", catch_response=True
+        ) as reply:
             if reply.status_code in (201, 409):
                 reply.success()
             else:

@@ -29,8 +29,9 @@ async def create_template(client: AsyncTestClient[Any], **fields: Any) -> dict[s
     return created
 
 
-async def create_activity(client: AsyncTestClient[Any], *, template_id: str | None = None,
-                          **fields: Any) -> dict[str, Any]:
+async def create_activity(
+    client: AsyncTestClient[Any], *, template_id: str | None = None, **fields: Any
+) -> dict[str, Any]:
     if template_id is None and "pack" not in fields:
         template_id = (await create_template(client))["id"]
     now = int(time.time())
