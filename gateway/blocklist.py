@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gateway.background import cancel_requested
 from gateway.keys import BLOCKLIST
 from gateway.redis_client import RedisClient
 
@@ -26,18 +27,18 @@ class Blocklist:
 
     async def refresh(self, client: RedisClient) -> bool:
         """Reload if the version moved; True when it did."""
-        version = await client.get(BLOCKLIST.version)
-        if version == self.version and self.version is not None:
+        version = str(await client.get(BLOCKLIST.version) or "")
+        if version == self.version:
             return False
         users = await client.smembers(BLOCKLIST.users)
         devices = await client.smembers(BLOCKLIST.devices)
         self.users = frozenset(str(user) for user in users)
         self.devices = frozenset(str(device) for device in devices)
-        self.version = str(version or "")
+        self.version = version
         return True
 
     async def keep_fresh(self, client: RedisClient, interval: float) -> None:
-        while True:
+        while not cancel_requested():
             try:
                 await self.refresh(client)
             except Exception as exc:  # Redis away: keep the last copy and try again next interval

@@ -9,10 +9,11 @@ from msgspec import Meta
 
 from gateway.outcomes import DomainError, Outcome
 
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 Money = Annotated[int, Meta(ge=0, le=10**12)]
 Time = Annotated[int, Meta(ge=0, le=2**40)]
-Name = Annotated[str, Meta(min_length=1, max_length=128)]
-Label = Annotated[str, Meta(min_length=1, max_length=64)]
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_CONTROL_CHARACTERS)]
+Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_CONTROL_CHARACTERS)]
 UserId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
 from gateway.ids import new_id
@@ -12,6 +13,8 @@ from gateway.redis_client import ScriptRunner
 from gateway.tokens import UserIdentity
 
 TAG_SEPARATOR = "\x1f"
+NO_BODY_HASH = "0" * 32
+log = logging.getLogger(__name__)
 
 
 def body_hash(channel: str) -> str:
@@ -59,7 +62,7 @@ class ClaimService:
                 channel,
                 "1" if blocked else "0",
                 idempotency_key or "",
-                body_hash(channel),
+                body_hash(channel) if idempotency_key else NO_BODY_HASH,
                 self.idempotency_ttl,
                 new_id(),
                 new_id(),
@@ -74,7 +77,12 @@ class ClaimService:
         if outcome not in (Outcome.OK, Outcome.REPLAY):
             raise DomainError(outcome)
         answer: str = reply[1]
-        await self.deliver(who.user_id, activity_id, answer, now=now)
+        try:
+            await self.deliver(who.user_id, activity_id, answer, now=now)
+        except DomainError as exc:
+            # The pack is taken and the claim is in the ledger's stream: the worker delivers it when it
+            # persists the claim, so the answer stands.
+            log.warning("deliver deferred to the worker for claim in %s: %s", activity_id, exc.message)
         return ClaimResult(outcome, answer)
 
     async def deliver(self, user_id: str, activity_id: str, answer: str, *, now: int) -> Outcome:

@@ -1,10 +1,13 @@
 """The fence of design.md: state-changing scripts wait while Redis's history is unchecked against the ledger.
 
-Closed on start and whenever Redis's ``run_id`` changes (a restart or a failover); opened by whoever checks
-every partition's ``seq`` against the ledger's ``partition_marks``. While closed, writes answer ``overloaded``.
+Closed on start and whenever a connection reaches a Redis whose ``run_id`` this process has not checked (a
+restart or a failover); opened by ``ledger_check`` once every partition's ``seq`` is at or above the ledger's
+``partition_marks``. While closed, writes answer ``overloaded``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from gateway.outcomes import DomainError, Outcome
 
@@ -14,7 +17,7 @@ FENCED_RETRY_AFTER = 1
 class Fence:
     def __init__(self, *, open_: bool = False) -> None:
         self._open = open_
-        self.run_id: str | None = None
+        self.verified: frozenset[str] = frozenset()
         self.reason = "Redis not yet checked against the ledger"
 
     @property
@@ -25,10 +28,14 @@ class Fence:
         self._open = False
         self.reason = reason
 
-    def open(self, run_id: str) -> None:
-        self.run_id = run_id
+    def open(self, run_ids: Iterable[str]) -> None:
+        """Redis, as these run ids, holds everything the ledger does."""
+        self.verified = frozenset(run_ids)
         self._open = True
         self.reason = ""
+
+    def trusts(self, run_id: str) -> bool:
+        return run_id in self.verified
 
     def check(self) -> None:
         if not self._open:

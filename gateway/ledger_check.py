@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import RedisCluster
 
+from gateway.background import cancel_requested
 from gateway.fence import Fence
 from gateway.keys import Partition
 from gateway.redis_client import RedisClient
@@ -20,15 +21,15 @@ from gateway.redis_client import RedisClient
 log = logging.getLogger(__name__)
 
 
-async def redis_run_id(client: RedisClient) -> str:
-    """The run ids of every primary, joined: any restart or failover changes it."""
+async def redis_run_ids(client: RedisClient) -> frozenset[str]:
+    """The run id of every primary: a restart or a failover brings a new one."""
     if isinstance(client, RedisCluster):
         infos: dict[str, Any] = await client.info("server", target_nodes=RedisCluster.PRIMARIES)
         if "run_id" in infos:  # redis-py answers one node's info unwrapped
-            return str(infos["run_id"])
-        return ",".join(sorted(str(info["run_id"]) for info in infos.values()))
+            return frozenset({str(infos["run_id"])})
+        return frozenset(str(info["run_id"]) for info in infos.values())
     info = await client.info("server")
-    return str(info["run_id"])
+    return frozenset({str(info["run_id"])})
 
 
 async def partitions_behind(client: RedisClient, pool: asyncpg.Pool) -> list[str]:
@@ -43,10 +44,11 @@ async def partitions_behind(client: RedisClient, pool: asyncpg.Pool) -> list[str
 
 
 async def check(client: RedisClient, pool: asyncpg.Pool, fence: Fence) -> None:
-    run_id = await redis_run_id(client)
-    if run_id == fence.run_id and fence.is_open:
+    """``client`` is a control client (no run-id guard): this is what clears the guard."""
+    run_ids = await redis_run_ids(client)
+    if fence.is_open and run_ids <= fence.verified:
         return
-    fence.close(f"Redis {run_id} not yet checked against the ledger")
+    fence.close(f"Redis {', '.join(sorted(run_ids))} not yet checked against the ledger")
     try:
         behind = await partitions_behind(client, pool)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -57,12 +59,12 @@ async def check(client: RedisClient, pool: asyncpg.Pool, fence: Fence) -> None:
         fence.close(f"Redis is behind the ledger in {len(behind)} partition(s): {shown}; run restore")
         log.error("fence stays closed: %s", fence.reason)
         return
-    fence.open(run_id)
+    fence.open(run_ids)
 
 
 async def watch(client: RedisClient, pool: asyncpg.Pool, fence: Fence, interval: float = 1.0) -> None:
     """Re-check whenever Redis's run id changes; keeps the fence closed until the check passes."""
-    while True:
+    while not cancel_requested():
         try:
             await check(client, pool, fence)
         except Exception as exc:  # Redis unreachable: scripts fail on their own; check again next round

@@ -12,9 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import Connection
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from gateway.fence import Fence
 from gateway.keys import slot_of
@@ -24,26 +27,73 @@ from gateway.scripts import Script
 RedisClient = Redis | RedisCluster
 MEMORY_RETRY_AFTER = 2
 UNREACHABLE_RETRY_AFTER = 1
-SPARE_CONNECTIONS = 4  # beyond the script calls: blocklist refresh, fence watch, readiness
+SPARE_CONNECTIONS = 4
+SOCKET_TIMEOUT_SECONDS = 2.0
+CONNECT_TIMEOUT_SECONDS = 1.0
+QUEUE_TIMEOUT_SECONDS = 1.0  # a call waiting longer than this for a connection is shed as overloaded
+
+
+class UncheckedRedis(RedisConnectionError):
+    """A connection reached a Redis whose run id this process has not checked against the ledger."""
 
 
 class CrossSlotCall(AssertionError):
     """A script call whose KEYS span two slots: a programming error, never sent."""
 
 
-async def connect(url: str, *, max_connections: int = 64) -> RedisClient:
+def guarded_connection(fence: Fence) -> type[Connection]:
+    """A connection that, once connected, refuses to serve a Redis (re)started since this process last checked
+    it against the ledger, and closes the fence: no script runs on a Redis that may have rolled back until
+    ``ledger_check`` has looked at it."""
+
+    class GuardedConnection(Connection):
+        async def on_connect_check_health(self, check_health: bool = True) -> None:
+            await super().on_connect_check_health(check_health)
+            await self.send_command("INFO", "server")
+            info = await self.read_response()
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            run_id = next((line[7:].strip() for line in text.splitlines() if line.startswith("run_id:")), "")
+            if not fence.trusts(run_id):
+                fence.close(f"Redis {run_id or '?'} is not yet checked against the ledger")
+                raise UncheckedRedis(f"Redis {run_id} not yet checked against the ledger")
+
+    return GuardedConnection
+
+
+async def connect(url: str, *, max_connections: int = 64, guard: Fence | None = None) -> RedisClient:
     """A client for ``url``: a cluster client when the server runs in cluster mode, else a plain one.
 
-    Both kinds raise, rather than wait, when their pool is exhausted; the ScriptRunner bounds in-flight
-    script calls below the pool size, and the pool keeps a few spare connections for everything else.
+    With ``guard`` it is the client for scripts: no automatic retries (a lost reply must never run a claim
+    twice), timeouts, and the run-id guard on every new connection. Without it, it is a control client
+    (fence checks, blocklist, readiness) and keeps redis-py's retries. Both kinds raise rather than wait
+    when their pool is exhausted: the ScriptRunner bounds calls in flight below the pool size.
     """
-    size = max_connections + SPARE_CONNECTIONS
-    plain: Redis = Redis.from_url(url, decode_responses=True, max_connections=size)
-    info = await plain.info("cluster")
-    if not info.get("cluster_enabled"):
-        return plain
-    await plain.aclose()
-    return RedisCluster.from_url(url, decode_responses=True, max_connections=size)
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "max_connections": max_connections + SPARE_CONNECTIONS,
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+    }
+    if guard is not None:
+        options["retry"] = Retry(NoBackoff(), 0)
+    probe: Redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    try:
+        cluster = bool((await probe.info("cluster")).get("cluster_enabled"))
+    finally:
+        await probe.aclose()
+    if not cluster:
+        if guard is not None:
+            options["connection_class"] = guarded_connection(guard)
+        return Redis.from_url(url, **options)
+    client = RedisCluster.from_url(url, **options)
+    if guard is not None:
+        # RedisCluster takes no connection class of its own: set it where its nodes are made, before any
+        # node has connected.
+        guarded = guarded_connection(guard)
+        client.connection_kwargs["connection_class"] = guarded
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = guarded
+    return client
 
 
 def check_one_slot(script: Script, keys: Sequence[str]) -> None:
@@ -56,23 +106,32 @@ def check_one_slot(script: Script, keys: Sequence[str]) -> None:
 
 
 class ScriptRunner:
+    """Runs scripts on ``client`` (the guarded script client); loads and inspects them via ``control``."""
+
     def __init__(
-        self, client: RedisClient, scripts: dict[str, Script], fence: Fence, *, max_in_flight: int = 64
+        self,
+        client: RedisClient,
+        scripts: dict[str, Script],
+        fence: Fence,
+        *,
+        control: RedisClient | None = None,
+        max_in_flight: int = 64,
     ) -> None:
         self.client = client
+        self.control = control or client
         self.scripts = scripts
         self.fence = fence
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def load_all(self) -> None:
         for script in self.scripts.values():
-            sha = await self.client.script_load(script.source)
+            sha = await self.control.script_load(script.source)
             if sha != script.sha:
                 raise RuntimeError(f"{script.name}: Redis computed SHA {sha}, expected {script.sha}")
 
     async def missing_scripts(self) -> list[str]:
         names = list(self.scripts)
-        loaded = await self.client.script_exists(*(self.scripts[n].sha for n in names))
+        loaded = await self.control.script_exists(*(self.scripts[n].sha for n in names))
         return [name for name, present in zip(names, loaded, strict=True) if not present]
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> list[Any]:
@@ -81,12 +140,19 @@ class ScriptRunner:
             self.fence.check()
         check_one_slot(script, keys)
         try:
-            async with self._in_flight:
-                try:
-                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    await self.client.script_load(script.source)
-                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            async with asyncio.timeout(QUEUE_TIMEOUT_SECONDS):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            raise DomainError(
+                Outcome.OVERLOADED,
+                "Too many requests in flight; retry shortly.",
+                retry_after=UNREACHABLE_RETRY_AFTER,
+            ) from None
+        try:
+            reply = await self._evalsha(script, keys, args)
+        except (UncheckedRedis, RedisClusterException):
+            # A cluster client reports the guard's refusal (or an unreachable cluster) as a cluster error.
+            raise self.fence_error() from None
         except OutOfMemoryError:
             raise DomainError(
                 Outcome.OVERLOADED,
@@ -100,6 +166,24 @@ class ScriptRunner:
                 "Redis is unreachable; retry shortly.",
                 retry_after=UNREACHABLE_RETRY_AFTER,
             ) from None
+        finally:
+            self._in_flight.release()
         if not isinstance(reply, list) or not reply or reply[0] not in script.replies:
             raise RuntimeError(f"{name}: reply {reply!r} is not one its header declares")
         return reply
+
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(script.source)
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def fence_error(self) -> DomainError:
+        try:
+            self.fence.check()
+        except DomainError as closed:
+            return closed
+        return DomainError(
+            Outcome.OVERLOADED, "Redis changed; retry shortly.", retry_after=UNREACHABLE_RETRY_AFTER
+        )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from gateway import ledger_check
 from gateway.admin import AdminService
+from gateway.background import stop_tasks
 from gateway.blocklist import Blocklist
 from gateway.claims import ClaimService
 from gateway.fence import Fence
@@ -19,58 +21,96 @@ from gateway.scripts import load_scripts
 from gateway.settings import Settings
 from gateway.store import register_streams
 
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Clients:
+    """The script client (guarded by the fence, no retries) and the control client, plus the runner."""
+
+    scripts: RedisClient
+    control: RedisClient
+    fence: Fence
+    runner: ScriptRunner
+
+    @classmethod
+    async def open(cls, settings: Settings, fence: Fence | None = None) -> Clients:
+        fence = fence or Fence()
+        size = settings.redis.max_connections
+        control = await connect(settings.redis.url, max_connections=8)
+        scripts = await connect(settings.redis.url, max_connections=size, guard=fence)
+        runner = ScriptRunner(scripts, load_scripts(), fence, control=control, max_in_flight=size)
+        await runner.load_all()
+        return cls(scripts, control, fence, runner)
+
+    async def close(self) -> None:
+        await self.scripts.aclose()
+        await self.control.aclose()
+
+
+async def register_fixed_streams(pool: asyncpg.Pool, keyspace: KeySpace) -> None:
+    await register_streams(pool, keyspace.wallet_partitions(), kind="wallet")
+    await register_streams(pool, keyspace.code_partitions(), kind="code")
+
 
 @dataclass
 class Services:
     settings: Settings
-    client: RedisClient
+    redis: Clients
     pool: asyncpg.Pool
     keyspace: KeySpace
-    fence: Fence
-    runner: ScriptRunner
     blocklist: Blocklist
     claims: ClaimService
     admin: AdminService
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    @property
+    def fence(self) -> Fence:
+        return self.redis.fence
+
+    @property
+    def runner(self) -> ScriptRunner:
+        return self.redis.runner
+
+    @property
+    def client(self) -> RedisClient:
+        """The control client: reads outside scripts (blocklist, stats, readiness)."""
+        return self.redis.control
+
     @classmethod
     async def start(cls, settings: Settings, *, background: bool = True) -> Services:
-        client = await connect(settings.redis.url, max_connections=settings.redis.max_connections)
+        redis = await Clients.open(settings)
         pool = await asyncpg.create_pool(
             settings.postgres.url, min_size=0, max_size=settings.postgres.pool_max, timeout=5
         )
         keyspace = KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
-        fence = Fence()
-        runner = ScriptRunner(client, load_scripts(), fence, max_in_flight=settings.redis.max_connections)
-        await runner.load_all()
-        blocklist = Blocklist()
         services = cls(
             settings=settings,
-            client=client,
+            redis=redis,
             pool=pool,
             keyspace=keyspace,
-            fence=fence,
-            runner=runner,
-            blocklist=blocklist,
-            claims=ClaimService(runner, keyspace, settings.claim.idempotency_ttl_seconds),
-            admin=AdminService(pool, runner, keyspace),
+            blocklist=Blocklist(),
+            claims=ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds),
+            admin=AdminService(pool, redis.runner, keyspace),
         )
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
-            await register_streams(pool, keyspace.wallet_partitions(), kind="wallet")
-            await register_streams(pool, keyspace.code_partitions(), kind="code")
+        try:
+            await register_fixed_streams(pool, keyspace)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("Postgres unreachable at start: %r", exc)
         with contextlib.suppress(Exception):
-            await blocklist.refresh(client)
-        await ledger_check.check(client, pool, fence)
+            await services.blocklist.refresh(redis.control)
+        with contextlib.suppress(Exception):
+            await ledger_check.check(redis.control, pool, redis.fence)
         if background:
             services.tasks = [
-                asyncio.create_task(blocklist.keep_fresh(client, settings.claim.blocklist_refresh_seconds)),
-                asyncio.create_task(ledger_check.watch(client, pool, fence)),
+                asyncio.create_task(
+                    services.blocklist.keep_fresh(redis.control, settings.claim.blocklist_refresh_seconds)
+                ),
+                asyncio.create_task(ledger_check.watch(redis.control, pool, redis.fence)),
             ]
         return services
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.client.aclose()
+        await stop_tasks(self.tasks)
+        await self.redis.close()
         await self.pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 
 import msgspec
@@ -40,7 +41,7 @@ class ClaimSettings(msgspec.Struct, frozen=True):
 
 
 class WorkerSettings(msgspec.Struct, frozen=True):
-    name: str = "worker-1"
+    name: str = "worker"  # its consumer name; each worker needs its own (default: host and pid)
     batch_size: int = 500
     idle_sleep_seconds: float = 0.05
     claim_idle_ms: int = 30_000
@@ -143,7 +144,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             blocklist_refresh_seconds=_float(env, "BLOCKLIST_REFRESH", 1.0),
         ),
         worker=WorkerSettings(
-            name=env.get(PREFIX + "WORKER_NAME") or "worker-1",
+            name=env.get(PREFIX + "WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
             batch_size=_int(env, "WORKER_BATCH", 500),
             idle_sleep_seconds=_float(env, "WORKER_IDLE_SLEEP", 0.05),
             claim_idle_ms=_int(env, "WORKER_CLAIM_IDLE_MS", 30_000),

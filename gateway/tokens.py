@@ -47,13 +47,18 @@ def verify_user_token(authorization: str | None, secret: str) -> UserIdentity:
             authorization[7:].strip(),
             secret,
             algorithms=[ALGORITHM],
-            options={"require": ["exp", "sub", "did"]},
-            leeway=NBF_LEEWAY_SECONDS,
+            # exp is strict; the contract's 30 s leeway is for nbf, which PyJWT's one leeway cannot say.
+            options={"require": ["exp", "sub", "did"], "verify_nbf": False, "verify_iat": False},
         )
     except jwt.ExpiredSignatureError:
         raise _unauthorized("The token has expired.") from None
     except jwt.PyJWTError:
         raise _unauthorized("The token is malformed or badly signed.") from None
+    nbf = claims.get("nbf")
+    if nbf is not None and (
+        isinstance(nbf, bool) or not isinstance(nbf, int | float) or nbf > time.time() + NBF_LEEWAY_SECONDS
+    ):
+        raise _unauthorized("The token is not valid yet.")
     user_id, device_id = claims["sub"], claims["did"]
     if not isinstance(user_id, str) or not ID_PATTERN.fullmatch(user_id):
         raise _unauthorized("The token's sub must be 1-64 characters of [A-Za-z0-9_.:-].")

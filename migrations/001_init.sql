@@ -106,9 +106,11 @@ CREATE TABLE conflicts (
     conflict_id bigserial PRIMARY KEY,
     event_id    text,
     partition   text NOT NULL,
+    entry_id    text NOT NULL,
     reason      text NOT NULL,
-    entry       jsonb NOT NULL,
-    noted_at    timestamptz NOT NULL DEFAULT now()
+    entry       text NOT NULL,  -- the stream entry as JSON text (jsonb cannot hold every string an entry can)
+    noted_at    timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (partition, entry_id)
 );
 
 -- Operators' changes, written from their events.

@@ -20,20 +20,22 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import ledger_check
+from gateway.background import stop_tasks
 from gateway.claims import ClaimService
 from gateway.fence import Fence
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError
-from gateway.redis_client import RedisClient, ScriptRunner, connect
-from gateway.scripts import load_scripts
+from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.services import Clients, register_fixed_streams
 from gateway.settings import Settings
-from gateway.store import register_streams, registered_streams
+from gateway.store import registered_streams
 from worker import sink
 from worker.events import Entry
 
 log = logging.getLogger(__name__)
 STREAM_REFRESH_SECONDS = 2.0
 # Postgres or Redis away, or the fence closed: the batch stays pending and is retried with backoff.
+# (Anything else unexpected is logged and retried the same way rather than ending the worker.)
 TRANSIENT = (
     OSError,
     TimeoutError,
@@ -58,9 +60,8 @@ async def ensure_group(client: RedisClient, stream: str) -> None:
 @dataclass
 class Consumer:
     settings: Settings
-    client: RedisClient
+    redis: Clients
     pool: asyncpg.Pool
-    runner: ScriptRunner
     claims: ClaimService
     streams: list[str] = field(default_factory=list)
     reread_pending: bool = True
@@ -71,6 +72,15 @@ class Consumer:
     @property
     def name(self) -> str:
         return self.settings.worker.name
+
+    @property
+    def client(self) -> RedisClient:
+        """Stream reads and acknowledgements go through the control client; scripts through the runner."""
+        return self.redis.control
+
+    @property
+    def runner(self) -> ScriptRunner:
+        return self.redis.runner
 
     async def refresh_streams(self) -> None:
         known = await registered_streams(self.pool)
@@ -103,12 +113,12 @@ class Consumer:
     async def autoclaim(self) -> None:
         """Take over entries another consumer left pending longer than ``claim_idle_ms``."""
         idle = self.settings.worker.claim_idle_ms
+        pipe = self.client.pipeline(transaction=False)
         for stream in self.streams:
-            reply = await self.client.xautoclaim(
-                stream, stream, self.name, idle, "0-0", count=1000, justid=True
-            )
-            if reply and reply[1]:
-                self.reread_pending = True
+            pipe.xautoclaim(stream, stream, self.name, idle, "0-0", count=1000, justid=True)
+        await pipe.execute(raise_on_error=False)
+        # Whatever was taken over, and anything of ours whose read reply was lost, is read from "0" next.
+        self.reread_pending = True
         self._autoclaim_at = time.monotonic()
 
     async def deliver_claims(self, entries: list[Entry]) -> None:
@@ -142,12 +152,15 @@ class Consumer:
             return 0
         try:
             async with self.pool.acquire() as conn:
-                await sink.apply(conn, entries)
-            await self.deliver_claims(entries)
+                try:
+                    conflicted = await sink.apply(conn, entries)
+                except sink.ENTRY_FAULTS:
+                    conflicted = await sink.apply_one_by_one(conn, entries)
+            await self.deliver_claims([e for e in entries if e.entry_id not in conflicted])
+            await self.ack(entries)
         except BaseException:
             self.reread_pending = True
             raise
-        await self.ack(entries)
         self.persisted += len(entries)
         return len(entries)
 
@@ -157,8 +170,11 @@ class Consumer:
             try:
                 done = await self.step()
                 backoff = 0.1
-            except TRANSIENT as exc:
-                log.warning("batch not persisted, will retry in %.1fs: %r", backoff, exc)
+            except Exception as exc:
+                if isinstance(exc, TRANSIENT):
+                    log.warning("batch not persisted, will retry in %.1fs: %r", backoff, exc)
+                else:
+                    log.exception("unexpected error; the batch stays pending, retry in %.1fs", backoff)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
@@ -172,29 +188,24 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def start_consumer(settings: Settings, fence: Fence | None = None) -> Consumer:
-    client = await connect(settings.redis.url, max_connections=settings.redis.max_connections)
+    redis = await Clients.open(settings, fence)
     pool = await asyncpg.create_pool(settings.postgres.url, min_size=0, max_size=4, timeout=5)
     keyspace = KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
-    fence = fence or Fence()
-    runner = ScriptRunner(client, load_scripts(), fence)
-    await runner.load_all()
     try:
-        await register_streams(pool, keyspace.wallet_partitions(), kind="wallet")
-        await register_streams(pool, keyspace.code_partitions(), kind="code")
-        await ledger_check.check(client, pool, fence)
+        await register_fixed_streams(pool, keyspace)
+        await ledger_check.check(redis.control, pool, redis.fence)
     except (OSError, asyncpg.PostgresError) as exc:
         log.warning("Postgres unreachable at start: %r", exc)
-    claims = ClaimService(runner, keyspace, settings.claim.idempotency_ttl_seconds)
-    return Consumer(settings, client, pool, runner, claims)
+    claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds)
+    return Consumer(settings, redis, pool, claims)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     consumer = await start_consumer(settings)
-    watcher = asyncio.create_task(ledger_check.watch(consumer.client, consumer.pool, consumer.runner.fence))
+    watcher = asyncio.create_task(ledger_check.watch(consumer.client, consumer.pool, consumer.redis.fence))
     try:
         await consumer.run(stop)
     finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-        await consumer.client.aclose()
+        await stop_tasks([watcher])
+        await consumer.redis.close()
         await consumer.pool.close()

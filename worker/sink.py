@@ -26,7 +26,9 @@ ON CONFLICT DO NOTHING
 _UPSERT_IDEMPOTENCY = """
 INSERT INTO idempotency_records (redis_key, partition, body_hash, answer, expires_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-ON CONFLICT (redis_key) DO NOTHING
+ON CONFLICT (redis_key) DO UPDATE SET body_hash = excluded.body_hash, answer = excluded.answer,
+    expires_at = excluded.expires_at
+WHERE idempotency_records.expires_at < excluded.expires_at
 """
 _UPSERT_COUPONS = """
 INSERT INTO coupons AS c (coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from,
@@ -54,7 +56,13 @@ INSERT INTO partition_marks AS m (partition, seq)
 SELECT * FROM unnest($1::text[], $2::bigint[])
 ON CONFLICT (partition) DO UPDATE SET seq = greatest(m.seq, excluded.seq)
 """
-_INSERT_CONFLICT = "INSERT INTO conflicts (event_id, partition, reason, entry) VALUES ($1, $2, $3, $4::jsonb)"
+_INSERT_CONFLICT = """
+INSERT INTO conflicts (event_id, partition, entry_id, reason, entry) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (partition, entry_id) DO NOTHING
+"""
+# Postgres refusing an entry's own data (a character it cannot store, a constraint only it breaks): not a
+# reason to hold back the rest of the batch.
+ENTRY_FAULTS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 AUDITED = {"activity_created": "create_activity"}
 
@@ -78,6 +86,7 @@ def _add(rows: _Rows, entry: Entry) -> None:
     f = entry.fields
     kind = entry.type
     if kind == "claimed":
+        decode_answer(f["answer"])  # deliver will need it whole
         rows.claims.append(
             (
                 f["claim_id"],
@@ -136,29 +145,28 @@ def _add(rows: _Rows, entry: Entry) -> None:
         raise ValueError(f"unknown event type {kind!r}")
 
 
+def _conflict(entry: Entry, reason: str) -> tuple[object, ...]:
+    raw = msgspec.json.encode({"stream": entry.stream, "entry_id": entry.entry_id, "fields": entry.fields})
+    event_id = entry.fields.get("id")
+    event_id = event_id.replace("\x00", "\\u0000") if event_id else None  # text columns cannot hold NUL
+    return (event_id, entry.partition, entry.entry_id, reason.replace("\x00", "\\u0000"), raw.decode())
+
+
 def collect(entries: list[Entry]) -> _Rows:
     rows = _Rows()
     for entry in entries:
         try:
             _add(rows, entry)
         except (KeyError, ValueError, msgspec.DecodeError) as exc:
-            rows.conflicts.append(
-                (
-                    entry.fields.get("id"),
-                    entry.partition,
-                    f"undecodable: {exc!r}",
-                    msgspec.json.encode(
-                        {"stream": entry.stream, "entry_id": entry.entry_id, "fields": entry.fields}
-                    ).decode(),
-                )
-            )
+            rows.conflicts.append(_conflict(entry, f"undecodable: {exc!r}"))
         if "seq" in entry.fields and entry.fields["seq"].isdigit():
             rows.marks[entry.partition] = max(rows.marks.get(entry.partition, 0), entry.seq)
     return rows
 
 
-async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> None:
-    """Write a batch in one transaction; raises (and writes nothing) if Postgres refuses."""
+async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[str]:
+    """Write a batch in one transaction; raises (and writes nothing) if Postgres refuses. Returns the ids of
+    the entries recorded as conflicts rather than applied."""
     rows = collect(entries)
     async with conn.transaction():
         if rows.claims:
@@ -179,3 +187,21 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> None:
         if rows.marks:
             names = sorted(rows.marks)
             await conn.execute(_UPSERT_MARKS, names, [rows.marks[n] for n in names])
+    return {str(row[2]) for row in rows.conflicts}
+
+
+async def apply_one_by_one(conn: asyncpg.Connection, entries: list[Entry]) -> set[str]:
+    """After a batch failed on its data: apply each entry alone; one Postgres refuses is kept in
+    ``conflicts`` (its seq still counts as persisted: the entry is recorded, not lost). Returns the ids of
+    the entries recorded as conflicts."""
+    conflicted: set[str] = set()
+    for entry in entries:
+        try:
+            conflicted |= await apply(conn, [entry])
+        except ENTRY_FAULTS as exc:
+            async with conn.transaction():
+                await conn.execute(_INSERT_CONFLICT, *_conflict(entry, f"refused by Postgres: {exc!r}"))
+                if entry.fields.get("seq", "").isdigit():
+                    await conn.execute(_UPSERT_MARKS, [entry.partition], [entry.seq])
+            conflicted.add(entry.entry_id)
+    return conflicted

@@ -71,6 +71,7 @@ async def list_activities(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/v1/admin/activities/{activity_id:str}")
 async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     auth.operator(request)
+    bodies.only_query(request, frozenset())
     services = auth.services(request)
     activity = (
         await store.get_activity(services.pool, activity_id)
@@ -79,10 +80,10 @@ async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[st
     )
     if activity is None:
         raise DomainError(Outcome.NOT_FOUND, "No such activity.")
-    live = await services.admin.live_status(activity)
+    status, stock_left = await services.admin.live_state(activity, int(time.time()))
     record = msgspec.to_builtins(activity)
-    record["status"] = live["status"]
-    record["stock_left"] = int(live["stock_left"])
+    record["status"] = status
+    record["stock_left"] = stock_left
     return _json(record)
 
 

@@ -12,6 +12,7 @@ from gateway.outcomes import UNSUPPORTED_MEDIA_TYPE, DomainError, Outcome
 
 T = TypeVar("T")
 _FIELD = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,64}")
 PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_LIST_LIMIT = 100
@@ -28,10 +29,14 @@ def decode(raw: bytes, type_: type[T], content_type: str) -> T:
     try:
         return msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as exc:
-        match = _FIELD.search(str(exc))
+        text = str(exc)
+        match = _FIELD.search(text)
         field = match[1] if match else None
-        if field is None and "Object missing required field" in str(exc):
-            field = str(exc).rsplit("`", 2)[-2]
+        named = _UNKNOWN_FIELD.search(text) or (
+            re.search(r"missing required field `([^`]*)`", text) if "missing required field" in text else None
+        )
+        if named:  # msgspec names the object; the contract names the field itself
+            field = f"{field}.{named[1]}" if field else named[1]
         raise invalid_request(str(exc), field) from None
     except msgspec.DecodeError:
         raise invalid_request("The body is not valid JSON.") from None

@@ -10,6 +10,7 @@ from litestar import Request, Response, post
 from litestar.params import FromPath
 from msgspec import Meta
 
+from gateway.campaign import NO_CONTROL_CHARACTERS
 from gateway.http import auth, bodies
 from gateway.http.errors import JSON
 from gateway.outcomes import DomainError, Outcome
@@ -18,7 +19,7 @@ USER_BODY_LIMIT = 16 * 1024
 
 
 class ClaimBody(msgspec.Struct, forbid_unknown_fields=True):
-    channel: Annotated[str, Meta(min_length=1, max_length=32)] | None = None
+    channel: Annotated[str, Meta(min_length=1, max_length=32, pattern=NO_CONTROL_CHARACTERS)] | None = None
 
 
 @post("/v1/activities/{activity_id:str}/claim", status_code=201)
@@ -26,6 +27,8 @@ async def claim(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> 
     """Claim one pack of an activity. Answers 201 {claim_id, coupons}; a keyed retry answers the first success."""
     services = auth.services(request)
     who = auth.user(request)
+    if request.scope["query_string"]:
+        bodies.only_query(request, frozenset())
     raw = await request.body()
     channel = ""
     if raw.strip():

@@ -27,6 +27,9 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
         await services.client.ping()
         report["redis"] = "ok"
         scripts = await services.runner.missing_scripts()
+        if scripts:  # a restarted Redis: load them here rather than wait for traffic a probe holds back
+            await services.runner.load_all()
+            scripts = await services.runner.missing_scripts()
         if scripts:
             missing.append("scripts: " + ", ".join(scripts))
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""Small helpers for the HTTP tests: refusal checks, claim URLs, the admin view of stock, a keyspace snapshot."""
+"""Helpers for the HTTP tests: refusal checks, claim URLs, the admin view of stock, a keyspace snapshot."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def assert_refusal(reply: httpx.Response, status: int, code: str, field: str | N
 
 
 def assert_claim_answer(reply: httpx.Response, template_ids: list[str]) -> dict[str, Any]:
-    """201 ``{claim_id, coupons:[{coupon_id, template_id, valid_from, valid_until}]}``, coupons in pack order."""
+    """201 ``{claim_id, coupons:[{coupon_id, template_id, valid_from, valid_until}]}``, in pack order."""
     assert reply.status_code == 201, reply.text
     body: dict[str, Any] = reply.json()
     assert set(body) == {"claim_id", "coupons"}, body
@@ -56,16 +56,16 @@ async def stock_left(client: AsyncTestClient[Any], activity_id: str) -> int:
     return int((await admin_activity(client, activity_id))["stock_left"])
 
 
-async def wait_until(predicate: Any, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Any, within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s")
+            raise AssertionError(f"not true within {within} s")
         await asyncio.sleep(0.05)
 
 
 async def wait_blocked(services: Services, user_id: str, device_id: str) -> None:
-    """Wait for the gateway's in-process blocklist copy (refreshed every second) to name the user or device."""
+    """Wait for the gateway's in-process blocklist copy (refreshed each second) to name the user or device."""
     await wait_until(lambda: services.blocklist.blocks(user_id, device_id))
 
 
@@ -85,8 +85,9 @@ async def keyspace(plain: Redis) -> tuple[Snapshot, dict[bytes, int]]:
     return values, ttls
 
 
-def assert_same_keyspace(before: tuple[Snapshot, dict[bytes, int]],
-                         after: tuple[Snapshot, dict[bytes, int]]) -> None:
+def assert_same_keyspace(
+    before: tuple[Snapshot, dict[bytes, int]], after: tuple[Snapshot, dict[bytes, int]]
+) -> None:
     values_before, ttls_before = before
     values_after, ttls_after = after
     assert sorted(values_after) == sorted(values_before), "keys were added or removed"

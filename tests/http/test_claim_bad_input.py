@@ -40,8 +40,10 @@ def _alg_none() -> dict[str, str]:
 
 
 def _bad_signature() -> dict[str, str]:
-    return {"Authorization": "Bearer " + jwt.encode(_claims(), "another-secret-another-secret-0123456789",
-                                                    algorithm="HS256")}
+    return {
+        "Authorization": "Bearer "
+        + jwt.encode(_claims(), "another-secret-another-secret-0123456789", algorithm="HS256")
+    }
 
 
 def _tampered() -> dict[str, str]:
@@ -94,14 +96,34 @@ CASES = [
     Case("malformed-json", lambda: {**bearer("eve"), **JSON}, 400, "invalid_request", b'{"channel": '),
     Case("not-an-object", lambda: {**bearer("eve"), **JSON}, 400, "invalid_request", b'"x"'),
     Case("unknown-field", lambda: {**bearer("eve"), **JSON}, 400, "invalid_request", b'{"user_id": "u1"}'),
-    Case("channel-too-long", lambda: {**bearer("eve"), **JSON}, 400, "invalid_request",
-         b'{"channel": "' + b"c" * 33 + b'"}', field="channel"),
-    Case("not-json", lambda: {**bearer("eve"), "Content-Type": "text/plain"}, 415, "invalid_request", b"hello"),
-    Case("too-large", lambda: {**bearer("eve"), **JSON}, 413, "invalid_request",
-         b'{"channel": "' + b"x" * 17_000 + b'"}'),
-    Case("bad-idempotency-key", lambda: {**bearer("eve"), "Idempotency-Key": "k" * 65}, 400, "invalid_request",
-         field="Idempotency-Key"),
-    Case("unknown-activity", lambda: bearer("eve"), 404, "not_found", activity="0123456789abcdef0123456789ab"),
+    Case(
+        "channel-too-long",
+        lambda: {**bearer("eve"), **JSON},
+        400,
+        "invalid_request",
+        b'{"channel": "' + b"c" * 33 + b'"}',
+        field="channel",
+    ),
+    Case(
+        "not-json", lambda: {**bearer("eve"), "Content-Type": "text/plain"}, 415, "invalid_request", b"hello"
+    ),
+    Case(
+        "too-large",
+        lambda: {**bearer("eve"), **JSON},
+        413,
+        "invalid_request",
+        b'{"channel": "' + b"x" * 17_000 + b'"}',
+    ),
+    Case(
+        "bad-idempotency-key",
+        lambda: {**bearer("eve"), "Idempotency-Key": "k" * 65},
+        400,
+        "invalid_request",
+        field="Idempotency-Key",
+    ),
+    Case(
+        "unknown-activity", lambda: bearer("eve"), 404, "not_found", activity="0123456789abcdef0123456789ab"
+    ),
     Case("malformed-activity-id", lambda: bearer("eve"), 404, "not_found", activity="x}y"),
     Case("activity-id-with-hash-tag", lambda: bearer("eve"), 404, "not_found", activity="{a:x}"),
     # domain refusals write nothing either: the setup's user already holds the one pack allowed
@@ -113,16 +135,20 @@ CASES = [
 async def prepared(client: AsyncTestClient[Any], raw_redis: Redis) -> str:
     """An activity with one successful keyed claim, so there are counts, coupons and streams to compare."""
     activity = await create_activity(client, stock=5, per_user_limit=1)
-    reply = await client.post(claim_url(activity["id"]), json={"channel": "setup"},
-                              headers={**bearer("first"), "Idempotency-Key": "setup-key"})
+    reply = await client.post(
+        claim_url(activity["id"]),
+        json={"channel": "setup"},
+        headers={**bearer("first"), "Idempotency-Key": "setup-key"},
+    )
     assert_claim_answer(reply, [activity["pack"][0]["template_id"]])
     activity_id: str = activity["id"]
     return activity_id
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-async def test_bad_input_is_refused_and_writes_nothing(client: AsyncTestClient[Any], raw_redis: Redis,
-                                                       prepared: str, case: Case) -> None:
+async def test_bad_input_is_refused_and_writes_nothing(
+    client: AsyncTestClient[Any], raw_redis: Redis, prepared: str, case: Case
+) -> None:
     before = await keyspace(raw_redis)
     assert any(kind == b"stream" for kind, _, _ in before[0].values())
     activity_id = case.activity or prepared
@@ -132,9 +158,26 @@ async def test_bad_input_is_refused_and_writes_nothing(client: AsyncTestClient[A
     assert_same_keyspace(before, await keyspace(raw_redis))
 
 
-async def test_the_snapshot_does_see_a_claim(client: AsyncTestClient[Any], raw_redis: Redis, prepared: str) -> None:
+async def test_the_snapshot_does_see_a_claim(
+    client: AsyncTestClient[Any], raw_redis: Redis, prepared: str
+) -> None:
     """The comparison is not vacuous: a successful claim changes the snapshot."""
     before = await keyspace(raw_redis)
     assert (await client.post(claim_url(prepared), headers=bearer("second"))).status_code == 201
     with pytest.raises(AssertionError):
         assert_same_keyspace(before, await keyspace(raw_redis))
+
+
+async def test_a_token_expired_seconds_ago_is_refused(
+    client: AsyncTestClient[Any], raw_redis: Redis, prepared: str
+) -> None:
+    before = await keyspace(raw_redis)
+    expired = token("late", now=int(time.time()) - 3610, ttl_seconds=3600)  # exp 10 s ago
+    reply = await client.post(claim_url(prepared), headers={"Authorization": f"Bearer {expired}"})
+    assert_refusal(reply, 401, "unauthorized")
+    assert_same_keyspace(before, await keyspace(raw_redis))
+
+
+async def test_nbf_has_a_30_second_leeway(client: AsyncTestClient[Any], prepared: str) -> None:
+    soon = _signed(sub="early", did="dev-early", nbf=int(time.time()) + 10)
+    assert (await client.post(claim_url(prepared), headers=soon)).status_code == 201

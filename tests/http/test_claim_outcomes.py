@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ from tests.http.support import (
 DAY = 86_400
 
 
-# --- successes -----------------------------------------------------------------------------------------------
+# --- successes
 
 
 async def test_ok_answers_201_with_the_pack(client: AsyncTestClient[Any]) -> None:
@@ -34,7 +35,8 @@ async def test_ok_answers_201_with_the_pack(client: AsyncTestClient[Any]) -> Non
     now = int(time.time())
     absolute = await create_template(client, valid_days=None, valid_from=now - 60, valid_until=now + 30 * DAY)
     activity = await create_activity(
-        client, pack=[{"template_id": relative["id"], "count": 2}, {"template_id": absolute["id"], "count": 1}],
+        client,
+        pack=[{"template_id": relative["id"], "count": 2}, {"template_id": absolute["id"], "count": 1}],
         stock=3,
     )
     before = int(time.time())
@@ -82,7 +84,8 @@ async def test_replay_with_the_same_key_answers_the_same_bytes_and_takes_nothing
         assert again.content == first.content
     # the decoded body is what counts, not its formatting
     spaced = await client.post(
-        claim_url(activity["id"]), content=b'{ "channel" : "app" }',
+        claim_url(activity["id"]),
+        content=b'{ "channel" : "app" }',
         headers={**headers, "Content-Type": "application/json"},
     )
     assert spaced.status_code == 201
@@ -102,13 +105,27 @@ async def test_replay_after_sell_out_still_answers_the_first_success(client: Asy
     assert await stock_left(client, activity["id"]) == 0
 
 
-async def test_the_key_is_scoped_to_the_user(client: AsyncTestClient[Any]) -> None:
+async def test_the_key_is_scoped_to_the_user_and_the_activity(client: AsyncTestClient[Any]) -> None:
     activity = await create_activity(client, stock=5)
+    other = await create_activity(client, stock=5)
     one = await client.post(claim_url(activity["id"]), headers={**bearer("u1"), "Idempotency-Key": "same"})
     two = await client.post(claim_url(activity["id"]), headers={**bearer("u2"), "Idempotency-Key": "same"})
-    assert one.status_code == two.status_code == 201
-    assert one.json()["claim_id"] != two.json()["claim_id"]
+    three = await client.post(claim_url(other["id"]), headers={**bearer("u1"), "Idempotency-Key": "same"})
+    assert one.status_code == two.status_code == three.status_code == 201
+    assert len({reply.json()["claim_id"] for reply in (one, two, three)}) == 3
     assert await stock_left(client, activity["id"]) == 3
+    assert await stock_left(client, other["id"]) == 4
+
+
+async def test_racing_retries_with_one_key_take_one_pack(client: AsyncTestClient[Any]) -> None:
+    activity = await create_activity(client, stock=5, per_user_limit=5)
+    headers = {**bearer("u1"), "Idempotency-Key": "racing"}
+    replies = await asyncio.gather(
+        *(client.post(claim_url(activity["id"]), headers=headers) for _ in range(8))
+    )
+    assert {reply.status_code for reply in replies} == {201}
+    assert len({reply.content for reply in replies}) == 1
+    assert await stock_left(client, activity["id"]) == 4
 
 
 async def test_a_refusal_is_not_kept(client: AsyncTestClient[Any], raw_redis: Redis) -> None:
@@ -119,11 +136,12 @@ async def test_a_refusal_is_not_kept(client: AsyncTestClient[Any], raw_redis: Re
     await raw_redis.hset(config, "status", "paused")
     assert_refusal(await client.post(claim_url(activity["id"]), headers=headers), 409, "paused")
     await raw_redis.hset(config, "status", "active")
-    assert_claim_answer(await client.post(claim_url(activity["id"]), headers=headers),
-                        [activity["pack"][0]["template_id"]])
+    assert_claim_answer(
+        await client.post(claim_url(activity["id"]), headers=headers), [activity["pack"][0]["template_id"]]
+    )
 
 
-# --- refusals ------------------------------------------------------------------------------------------------
+# --- refusals
 
 
 @pytest.mark.parametrize(
@@ -170,8 +188,9 @@ async def test_blocked_device(client: AsyncTestClient[Any], raw_redis: Redis, se
     assert_refusal(reply, 403, "blocked")
 
 
-async def test_blocked_comes_before_sold_out(client: AsyncTestClient[Any], raw_redis: Redis,
-                                             services: Services) -> None:
+async def test_blocked_comes_before_sold_out(
+    client: AsyncTestClient[Any], raw_redis: Redis, services: Services
+) -> None:
     activity = await create_activity(client, stock=0)
     await raw_redis.sadd(BLOCKLIST.users, "u1")
     await raw_redis.incr(BLOCKLIST.version)
@@ -199,8 +218,9 @@ async def test_ended_at_ends_at_exactly_is_exclusive(client: AsyncTestClient[Any
 
 
 @pytest.mark.parametrize(("status", "code"), [("paused", "paused"), ("ended", "ended")])
-async def test_status_in_the_hot_config(client: AsyncTestClient[Any], raw_redis: Redis, status: str,
-                                        code: str) -> None:
+async def test_status_in_the_hot_config(
+    client: AsyncTestClient[Any], raw_redis: Redis, status: str, code: str
+) -> None:
     activity = await create_activity(client, stock=5)
     await raw_redis.hset(KeySpace.activity(activity["id"]).config, "status", status)
     assert_refusal(await client.post(claim_url(activity["id"]), headers=bearer("u1")), 409, code)
@@ -228,39 +248,50 @@ def _now() -> int:
 
 
 # (eligibility, (user, facts) refused, (user, facts) accepted)
-ELIGIBILITY_CASES: list[tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], tuple[str, dict[str, Any]]]] = [
-    ({"new_within_days": 7},
-     [("old", {"reg": _now() - 30 * DAY}), ("nofact", {})],
-     ("new", {"reg": _now() - DAY})),
-    ({"first_order": True},
-     [("buyer", {"orders": 2}), ("nofact", {})],
-     ("fresh", {"orders": 0})),
-    ({"min_orders": 3},
-     [("few", {"orders": 1}), ("nofact", {})],
-     ("many", {"orders": 3})),
-    ({"tags": ["vip", "gold"]},
-     [("plain", {"tags": ["student"]}), ("empty", {"tags": []}), ("nofact", {})],
-     ("gold", {"tags": ["student", "gold"]})),
-    ({"users": ["alice", "carol"]},
-     [("bob", {})],
-     ("carol", {})),
-    ({"first_order": True, "tags": ["vip"]},
-     [("half", {"orders": 0, "tags": ["x"]}), ("other-half", {"orders": 1, "tags": ["vip"]})],
-     ("both", {"orders": 0, "tags": ["vip"]})),
+ELIGIBILITY_CASES: list[
+    tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], tuple[str, dict[str, Any]]]
+] = [
+    (
+        {"new_within_days": 7},
+        [("old", {"reg": _now() - 30 * DAY}), ("nofact", {})],
+        ("new", {"reg": _now() - DAY}),
+    ),
+    ({"first_order": True}, [("buyer", {"orders": 2}), ("nofact", {})], ("fresh", {"orders": 0})),
+    ({"min_orders": 3}, [("few", {"orders": 1}), ("nofact", {})], ("many", {"orders": 3})),
+    (
+        {"tags": ["vip", "gold"]},
+        [("plain", {"tags": ["student"]}), ("empty", {"tags": []}), ("nofact", {})],
+        ("gold", {"tags": ["student", "gold"]}),
+    ),
+    ({"users": ["alice", "carol"]}, [("bob", {})], ("carol", {})),
+    (
+        {"first_order": True, "tags": ["vip"]},
+        [("half", {"orders": 0, "tags": ["x"]}), ("other-half", {"orders": 1, "tags": ["vip"]})],
+        ("both", {"orders": 0, "tags": ["vip"]}),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("eligibility", "refused", "accepted"), ELIGIBILITY_CASES,
-                         ids=[",".join(case[0]) for case in ELIGIBILITY_CASES])
-async def test_not_eligible(client: AsyncTestClient[Any], eligibility: dict[str, Any],
-                            refused: list[tuple[str, dict[str, Any]]], accepted: tuple[str, dict[str, Any]]) -> None:
+@pytest.mark.parametrize(
+    ("eligibility", "refused", "accepted"),
+    ELIGIBILITY_CASES,
+    ids=[",".join(case[0]) for case in ELIGIBILITY_CASES],
+)
+async def test_not_eligible(
+    client: AsyncTestClient[Any],
+    eligibility: dict[str, Any],
+    refused: list[tuple[str, dict[str, Any]]],
+    accepted: tuple[str, dict[str, Any]],
+) -> None:
     activity = await create_activity(client, stock=5, eligibility=eligibility)
     for user, facts in refused:
         reply = await client.post(claim_url(activity["id"]), headers=bearer(user, **facts))
         assert_refusal(reply, 403, "not_eligible")
     user, facts = accepted
-    assert_claim_answer(await client.post(claim_url(activity["id"]), headers=bearer(user, **facts)),
-                        [activity["pack"][0]["template_id"]])
+    assert_claim_answer(
+        await client.post(claim_url(activity["id"]), headers=bearer(user, **facts)),
+        [activity["pack"][0]["template_id"]],
+    )
     assert await stock_left(client, activity["id"]) == 4
 
 
@@ -268,21 +299,25 @@ async def test_limit_reached_per_user(client: AsyncTestClient[Any]) -> None:
     activity = await create_activity(client, stock=10, per_user_limit=2)
     for device in ("d1", "d2"):
         assert (await client.post(claim_url(activity["id"]), headers=bearer("u1", device))).status_code == 201
-    assert_refusal(await client.post(claim_url(activity["id"]), headers=bearer("u1", "d3")), 409, "limit_reached")
+    assert_refusal(
+        await client.post(claim_url(activity["id"]), headers=bearer("u1", "d3")), 409, "limit_reached"
+    )
     assert await stock_left(client, activity["id"]) == 8
 
 
 async def test_limit_reached_per_device(client: AsyncTestClient[Any]) -> None:
     activity = await create_activity(client, stock=10, per_user_limit=5, per_device_limit=1)
     assert (await client.post(claim_url(activity["id"]), headers=bearer("u1", "phone"))).status_code == 201
-    assert_refusal(await client.post(claim_url(activity["id"]), headers=bearer("u2", "phone")), 409,
-                   "limit_reached")
+    assert_refusal(
+        await client.post(claim_url(activity["id"]), headers=bearer("u2", "phone")), 409, "limit_reached"
+    )
     assert (await client.post(claim_url(activity["id"]), headers=bearer("u2", "tablet"))).status_code == 201
     assert await stock_left(client, activity["id"]) == 8
 
 
-async def test_overloaded_while_the_fence_is_closed(client: AsyncTestClient[Any], services: Services,
-                                                    db: asyncpg.Pool) -> None:
+async def test_overloaded_while_the_fence_is_closed(
+    client: AsyncTestClient[Any], services: Services, db: asyncpg.Pool
+) -> None:
     activity = await create_activity(client, stock=5)
     # a ledger mark above Redis's seq: the watcher, re-checking a closed fence, keeps it closed
     await db.execute("INSERT INTO partition_marks VALUES ('{w:0}', 999)")
@@ -296,7 +331,7 @@ async def test_overloaded_while_the_fence_is_closed(client: AsyncTestClient[Any]
     assert await stock_left(client, activity["id"]) == 5
 
 
-# --- request shape -------------------------------------------------------------------------------------------
+# --- request shape
 
 
 @pytest.mark.parametrize(
@@ -312,10 +347,13 @@ async def test_overloaded_while_the_fence_is_closed(client: AsyncTestClient[Any]
         (b'{"channel": ', None),
     ],
 )
-async def test_bad_body_is_invalid_request(client: AsyncTestClient[Any], raw: bytes, field: str | None) -> None:
+async def test_bad_body_is_invalid_request(
+    client: AsyncTestClient[Any], raw: bytes, field: str | None
+) -> None:
     activity = await create_activity(client, stock=5)
-    reply = await client.post(claim_url(activity["id"]), content=raw,
-                              headers={**bearer("u1"), "Content-Type": "application/json"})
+    reply = await client.post(
+        claim_url(activity["id"]), content=raw, headers={**bearer("u1"), "Content-Type": "application/json"}
+    )
     assert_refusal(reply, 400, "invalid_request", field)
     assert await stock_left(client, activity["id"]) == 5
 
@@ -328,8 +366,11 @@ async def test_channel_of_32_chars_is_accepted(client: AsyncTestClient[Any]) -> 
 
 async def test_text_plain_is_415(client: AsyncTestClient[Any]) -> None:
     activity = await create_activity(client, stock=5)
-    reply = await client.post(claim_url(activity["id"]), content=b'{"channel": "x"}',
-                              headers={**bearer("u1"), "Content-Type": "text/plain"})
+    reply = await client.post(
+        claim_url(activity["id"]),
+        content=b'{"channel": "x"}',
+        headers={**bearer("u1"), "Content-Type": "text/plain"},
+    )
     assert_refusal(reply, 415, "invalid_request")
     assert await stock_left(client, activity["id"]) == 5
 
@@ -337,8 +378,9 @@ async def test_text_plain_is_415(client: AsyncTestClient[Any]) -> None:
 async def test_body_over_16_kib_is_413(client: AsyncTestClient[Any]) -> None:
     activity = await create_activity(client, stock=5)
     raw = b'{"channel": "' + b"x" * (16 * 1024) + b'"}'
-    reply = await client.post(claim_url(activity["id"]), content=raw,
-                              headers={**bearer("u1"), "Content-Type": "application/json"})
+    reply = await client.post(
+        claim_url(activity["id"]), content=raw, headers={**bearer("u1"), "Content-Type": "application/json"}
+    )
     assert_refusal(reply, 413, "invalid_request")
     assert await stock_left(client, activity["id"]) == 5
 
@@ -350,8 +392,11 @@ async def test_wrong_method_is_405(client: AsyncTestClient[Any], method: str) ->
     assert_refusal(reply, 405, "invalid_request")
 
 
-@pytest.mark.parametrize("key", ["k" * 65, "bad\x01key", "tab\tkey", "del\x7f", ""],
-                         ids=["65-chars", "control", "tab", "del", "empty"])
+@pytest.mark.parametrize(
+    "key",
+    ["k" * 65, "bad\x01key", "tab\tkey", "del\x7f", ""],
+    ids=["65-chars", "control", "tab", "del", "empty"],
+)
 async def test_bad_idempotency_key_is_400(client: AsyncTestClient[Any], key: str) -> None:
     activity = await create_activity(client, stock=5)
     reply = await client.post(claim_url(activity["id"]), headers={**bearer("u1"), "Idempotency-Key": key})
@@ -366,19 +411,35 @@ async def test_idempotency_key_of_64_printable_chars_is_accepted(client: AsyncTe
     assert reply.status_code == 201, reply.text
 
 
-# --- check order: route, credentials, request shape, replay, domain ------------------------------------------
+# --- check order: route, credentials, request shape, replay, domain
 
 
 async def test_credentials_come_before_shape_and_domain(client: AsyncTestClient[Any]) -> None:
-    reply = await client.post(claim_url("unknown"), content=b"{bad", headers={"Content-Type": "application/json"})
+    reply = await client.post(
+        claim_url("unknown"), content=b"{bad", headers={"Content-Type": "application/json"}
+    )
     assert_refusal(reply, 401, "unauthorized")
 
 
 async def test_shape_comes_before_domain(client: AsyncTestClient[Any]) -> None:
     sold_out = await create_activity(client, stock=0)
     for activity_id in ("unknown", sold_out["id"]):
-        reply = await client.post(claim_url(activity_id), content=b"{bad",
-                                  headers={**bearer("u1"), "Content-Type": "application/json"})
+        reply = await client.post(
+            claim_url(activity_id),
+            content=b"{bad",
+            headers={**bearer("u1"), "Content-Type": "application/json"},
+        )
         assert_refusal(reply, 400, "invalid_request")
-        reply = await client.post(claim_url(activity_id), headers={**bearer("u1"), "Idempotency-Key": "k" * 65})
+        reply = await client.post(
+            claim_url(activity_id), headers={**bearer("u1"), "Idempotency-Key": "k" * 65}
+        )
         assert_refusal(reply, 400, "invalid_request", "Idempotency-Key")
+
+
+async def test_unknown_query_parameter_is_400(client: AsyncTestClient[Any]) -> None:
+    activity = await create_activity(client, stock=5)
+    reply = await client.post(
+        claim_url(activity["id"]), params={"user_id": "someone-else"}, headers=bearer("u1")
+    )
+    assert_refusal(reply, 400, "invalid_request", "user_id")
+    assert await stock_left(client, activity["id"]) == 5

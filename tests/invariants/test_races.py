@@ -89,7 +89,7 @@ async def check_race(
             "SELECT coupon_id, user_id FROM coupons WHERE activity_id = $1", activity_id
         )
     finally:
-        await consumer.client.aclose()
+        await consumer.redis.close()
         await consumer.pool.close()
     assert sorted((r["claim_id"], r["user_id"]) for r in claims) == sorted(
         (a["claim_id"], u) for u, _, a in granted

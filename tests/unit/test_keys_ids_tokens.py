@@ -83,3 +83,19 @@ def test_anything_but_a_valid_token_is_unauthorized(header: str | None) -> None:
         verify_user_token(header, SECRET)
     assert refused.value.outcome is Outcome.UNAUTHORIZED
     assert refused.value.status == 401
+
+
+def test_exp_has_no_leeway_but_nbf_has_thirty_seconds() -> None:
+    now = int(time.time())
+    just_expired = mint_user_token(SECRET, "u", "d", now=now - 3600, ttl_seconds=3600 - 5)
+    with pytest.raises(DomainError):
+        verify_user_token(f"Bearer {just_expired}", SECRET)
+    import jwt
+
+    soon = jwt.encode({"sub": "u", "did": "d", "exp": now + 60, "nbf": now + 20}, SECRET, algorithm="HS256")
+    assert verify_user_token(f"Bearer {soon}", SECRET).user_id == "u"
+    later = jwt.encode(
+        {"sub": "u", "did": "d", "exp": now + 600, "nbf": now + 120}, SECRET, algorithm="HS256"
+    )
+    with pytest.raises(DomainError):
+        verify_user_token(f"Bearer {later}", SECRET)

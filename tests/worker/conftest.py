@@ -24,5 +24,5 @@ async def drain(consumer: Consumer, *, max_steps: int = 200) -> int:
 async def consumer(settings: Settings, clean: None) -> AsyncIterator[Consumer]:
     found = await start_consumer(settings)
     yield found
-    await found.client.aclose()
+    await found.redis.close()
     await found.pool.close()
