@@ -59,6 +59,15 @@ def spawn(command: list[str], log: Path, **popen: Any) -> subprocess.Popen[bytes
     return child
 
 
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a server's log, for an error that says why it did not start."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

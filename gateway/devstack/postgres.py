@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.devstack.pidfile import PidFile, free_port, kill_pid, pid_alive, spawn, stop_pid
+from gateway.devstack.pidfile import PidFile, free_port, kill_pid, log_tail, pid_alive, spawn, stop_pid
 
 DB_USER = "claimgate"
 DB_NAME = "claimgate"
@@ -178,14 +178,6 @@ def _chown_tree(path: Path, run_as: _RunAs) -> None:
             os.chown(os.path.join(dirpath, name), run_as.uid, run_as.gid, follow_symlinks=False)
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _run_tool(args: list[str], run_as: _RunAs | None, what: str, *, cwd: Path | None = None) -> str:
     kwargs: dict[str, object] = {}
     if run_as is not None:
@@ -253,7 +245,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], bin_dir: Path, port: int, log: Pa
         if proc.poll() is not None:
             raise RuntimeError(
                 f"postgres exited during start with status {proc.returncode}; "
-                f"last log lines:\n{_log_tail(log)}"
+                f"last log lines:\n{log_tail(log)}"
             )
         ready = subprocess.run(
             [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER, "-t", "2"],
@@ -268,7 +260,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], bin_dir: Path, port: int, log: Pa
             kill_pid(proc.pid)
             raise RuntimeError(
                 f"postgres on port {port} not ready after {START_TIMEOUT:.0f} s; "
-                f"last log lines:\n{_log_tail(log)}"
+                f"last log lines:\n{log_tail(log)}"
             )
         time.sleep(0.05)
 

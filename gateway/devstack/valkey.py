@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 import redis.exceptions
 
-from gateway.devstack.pidfile import PidFile, free_port, kill_pid, pid_alive, spawn, stop_pid
+from gateway.devstack.pidfile import PidFile, free_port, kill_pid, log_tail, pid_alive, spawn, stop_pid
 
 LOG_NAME = "valkey.log"
 START_TIMEOUT = 10.0
@@ -61,14 +61,6 @@ def valkey_binary() -> Path:
     return path
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _client(port: int) -> redis.Redis:
     return redis.Redis(
         host="127.0.0.1", port=port, socket_timeout=2.0, socket_connect_timeout=1.0, decode_responses=True
@@ -78,7 +70,7 @@ def _client(port: int) -> redis.Redis:
 def _fail(proc: subprocess.Popen[bytes], log: Path, why: str) -> RuntimeError:
     if proc.poll() is None:
         kill_pid(proc.pid)
-    return RuntimeError(f"valkey on {log.parent}: {why}; last log lines:\n{_log_tail(log)}")
+    return RuntimeError(f"valkey on {log.parent}: {why}; last log lines:\n{log_tail(log)}")
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
