@@ -1,15 +1,25 @@
-"""Operators' changes: written to Postgres first, then mirrored into Redis by a script with an event."""
+"""Operators' changes: definitions written to Postgres first then mirrored into Redis; changes to hot state
+(status, stock, window, limits) made by a script that appends the event the audit is written from."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import asyncpg
 import msgspec
 from redis.exceptions import RedisError
 
 from gateway import store
-from gateway.campaign import Activity, ActivityIn, Template, TemplateIn, hot_config
+from gateway.campaign import (
+    Activity,
+    ActivityIn,
+    ActivityPatch,
+    StockChange,
+    Template,
+    TemplateIn,
+    hot_config,
+)
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
@@ -73,18 +83,48 @@ class AdminService:
         )
         return Outcome(reply[0])
 
-    async def live_state(self, activity: Activity, now: int) -> tuple[str, int]:
-        """The activity's status and stock left as Redis holds them, mirroring it first if a crash or an
-        outage left it unmirrored."""
+    async def _change(
+        self, script: str, activity_id: str, operator: str, now: int, argument: str | int
+    ) -> list[Any]:
+        """Run one of the operators' change scripts; refusals become the contract's errors."""
+        keys = self.keyspace.activity(activity_id)
+        reply = await self.runner.run(
+            script, [keys.config, keys.seq, keys.events], [now, new_id(), operator, activity_id, argument]
+        )
+        outcome = Outcome(reply[0])
+        if outcome is Outcome.INVALID_REQUEST:
+            raise DomainError(outcome, "ends_at: must be after starts_at", extra={"field": "ends_at"})
+        if outcome not in (Outcome.OK, Outcome.REPLAY):
+            raise DomainError(outcome)
+        return reply
+
+    async def set_status(self, activity_id: str, action: str, operator: str, now: int) -> str:
+        reply = await self._change("set_status", activity_id, operator, now, action)
+        return str(reply[1])
+
+    async def restock(self, activity_id: str, change: StockChange, operator: str, now: int) -> int:
+        change.check()
+        reply = await self._change("restock", activity_id, operator, now, change.delta)
+        return int(reply[1])
+
+    async def patch(self, activity_id: str, patch: ActivityPatch, operator: str, now: int) -> None:
+        changes = patch.changes()
+        await self._change(
+            "patch_activity", activity_id, operator, now, msgspec.json.encode(changes).decode()
+        )
+
+    async def live_state(self, activity: Activity, now: int) -> dict[str, str]:
+        """The activity's hot config as Redis holds it (the authority for status, window, limits and stock),
+        mirroring it first if a crash or an outage left it unmirrored."""
         keys = self.keyspace.activity(activity.id)
         try:
-            status, stock_left = await self.runner.control.hmget(keys.config, ["status", "stock_left"])
-            if status is None:
+            hot = await self.runner.control.hgetall(keys.config)
+            if not hot:
                 templates = await store.templates_by_id(self.pool, [i.template_id for i in activity.pack])
                 await self.mirror_activity(activity, templates, activity.created_by, now)
-                status, stock_left = await self.runner.control.hmget(keys.config, ["status", "stock_left"])
+                hot = await self.runner.control.hgetall(keys.config)
         except RedisError:
             raise DomainError(
                 Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=1
             ) from None
-        return str(status), int(stock_left or 0)
+        return {str(k): str(v) for k, v in hot.items()}

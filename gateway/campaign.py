@@ -161,6 +161,8 @@ def hot_config(activity: Activity, templates: dict[str, Template]) -> dict[str, 
             entry["valid_until"] = template.valid_until
         pack.append(entry)
     return {
+        "name": activity.name,
+        "budget": "" if activity.budget is None else activity.budget,
         "status": activity.status,
         "starts_at": activity.starts_at,
         "ends_at": activity.ends_at,
@@ -171,3 +173,31 @@ def hot_config(activity: Activity, templates: dict[str, Template]) -> dict[str, 
         "pack": msgspec.json.encode(pack).decode(),
         "face_per_pack": activity.face_per_pack,
     }
+
+
+class ActivityPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``PATCH /v1/admin/activities/{id}``: name any time; window and limits only before the start."""
+
+    name: Name | None = None
+    starts_at: Time | None = None
+    ends_at: Time | None = None
+    per_user_limit: Annotated[int, Meta(ge=1, le=10**6)] | None = None
+    per_device_limit: Annotated[int, Meta(ge=1, le=10**6)] | None = None
+
+    def changes(self) -> dict[str, object]:
+        changed = {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
+        if not changed:
+            raise invalid(
+                "name", "give at least one of name, starts_at, ends_at, per_user_limit, per_device_limit"
+            )
+        if self.starts_at is not None and self.ends_at is not None and self.ends_at <= self.starts_at:
+            raise invalid("ends_at", "must be after starts_at")
+        return changed
+
+
+class StockChange(msgspec.Struct, forbid_unknown_fields=True):
+    delta: Annotated[int, Meta(ge=-(10**9), le=10**9)]
+
+    def check(self) -> None:
+        if self.delta == 0:
+            raise invalid("delta", "must not be 0")

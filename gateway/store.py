@@ -125,3 +125,9 @@ async def activity_allow_list(pool: asyncpg.Pool, activity_id: str) -> list[str]
         "SELECT eligibility -> 'users' FROM activities WHERE activity_id = $1", activity_id
     )
     return msgspec.json.decode(raw, type=list[str]) if raw else []
+
+
+async def persisted_claims(pool: asyncpg.Pool, activity_id: str) -> int:
+    """Packs of this activity the ledger holds (claims, grants, redeemed codes)."""
+    count: int = await pool.fetchval("SELECT count(*) FROM claims WHERE activity_id = $1", activity_id)
+    return count

@@ -64,7 +64,13 @@ ON CONFLICT (partition, entry_id) DO NOTHING
 # reason to hold back the rest of the batch.
 ENTRY_FAULTS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
-AUDITED = {"activity_created": "create_activity"}
+# Operators' events -> the audit action they record (target: the activity).
+AUDITED = {
+    "activity_created": "create_activity",
+    "status_changed": "set_status",
+    "stock_changed": "change_stock",
+    "activity_patched": "patch_activity",
+}
 
 
 @dataclass

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, patch, post
 from litestar.params import FromPath
 
 from gateway import store
-from gateway.campaign import ActivityIn, TemplateIn
+from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, TemplateIn
 from gateway.http import auth, bodies
 from gateway.http.errors import JSON
 from gateway.outcomes import DomainError, Outcome
@@ -23,10 +24,20 @@ def _json(value: object, status: int = 200) -> Response[bytes]:
     return Response(msgspec.json.encode(value), status_code=status, media_type=JSON)
 
 
-def _page(items: list[Any], limit: int) -> Response[bytes]:
-    page: dict[str, object] = {"items": items[:limit]}
-    if len(items) > limit:
-        page["next_cursor"] = items[limit - 1].id
+async def _page(
+    request: Request[Any, Any, Any],
+    fetch: Callable[..., Awaitable[list[Any]]],
+    show: Callable[[Any], Awaitable[object]] | None = None,
+) -> Response[bytes]:
+    """A page newest first: ``{items, next_cursor}``, the cursor left out on the last page."""
+    auth.operator(request)
+    bodies.only_query(request, _LIST_QUERY)
+    limit = bodies.list_limit(request)
+    found = await fetch(auth.services(request).pool, before=bodies.cursor(request), limit=limit + 1)
+    items = found[:limit]
+    page: dict[str, object] = {"items": [await show(i) for i in items] if show else items}
+    if len(found) > limit:
+        page["next_cursor"] = items[-1].id
     return _json(page)
 
 
@@ -40,13 +51,7 @@ async def create_template(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get("/v1/admin/templates")
 async def list_templates(request: Request[Any, Any, Any]) -> Response[bytes]:
-    auth.operator(request)
-    bodies.only_query(request, _LIST_QUERY)
-    limit = bodies.list_limit(request)
-    items = await store.list_templates(
-        auth.services(request).pool, before=bodies.cursor(request), limit=limit + 1
-    )
-    return _page(items, limit)
+    return await _page(request, store.list_templates)
 
 
 @post("/v1/admin/activities", status_code=201)
@@ -59,19 +64,13 @@ async def create_activity(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get("/v1/admin/activities")
 async def list_activities(request: Request[Any, Any, Any]) -> Response[bytes]:
-    auth.operator(request)
-    bodies.only_query(request, _LIST_QUERY)
-    limit = bodies.list_limit(request)
-    items = await store.list_activities(
-        auth.services(request).pool, before=bodies.cursor(request), limit=limit + 1
-    )
-    return _page(items, limit)
+    async def live(activity: Activity) -> object:
+        return await _live_record(request, activity)
+
+    return await _page(request, store.list_activities, live)
 
 
-@get("/v1/admin/activities/{activity_id:str}")
-async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
-    auth.operator(request)
-    bodies.only_query(request, frozenset())
+async def _activity(request: Request[Any, Any, Any], activity_id: str) -> Activity:
     services = auth.services(request)
     activity = (
         await store.get_activity(services.pool, activity_id)
@@ -80,11 +79,106 @@ async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[st
     )
     if activity is None:
         raise DomainError(Outcome.NOT_FOUND, "No such activity.")
-    status, stock_left = await services.admin.live_state(activity, int(time.time()))
-    record = msgspec.to_builtins(activity)
-    record["status"] = status
-    record["stock_left"] = stock_left
-    return _json(record)
+    return activity
 
 
-ROUTES = [create_template, list_templates, create_activity, list_activities, get_activity]
+HOT_FIELDS = ("name", "starts_at", "ends_at", "per_user_limit", "per_device_limit")
+
+
+async def _live_record(request: Request[Any, Any, Any], activity: Activity) -> dict[str, Any]:
+    """The definition from Postgres overlaid with what Redis holds now (status, window, limits, stock)."""
+    hot = await auth.services(request).admin.live_state(activity, int(time.time()))
+    record: dict[str, Any] = msgspec.to_builtins(activity)
+    record["status"] = hot["status"]
+    record["stock_left"] = int(hot["stock_left"])
+    for name in HOT_FIELDS:
+        if name in hot:
+            record[name] = hot[name] if name == "name" else int(hot[name])
+    if not record.get("per_device_limit"):
+        record.pop("per_device_limit", None)
+    return record
+
+
+@get("/v1/admin/activities/{activity_id:str}")
+async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
+    auth.operator(request)
+    bodies.only_query(request, frozenset())
+    return _json(await _live_record(request, await _activity(request, activity_id)))
+
+
+@patch("/v1/admin/activities/{activity_id:str}")
+async def patch_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
+    """Change the name, or the window or limits before the activity starts (``state_conflict`` after)."""
+    operator = auth.operator(request)
+    body = await bodies.body(request, ActivityPatch)
+    activity = await _activity(request, activity_id)
+    await auth.services(request).admin.patch(activity.id, body, operator, int(time.time()))
+    return _json(await _live_record(request, activity))
+
+
+async def _set_status(request: Request[Any, Any, Any], activity_id: str, action: str) -> Response[bytes]:
+    operator = auth.operator(request)
+    bodies.only_query(request, frozenset())
+    activity = await _activity(request, activity_id)
+    await auth.services(request).admin.set_status(activity.id, action, operator, int(time.time()))
+    return _json(await _live_record(request, activity))
+
+
+@post("/v1/admin/activities/{activity_id:str}/pause", status_code=200)
+async def pause_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
+    return await _set_status(request, activity_id, "pause")
+
+
+@post("/v1/admin/activities/{activity_id:str}/resume", status_code=200)
+async def resume_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
+    return await _set_status(request, activity_id, "resume")
+
+
+@post("/v1/admin/activities/{activity_id:str}/end", status_code=200)
+async def end_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
+    return await _set_status(request, activity_id, "end")
+
+
+@post("/v1/admin/activities/{activity_id:str}/stock", status_code=200)
+async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
+    """Add (positive ``delta``) or remove (negative; never below zero left) packs."""
+    operator = auth.operator(request)
+    body = await bodies.body(request, StockChange)
+    activity = await _activity(request, activity_id)
+    await auth.services(request).admin.restock(activity.id, body, operator, int(time.time()))
+    return _json(await _live_record(request, activity))
+
+
+@get("/v1/admin/activities/{activity_id:str}/stats")
+async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
+    """Live figures: packs left and handed out (Redis), packs persisted (the ledger), face value out."""
+    auth.operator(request)
+    bodies.only_query(request, frozenset())
+    services = auth.services(request)
+    activity = await _activity(request, activity_id)
+    hot = await services.admin.live_state(activity, int(time.time()))
+    claimed = int(hot["taken"])
+    persisted = await store.persisted_claims(services.pool, activity.id)
+    return _json(
+        {
+            "stock_left": int(hot["stock_left"]),
+            "claimed": claimed,
+            "persisted": persisted,
+            "face_value_out": claimed * activity.face_per_pack,
+        }
+    )
+
+
+ROUTES = [
+    create_template,
+    list_templates,
+    create_activity,
+    list_activities,
+    get_activity,
+    patch_activity,
+    pause_activity,
+    resume_activity,
+    end_activity,
+    change_stock,
+    activity_stats,
+]

@@ -107,7 +107,7 @@ async def test_admin_mirror_builds_what_claim_reads(runner: ScriptRunner, redis_
         "taken": "0", "per_user_limit": "1", "per_device_limit": "0", "elig": '{"min_orders":1,"users":true}',
         "pack": '[{"template_id":"t1","count":2,"valid_days":7},'
                 f'{{"template_id":"t2","count":1,"valid_from":{NOW},"valid_until":{NOW + 100}}}]',
-        "face_per_pack": "1300",
+        "face_per_pack": "1300", "name": activity.name, "budget": "",
     }
     assert await redis_client.smembers(keys.allow_list) == {"u1"}
     assert await redis_client.get(keys.seq) == "1"

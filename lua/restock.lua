@@ -1,0 +1,44 @@
+#!lua
+--[[
+restock: an operator adds (delta > 0) or removes (delta < 0) packs. Never below zero left; adding past the
+budget (packs ever available x face value of a pack > budget) is refused; an ended activity is not changed.
+KEYS[1] config   hash   {a:X}:act     stock_left, taken, face_per_pack, budget ("" when none), status
+KEYS[2] seq      string {a:X}:seq     the partition's event sequence
+KEYS[3] events   stream {a:X}:events  the partition's ledger stream
+ARGV[1] now         unix seconds
+ARGV[2] event_id    gateway-made
+ARGV[3] operator    the operator's name
+ARGV[4] activity_id
+ARGV[5] delta       a non-zero integer
+REPLY ok stock_left      the packs left after the change
+REPLY not_found
+REPLY state_conflict     ended, or removing more than is left
+REPLY over_budget        adding would let the face value out exceed the budget
+EVENT stock_changed
+]]
+local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
+local now, event_id, operator, activity_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local delta = tonumber(ARGV[5])
+
+local config = redis.call("HMGET", config_key, "status", "stock_left", "taken", "face_per_pack", "budget")
+if not config[1] then
+  return {"not_found"}
+end
+if config[1] == "ended" then
+  return {"state_conflict"}
+end
+local left, taken, face = tonumber(config[2]), tonumber(config[3]), tonumber(config[4])
+if left + delta < 0 then
+  return {"state_conflict"}
+end
+local budget = tonumber(config[5] or "")
+if delta > 0 and budget and (taken + left + delta) * face > budget then
+  return {"over_budget"}
+end
+local after = redis.call("HINCRBY", config_key, "stock_left", delta)
+local seq = redis.call("INCR", seq_key)
+redis.call("XADD", events_key, "*",
+  "type", "stock_changed", "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
+  "before", string.format('{"stock_left":%d}', left), "after", string.format('{"stock_left":%d}', after),
+  "delta", delta)
+return {"ok", after}

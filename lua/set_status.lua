@@ -1,0 +1,47 @@
+#!lua
+--[[
+set_status: an operator pauses, resumes or ends an activity. Ended is final: any change to it is refused.
+Pausing a paused activity or resuming an active one changes nothing and appends no event.
+KEYS[1] config   hash   {a:X}:act     the activity's hot config (status)
+KEYS[2] seq      string {a:X}:seq     the partition's event sequence
+KEYS[3] events   stream {a:X}:events  the partition's ledger stream
+ARGV[1] now         unix seconds
+ARGV[2] event_id    gateway-made
+ARGV[3] operator    the operator's name
+ARGV[4] activity_id
+ARGV[5] action      "pause", "resume" or "end"
+REPLY ok status          the status after the change
+REPLY replay status      already in that status; nothing written
+REPLY not_found
+REPLY state_conflict     the activity has ended, or the action does not apply to its status
+EVENT status_changed
+]]
+local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
+local now, event_id, operator, activity_id, action = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+local before = redis.call("HGET", config_key, "status")
+if not before then
+  return {"not_found"}
+end
+if before == "ended" then
+  return {"state_conflict"}
+end
+local after
+if action == "pause" then
+  after = "paused"
+elseif action == "resume" then
+  after = "active"
+elseif action == "end" then
+  after = "ended"
+else
+  return redis.error_reply("set_status: unknown action " .. tostring(action))
+end
+if after == before then
+  return {"replay", before}
+end
+redis.call("HSET", config_key, "status", after)
+local seq = redis.call("INCR", seq_key)
+redis.call("XADD", events_key, "*",
+  "type", "status_changed", "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
+  "before", cjson.encode({status = before}), "after", cjson.encode({status = after}))
+return {"ok", after}
