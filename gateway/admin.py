@@ -15,13 +15,14 @@ from gateway.campaign import (
     Activity,
     ActivityIn,
     ActivityPatch,
+    BlocklistChange,
     StockChange,
     Template,
     TemplateIn,
     hot_config,
 )
 from gateway.ids import new_id
-from gateway.keys import KeySpace
+from gateway.keys import BLOCKLIST, KeySpace
 from gateway.outcomes import DomainError, Outcome
 from gateway.redis_client import ScriptRunner
 
@@ -128,3 +129,52 @@ class AdminService:
                 Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=1
             ) from None
         return {str(k): str(v) for k, v in hot.items()}
+
+    async def change_blocklist(self, action: str, change: BlocklistChange, operator: str, now: int) -> int:
+        change.check()
+        keys = BLOCKLIST
+        reply = await self.runner.run(
+            "blocklist",
+            [keys.users, keys.devices, keys.entries, keys.version, keys.seq, keys.events],
+            [
+                now,
+                new_id(),
+                operator,
+                action,
+                msgspec.json.encode(change.users),
+                msgspec.json.encode(change.devices),
+            ],
+        )
+        return int(reply[1]) if reply[0] == Outcome.OK else 0
+
+    async def blocklist_entries(self) -> list[BlocklistEntry]:
+        """Every entry, newest first (then by kind and id): Redis holds the list the gateways enforce."""
+        try:
+            raw = await self.runner.control.hgetall(BLOCKLIST.entries)
+        except RedisError:
+            raise DomainError(
+                Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=1
+            ) from None
+        entries = []
+        for name, value in raw.items():
+            kind, _, ident = str(name).partition(":")
+            record = msgspec.json.decode(value, type=_EntryRecord)
+            entries.append(BlocklistEntry(kind=kind, id=ident, added_at=record.added_at, by=record.by))
+        entries.sort(key=lambda e: (-e.added_at, e.kind, e.id))
+        return entries
+
+
+class _EntryRecord(msgspec.Struct):
+    added_at: int
+    by: str
+
+
+class BlocklistEntry(msgspec.Struct):
+    kind: str
+    id: str
+    added_at: int
+    by: str
+
+    @property
+    def cursor(self) -> str:
+        return f"{self.added_at}.{self.kind}.{self.id}"

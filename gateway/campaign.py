@@ -201,3 +201,14 @@ class StockChange(msgspec.Struct, forbid_unknown_fields=True):
     def check(self) -> None:
         if self.delta == 0:
             raise invalid("delta", "must not be 0")
+
+
+class BlocklistChange(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/admin/blocklist`` and ``/v1/admin/blocklist/remove``."""
+
+    users: Annotated[list[UserId], Meta(max_length=10_000)] = []
+    devices: Annotated[list[UserId], Meta(max_length=10_000)] = []
+
+    def check(self) -> None:
+        if not self.users and not self.devices:
+            raise invalid("users", "give users, devices or both")

@@ -89,8 +89,12 @@ class CodeKeys(Partition):
 
 
 @dataclass(frozen=True, slots=True)
-class BlocklistKeys:
+class BlocklistKeys(Partition):
     tag: str = "{blocklist}"
+
+    @property
+    def entries(self) -> str:
+        return f"{self.tag}:entries"
 
     @property
     def users(self) -> str:

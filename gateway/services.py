@@ -15,7 +15,7 @@ from gateway.background import stop_tasks
 from gateway.blocklist import Blocklist
 from gateway.claims import ClaimService
 from gateway.fence import Fence
-from gateway.keys import KeySpace
+from gateway.keys import BLOCKLIST, KeySpace
 from gateway.redis_client import RedisClient, ScriptRunner, connect
 from gateway.scripts import load_scripts
 from gateway.settings import Settings
@@ -51,6 +51,7 @@ class Clients:
 async def register_fixed_streams(pool: asyncpg.Pool, keyspace: KeySpace) -> None:
     await register_streams(pool, keyspace.wallet_partitions(), kind="wallet")
     await register_streams(pool, keyspace.code_partitions(), kind="code")
+    await register_streams(pool, [BLOCKLIST], kind="blocklist")
 
 
 @dataclass

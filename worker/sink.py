@@ -56,6 +56,13 @@ INSERT INTO partition_marks AS m (partition, seq)
 SELECT * FROM unnest($1::text[], $2::bigint[])
 ON CONFLICT (partition) DO UPDATE SET seq = greatest(m.seq, excluded.seq)
 """
+_UPSERT_BLOCKLIST = """
+INSERT INTO blocklist AS b (kind, id, present, added_at, by, seq)
+SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[], $4::bigint[], $5::text[], $6::bigint[])
+ON CONFLICT (kind, id) DO UPDATE SET present = excluded.present, added_at = excluded.added_at, by = excluded.by,
+    seq = excluded.seq
+WHERE b.seq < excluded.seq
+"""
 _INSERT_CONFLICT = """
 INSERT INTO conflicts (event_id, partition, entry_id, reason, entry) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (partition, entry_id) DO NOTHING
@@ -81,6 +88,7 @@ class _Rows:
     coupon_events: list[tuple[object, ...]] = field(default_factory=list)
     audit: list[tuple[object, ...]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
+    blocklist: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # newest per entry
     conflicts: list[tuple[object, ...]] = field(default_factory=list)
 
 
@@ -133,6 +141,19 @@ def _add(rows: _Rows, entry: Entry) -> None:
             if held is None or int(held[6]) < version:  # type: ignore[call-overload]
                 rows.coupons[coupon.coupon_id] = row
             rows.coupon_events.append((coupon.coupon_id, version, f["id"], kind, at, "available"))
+    elif kind == "blocklist_changed":
+        present, at, seq = f["action"] == "add", int(f["at"]), entry.seq
+        users = msgspec.json.decode(f["users"], type=list[str])
+        devices = msgspec.json.decode(f["devices"], type=list[str])
+        for who, ids in (("user", users), ("device", devices)):
+            for ident in ids:
+                held = rows.blocklist.get((who, ident))
+                if held is None or int(held[5]) < seq:  # type: ignore[call-overload]
+                    rows.blocklist[(who, ident)] = (who, ident, present, at, f["by"], seq)
+        change = msgspec.json.encode({"users": users, "devices": devices}).decode()
+        rows.audit.append(
+            (f["id"], entry.partition, seq, at, f["by"], f"blocklist_{f['action']}", "blocklist", "", change)
+        )
     elif kind in AUDITED:
         rows.audit.append(
             (
@@ -188,6 +209,9 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[str]:
             )
         if rows.audit:
             await conn.execute(_INSERT_AUDIT, *_columns(rows.audit, 9))
+        if rows.blocklist:
+            ordered_blocklist = [rows.blocklist[k] for k in sorted(rows.blocklist)]
+            await conn.execute(_UPSERT_BLOCKLIST, *_columns(ordered_blocklist, 6))
         if rows.conflicts:
             await conn.executemany(_INSERT_CONFLICT, rows.conflicts)
         if rows.marks:

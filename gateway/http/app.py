@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 
-from gateway.http import admin_routes, claim_routes, ops_routes
+from gateway.http import admin_routes, blocklist_routes, claim_routes, ops_routes
 from gateway.http.errors import EXCEPTION_HANDLERS
 from gateway.services import Services
 from gateway.settings import Settings, load_settings
@@ -30,7 +30,9 @@ def create_app(settings: Settings) -> Litestar:
                 "/", route_handlers=claim_routes.ROUTES, request_max_body_size=claim_routes.USER_BODY_LIMIT
             ),
             Router(
-                "/", route_handlers=admin_routes.ROUTES, request_max_body_size=admin_routes.ADMIN_BODY_LIMIT
+                "/",
+                route_handlers=[*admin_routes.ROUTES, *blocklist_routes.ROUTES],
+                request_max_body_size=admin_routes.ADMIN_BODY_LIMIT,
             ),
             *ops_routes.ROUTES,
         ],

@@ -1,0 +1,62 @@
+"""Operators' blocklist routes (``X-API-Key``). A change reaches every gateway within one refresh interval."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+
+from gateway.campaign import BlocklistChange
+from gateway.http import auth, bodies
+from gateway.http.errors import JSON
+
+_CURSOR = re.compile(r"(\d+)\.(user|device)\.([A-Za-z0-9_.:-]{1,64})")
+
+
+def _json(value: object) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), media_type=JSON)
+
+
+async def _change(request: Request[Any, Any, Any], action: str) -> Response[bytes]:
+    operator = auth.operator(request)
+    body = await bodies.body(request, BlocklistChange)
+    changed = await auth.services(request).admin.change_blocklist(action, body, operator, int(time.time()))
+    return _json({"changed": changed})
+
+
+@post("/v1/admin/blocklist", status_code=200)
+async def add_to_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Block users and devices from claiming, redeeming codes and receiving grants."""
+    return await _change(request, "add")
+
+
+@post("/v1/admin/blocklist/remove", status_code=200)
+async def remove_from_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return await _change(request, "remove")
+
+
+@get("/v1/admin/blocklist")
+async def list_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """``{items:[{kind, id, added_at, by}], next_cursor}``, newest first."""
+    auth.operator(request)
+    bodies.only_query(request, frozenset({"limit", "cursor"}))
+    limit = bodies.list_limit(request)
+    raw_cursor = request.query_params.get("cursor")
+    if raw_cursor is not None and not _CURSOR.fullmatch(raw_cursor):
+        raise bodies.invalid_request("cursor is malformed.", "cursor")
+    entries = await auth.services(request).admin.blocklist_entries()
+    if raw_cursor is not None:
+        match = _CURSOR.fullmatch(raw_cursor)
+        assert match is not None
+        after = (-int(match[1]), match[2], match[3])
+        entries = [e for e in entries if (-e.added_at, e.kind, e.id) > after]
+    page: dict[str, object] = {"items": entries[:limit]}
+    if len(entries) > limit:
+        page["next_cursor"] = entries[limit - 1].cursor
+    return _json(page)
+
+
+ROUTES = [add_to_blocklist, remove_from_blocklist, list_blocklist]
