@@ -45,8 +45,12 @@ class ClaimService:
         blocked: bool = False,
         mode: str = "claim",
         operator: str = "",
+        body: str | None = None,
     ) -> ClaimResult:
-        """Take one pack (script ``claim``), then put its coupons in the wallet (script ``deliver``)."""
+        """Take one pack (script ``claim``), then put its coupons in the wallet (script ``deliver``).
+
+        ``body`` is the request's identity for idempotency when it is not just the channel (a grant call's).
+        """
         act = self.keyspace.activity(activity_id)
         # A claim's key is the user's; a grant's key is the operator's, per user granted.
         scope = f"{operator}\x1f{who.user_id}" if mode == "grant" else who.user_id
@@ -62,7 +66,7 @@ class ClaimService:
                 channel,
                 "1" if blocked else "0",
                 idempotency_key or "",
-                body_hash(channel) if idempotency_key else NO_BODY_HASH,
+                (body or body_hash(channel)) if idempotency_key else NO_BODY_HASH,
                 self.idempotency_ttl,
                 new_id(),
                 new_id(),

@@ -15,6 +15,7 @@ from gateway.background import stop_tasks
 from gateway.blocklist import Blocklist
 from gateway.claims import ClaimService
 from gateway.fence import Fence
+from gateway.grants import GrantService
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.redis_client import RedisClient, ScriptRunner, connect
 from gateway.scripts import load_scripts
@@ -63,6 +64,7 @@ class Services:
     blocklist: Blocklist
     claims: ClaimService
     admin: AdminService
+    grants: GrantService
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -85,14 +87,19 @@ class Services:
             settings.postgres.url, min_size=0, max_size=settings.postgres.pool_max, timeout=5
         )
         keyspace = KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
+        blocklist = Blocklist()
+        claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds)
         services = cls(
             settings=settings,
             redis=redis,
             pool=pool,
             keyspace=keyspace,
-            blocklist=Blocklist(),
-            claims=ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds),
+            blocklist=blocklist,
+            claims=claims,
             admin=AdminService(pool, redis.runner, keyspace),
+            grants=GrantService(
+                redis.runner, keyspace, claims, blocklist, settings.claim.idempotency_ttl_seconds
+            ),
         )
         try:
             await register_fixed_streams(pool, keyspace)

@@ -12,6 +12,7 @@ from litestar.params import FromPath
 
 from gateway import store
 from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, TemplateIn
+from gateway.grants import GrantBody
 from gateway.http import auth, bodies
 from gateway.http.errors import JSON
 from gateway.outcomes import DomainError, Outcome
@@ -149,6 +150,18 @@ async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[st
     return _json(await _live_record(request, activity))
 
 
+@post("/v1/admin/activities/{activity_id:str}/grants", status_code=200)
+async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
+    """Push the pack to up to 10,000 users: ``{results:[{user_id, claim_id?, error?}]}``, each user's refusal
+    its own. Window and eligibility are skipped; pause, end, blocklist, per-user limit and stock hold."""
+    operator = auth.operator(request)
+    body = await bodies.body(request, GrantBody)
+    key = bodies.idempotency_key(request)
+    activity = await _activity(request, activity_id)
+    results = await auth.services(request).grants.grant(activity.id, body, operator, key)
+    return _json({"results": results})
+
+
 @get("/v1/admin/activities/{activity_id:str}/stats")
 async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Live figures: packs left and handed out (Redis), packs persisted (the ledger), face value out."""
@@ -180,5 +193,6 @@ ROUTES = [
     resume_activity,
     end_activity,
     change_stock,
+    grant,
     activity_stats,
 ]
