@@ -11,10 +11,12 @@ from litestar import Request, Response, get, patch, post
 from litestar.params import FromPath
 
 from gateway import store
-from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, TemplateIn
+from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, Template, TemplateIn
 from gateway.grants import GrantBody
 from gateway.http import auth, bodies
+from gateway.http.answers import ActivityPage, ActivityRecord, ActivityStats, GrantResults, TemplatePage
 from gateway.http.errors import JSON
+from gateway.http.openapi import documented
 from gateway.outcomes import DomainError, Outcome
 
 ADMIN_BODY_LIMIT = 1024 * 1024
@@ -42,7 +44,7 @@ async def _page(
     return _json(page)
 
 
-@post("/v1/admin/templates", status_code=201)
+@post("/v1/admin/templates", status_code=201, opt=documented(body=TemplateIn, answer=Template))
 async def create_template(request: Request[Any, Any, Any]) -> Response[bytes]:
     operator = auth.operator(request)
     body = await bodies.body(request, TemplateIn)
@@ -50,12 +52,16 @@ async def create_template(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(template, 201)
 
 
-@get("/v1/admin/templates")
+@get("/v1/admin/templates", opt=documented(answer=TemplatePage))
 async def list_templates(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _page(request, store.list_templates)
 
 
-@post("/v1/admin/activities", status_code=201)
+@post(
+    "/v1/admin/activities",
+    status_code=201,
+    opt=documented(body=ActivityIn, answer=Activity, refusals=(Outcome.OVER_BUDGET,), scripts=True),
+)
 async def create_activity(request: Request[Any, Any, Any]) -> Response[bytes]:
     operator = auth.operator(request)
     body = await bodies.body(request, ActivityIn)
@@ -63,7 +69,7 @@ async def create_activity(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(activity, 201)
 
 
-@get("/v1/admin/activities")
+@get("/v1/admin/activities", opt=documented(answer=ActivityPage))
 async def list_activities(request: Request[Any, Any, Any]) -> Response[bytes]:
     async def live(activity: Activity) -> object:
         return await _live_record(request, activity)
@@ -100,14 +106,19 @@ async def _live_record(request: Request[Any, Any, Any], activity: Activity) -> d
     return record
 
 
-@get("/v1/admin/activities/{activity_id:str}")
+@get("/v1/admin/activities/{activity_id:str}", opt=documented(answer=ActivityRecord))
 async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     auth.operator(request)
     bodies.only_query(request, frozenset())
     return _json(await _live_record(request, await _activity(request, activity_id)))
 
 
-@patch("/v1/admin/activities/{activity_id:str}")
+@patch(
+    "/v1/admin/activities/{activity_id:str}",
+    opt=documented(
+        body=ActivityPatch, answer=ActivityRecord, refusals=(Outcome.STATE_CONFLICT,), scripts=True
+    ),
+)
 async def patch_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Change the name, or the window or limits before the activity starts (``state_conflict`` after)."""
     operator = auth.operator(request)
@@ -125,22 +136,43 @@ async def _set_status(request: Request[Any, Any, Any], activity_id: str, action:
     return _json(await _live_record(request, activity))
 
 
-@post("/v1/admin/activities/{activity_id:str}/pause", status_code=200)
+@post(
+    "/v1/admin/activities/{activity_id:str}/pause",
+    status_code=200,
+    opt=documented(answer=ActivityRecord, refusals=(Outcome.STATE_CONFLICT,), scripts=True),
+)
 async def pause_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     return await _set_status(request, activity_id, "pause")
 
 
-@post("/v1/admin/activities/{activity_id:str}/resume", status_code=200)
+@post(
+    "/v1/admin/activities/{activity_id:str}/resume",
+    status_code=200,
+    opt=documented(answer=ActivityRecord, refusals=(Outcome.STATE_CONFLICT,), scripts=True),
+)
 async def resume_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     return await _set_status(request, activity_id, "resume")
 
 
-@post("/v1/admin/activities/{activity_id:str}/end", status_code=200)
+@post(
+    "/v1/admin/activities/{activity_id:str}/end",
+    status_code=200,
+    opt=documented(answer=ActivityRecord, refusals=(Outcome.STATE_CONFLICT,), scripts=True),
+)
 async def end_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     return await _set_status(request, activity_id, "end")
 
 
-@post("/v1/admin/activities/{activity_id:str}/stock", status_code=200)
+@post(
+    "/v1/admin/activities/{activity_id:str}/stock",
+    status_code=200,
+    opt=documented(
+        body=StockChange,
+        answer=ActivityRecord,
+        refusals=(Outcome.STATE_CONFLICT, Outcome.OVER_BUDGET),
+        scripts=True,
+    ),
+)
 async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Add (positive ``delta``) or remove (negative; never below zero left) packs."""
     operator = auth.operator(request)
@@ -150,7 +182,13 @@ async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[st
     return _json(await _live_record(request, activity))
 
 
-@post("/v1/admin/activities/{activity_id:str}/grants", status_code=200)
+@post(
+    "/v1/admin/activities/{activity_id:str}/grants",
+    status_code=200,
+    opt=documented(
+        body=GrantBody, answer=GrantResults, refusals=(Outcome.IDEMPOTENCY_CONFLICT,), scripts=True
+    ),
+)
 async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Push the pack to up to 10,000 users: ``{results:[{user_id, claim_id?, error?}]}``, each user's refusal
     its own. Window and eligibility are skipped; pause, end, blocklist, per-user limit and stock hold."""
@@ -162,7 +200,7 @@ async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> 
     return _json({"results": results})
 
 
-@get("/v1/admin/activities/{activity_id:str}/stats")
+@get("/v1/admin/activities/{activity_id:str}/stats", opt=documented(answer=ActivityStats))
 async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Live figures: packs left and handed out (Redis), packs persisted (the ledger), face value out."""
     auth.operator(request)

@@ -10,6 +10,7 @@ from litestar.openapi import OpenAPIConfig
 
 from gateway.http import admin_routes, blocklist_routes, claim_routes, ops_routes
 from gateway.http.errors import EXCEPTION_HANDLERS
+from gateway.http.openapi import ContractDocument
 from gateway.services import Services
 from gateway.settings import Settings, load_settings
 
@@ -38,7 +39,9 @@ def create_app(settings: Settings) -> Litestar:
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="claimgate", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="claimgate", version="0.1.0", path="/schema", render_plugins=[ContractDocument()]
+        ),
         logging_config=None,
         debug=False,
     )

@@ -11,7 +11,9 @@ from litestar import Request, Response, get, post
 
 from gateway.campaign import BlocklistChange
 from gateway.http import auth, bodies
+from gateway.http.answers import BlocklistChanged, BlocklistPage
 from gateway.http.errors import JSON
+from gateway.http.openapi import documented
 
 _CURSOR = re.compile(r"(\d+)\.(user|device)\.([A-Za-z0-9_.:-]{1,64})")
 
@@ -27,18 +29,26 @@ async def _change(request: Request[Any, Any, Any], action: str) -> Response[byte
     return _json({"changed": changed})
 
 
-@post("/v1/admin/blocklist", status_code=200)
+@post(
+    "/v1/admin/blocklist",
+    status_code=200,
+    opt=documented(body=BlocklistChange, answer=BlocklistChanged, scripts=True),
+)
 async def add_to_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Block users and devices from claiming, redeeming codes and receiving grants."""
     return await _change(request, "add")
 
 
-@post("/v1/admin/blocklist/remove", status_code=200)
+@post(
+    "/v1/admin/blocklist/remove",
+    status_code=200,
+    opt=documented(body=BlocklistChange, answer=BlocklistChanged, scripts=True),
+)
 async def remove_from_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _change(request, "remove")
 
 
-@get("/v1/admin/blocklist")
+@get("/v1/admin/blocklist", opt=documented(answer=BlocklistPage))
 async def list_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
     """``{items:[{kind, id, added_at, by}], next_cursor}``, newest first."""
     auth.operator(request)

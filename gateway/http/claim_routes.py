@@ -12,17 +12,35 @@ from msgspec import Meta
 
 from gateway.campaign import NO_CONTROL_CHARACTERS
 from gateway.http import auth, bodies
+from gateway.http.answers import ClaimAnswer
 from gateway.http.errors import JSON
+from gateway.http.openapi import documented
 from gateway.outcomes import DomainError, Outcome
 
 USER_BODY_LIMIT = 16 * 1024
+CLAIM_REFUSALS = (
+    Outcome.IDEMPOTENCY_CONFLICT,
+    Outcome.BLOCKED,
+    Outcome.NOT_STARTED,
+    Outcome.ENDED,
+    Outcome.PAUSED,
+    Outcome.SOLD_OUT,
+    Outcome.NOT_ELIGIBLE,
+    Outcome.LIMIT_REACHED,
+)
 
 
 class ClaimBody(msgspec.Struct, forbid_unknown_fields=True):
     channel: Annotated[str, Meta(min_length=1, max_length=32, pattern=NO_CONTROL_CHARACTERS)] | None = None
 
 
-@post("/v1/activities/{activity_id:str}/claim", status_code=201)
+@post(
+    "/v1/activities/{activity_id:str}/claim",
+    status_code=201,
+    opt=documented(
+        body=ClaimBody, body_required=False, answer=ClaimAnswer, refusals=CLAIM_REFUSALS, scripts=True
+    ),
+)
 async def claim(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Claim one pack of an activity. Answers 201 {claim_id, coupons}; a keyed retry answers the first success."""
     services = auth.services(request)

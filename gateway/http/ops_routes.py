@@ -9,15 +9,17 @@ import msgspec
 from litestar import Request, Response, get
 
 from gateway.http import auth
+from gateway.http.answers import Health, Readiness
 from gateway.http.errors import JSON
+from gateway.http.openapi import documented
 
 
-@get("/healthz")
+@get("/healthz", opt=documented(answer=Health, credential=False))
 async def healthz() -> Response[bytes]:
     return Response(b'{"status":"ok"}', media_type=JSON)
 
 
-@get("/readyz")
+@get("/readyz", opt=documented(answer=Readiness, credential=False, scripts=True))
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     """200 when Redis answers and every script is loaded; Postgres and the fence are reported, not gating."""
     services = auth.services(request)

@@ -73,12 +73,6 @@ async def test_openapi_lists_the_routes(client: AsyncTestClient[Any]) -> None:
     assert "get" in paths["/healthz"] and "get" in paths["/readyz"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: handlers take the raw Request and decode bodies by hand, so the OpenAPI "
-    "document has no request bodies and no refusals yet (contract: it lists "
-    "every route, body and error)",
-)
 async def test_openapi_documents_bodies_and_errors(client: AsyncTestClient[Any]) -> None:
     paths = (await client.get("/schema/openapi.json")).json()["paths"]
     assert "requestBody" in paths["/v1/admin/templates"]["post"]

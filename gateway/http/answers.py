@@ -1,0 +1,78 @@
+"""Success bodies as the OpenAPI document describes them; tests decode real answers into these types."""
+
+from __future__ import annotations
+
+import msgspec
+
+from gateway.campaign import Activity, Template
+
+
+class Coupon(msgspec.Struct, forbid_unknown_fields=True):
+    coupon_id: str
+    template_id: str
+    valid_from: int
+    valid_until: int
+
+
+class ClaimAnswer(msgspec.Struct, forbid_unknown_fields=True):
+    claim_id: str
+    coupons: list[Coupon]
+
+
+class ActivityRecord(Activity, kw_only=True, forbid_unknown_fields=True):
+    stock_left: int
+
+
+class TemplatePage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    items: list[Template]
+    next_cursor: str | None = None
+
+
+class ActivityPage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    items: list[ActivityRecord]
+    next_cursor: str | None = None
+
+
+class ActivityStats(msgspec.Struct, forbid_unknown_fields=True):
+    stock_left: int
+    claimed: int
+    persisted: int
+    face_value_out: int
+
+
+class GrantOutcome(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    user_id: str
+    claim_id: str | None = None
+    error: str | None = None
+
+
+class GrantResults(msgspec.Struct, forbid_unknown_fields=True):
+    results: list[GrantOutcome]
+
+
+class BlocklistItem(msgspec.Struct, forbid_unknown_fields=True):
+    kind: str
+    id: str
+    added_at: int
+    by: str
+
+
+class BlocklistPage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    items: list[BlocklistItem]
+    next_cursor: str | None = None
+
+
+class BlocklistChanged(msgspec.Struct, forbid_unknown_fields=True):
+    changed: int
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct, omit_defaults=True):
+    status: str
+    redis: str
+    postgres: str
+    fence: str
+    missing: list[str] | None = None

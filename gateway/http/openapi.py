@@ -1,0 +1,126 @@
+"""The OpenAPI document at ``/schema/openapi.json``: litestar's routes, completed with what the handlers
+declare (``opt=documented(...)``): request bodies, success bodies and refusals, as msgspec's JSON schemas.
+
+Handlers decode raw bodies with msgspec themselves (for the contract's refusals), so litestar cannot infer
+these; declaring them next to each route keeps one place for both.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.routes import HTTPRoute
+
+from gateway.outcomes import (
+    MESSAGES,
+    METHOD_NOT_ALLOWED,
+    PAYLOAD_TOO_LARGE,
+    STATUS,
+    SUCCESSES,
+    UNSUPPORTED_MEDIA_TYPE,
+    Outcome,
+)
+
+COMPONENTS = "#/components/schemas/{name}"
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "enum": [o.value for o in Outcome if o not in SUCCESSES]},
+        "message": {"type": "string"},
+        "field": {"type": "string", "description": "the field an invalid_request names"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Contract:
+    body: type | None = None
+    body_required: bool = True
+    answer: Any = None
+    refusals: tuple[Outcome, ...] = ()
+    credential: bool = True
+    scripts: bool = False  # the route runs scripts: overloaded (503) is possible
+    extra_statuses: dict[int, str] = field(default_factory=dict)
+
+    def refusal_statuses(self) -> dict[int, list[str]]:
+        outcomes = {Outcome.INVALID_REQUEST, Outcome.NOT_FOUND, *self.refusals}
+        if self.credential:
+            outcomes.add(Outcome.UNAUTHORIZED)
+        if self.scripts:
+            outcomes.add(Outcome.OVERLOADED)
+        statuses: dict[int, list[str]] = {}
+        for outcome in sorted(outcomes, key=lambda o: (STATUS[o], o.value)):
+            statuses.setdefault(STATUS[outcome], []).append(outcome.value)
+        statuses[METHOD_NOT_ALLOWED] = ["invalid_request (method not allowed)"]
+        if self.body is not None:
+            statuses[PAYLOAD_TOO_LARGE] = ["invalid_request (body too large)"]
+            statuses[UNSUPPORTED_MEDIA_TYPE] = ["invalid_request (not JSON)"]
+        return statuses
+
+
+def documented(**contract: Any) -> dict[str, Any]:
+    """``opt`` for a route handler: what the OpenAPI document says of its body, answer and refusals."""
+    return {"contract": Contract(**contract)}
+
+
+def _contracts(app: Litestar) -> Iterable[tuple[str, str, int, Contract]]:
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            contract = handler.opt.get("contract")
+            if isinstance(contract, Contract):
+                for method in handler.http_methods:
+                    yield route.path_format, method.lower(), handler.status_code, contract
+
+
+def _ref(kind: Any) -> dict[str, Any]:
+    schema, _ = msgspec.json.schema_components([kind], ref_template=COMPONENTS)
+    return dict(schema[0])
+
+
+def complete(app: Litestar, document: dict[str, Any]) -> dict[str, Any]:
+    contracts = list(_contracts(app))
+    kinds = [k for _, _, _, c in contracts for k in (c.body, c.answer) if k is not None]
+    _, components = msgspec.json.schema_components(kinds, ref_template=COMPONENTS)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(components)
+    schemas["Error"] = ERROR_SCHEMA
+    error = {"application/json": {"schema": {"$ref": COMPONENTS.format(name="Error")}}}
+    for path, method, status, contract in contracts:
+        operation = document["paths"][path][method]
+        responses = operation.setdefault("responses", {})
+        if contract.body is not None:
+            operation["requestBody"] = {
+                "required": contract.body_required,
+                "content": {"application/json": {"schema": _ref(contract.body)}},
+            }
+        if contract.answer is not None:
+            success = responses.setdefault(str(status), {"description": "success"})
+            success["content"] = {"application/json": {"schema": _ref(contract.answer)}}
+        for code, outcomes in contract.refusal_statuses().items():
+            described = "; ".join(
+                f"{o}: {MESSAGES[Outcome(o)]}" if o in Outcome._value2member_map_ else o for o in outcomes
+            )
+            responses[str(code)] = {"description": described, "content": error}
+    return document
+
+
+class ContractDocument(JsonRenderPlugin):
+    """Serves the completed document as JSON (no HTML viewers: they load scripts from a CDN)."""
+
+    def __init__(self) -> None:
+        super().__init__(path="/openapi.json")
+        self._rendered: bytes | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        if self._rendered is None:
+            self._rendered = self.render_json(request, complete(request.app, copy.deepcopy(openapi_schema)))
+        return self._rendered
