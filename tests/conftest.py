@@ -9,15 +9,18 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import redis
+from litestar.testing import AsyncTestClient
 
 from gateway.devstack.pidfile import PidFile
 from gateway.devstack.postgres import PostgresServer, start_postgres, stop_postgres
 from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
 from gateway.fence import Fence
+from gateway.http.app import create_app
 from gateway.keys import KeySpace
 from gateway.migrate import migrate
 from gateway.redis_client import RedisClient, ScriptRunner, connect
@@ -134,3 +137,10 @@ async def db(settings: Settings, clean: None) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(settings.postgres.url, min_size=1, max_size=4)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def client(settings: Settings, clean: None) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The HTTP app in process (its lifespan starts its services), on a clean slate."""
+    async with AsyncTestClient(app=create_app(settings)) as test_client:
+        yield test_client

@@ -7,15 +7,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from gateway.http.app import create_app
 from gateway.services import Services
 from gateway.settings import Settings
-
-
-@pytest.fixture
-async def client(settings: Settings, clean: None) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
-        yield test_client
 
 
 @pytest.fixture

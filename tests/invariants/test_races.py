@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
-from gateway.http.app import create_app
 from gateway.keys import KeySpace
 from gateway.redis_client import RedisClient
 from gateway.settings import Settings
@@ -22,12 +20,6 @@ from worker.consumer import start_consumer
 pytestmark = pytest.mark.slow
 
 USERS, DEVICES, CLAIMS_EACH = 300, 100, 4
-
-
-@pytest.fixture
-async def client(settings: Settings, clean: None) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
-        yield test_client
 
 
 async def crowd_claims(client: AsyncTestClient[Any], activity_id: str) -> list[tuple[str, str, Any]]:
