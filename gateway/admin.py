@@ -14,7 +14,6 @@ from gateway import store
 from gateway.campaign import (
     Activity,
     ActivityIn,
-    ActivityPatch,
     BlocklistChange,
     StockChange,
     Template,
@@ -104,12 +103,11 @@ class AdminService:
         return str(reply[1])
 
     async def restock(self, activity_id: str, change: StockChange, operator: str, now: int) -> int:
-        change.check()
         reply = await self._change("restock", activity_id, operator, now, change.delta)
         return int(reply[1])
 
-    async def patch(self, activity_id: str, patch: ActivityPatch, operator: str, now: int) -> None:
-        changes = patch.changes()
+    async def patch(self, activity_id: str, changes: dict[str, object], operator: str, now: int) -> None:
+        """``changes`` from ``ActivityPatch.changes()``: validated, at least one field."""
         await self._change(
             "patch_activity", activity_id, operator, now, msgspec.json.encode(changes).decode()
         )

@@ -45,7 +45,11 @@ end
 local before, after, fields = {}, {}, {}
 for name, value in pairs(changes) do
   local stored = type(value) == "number" and string.format("%.0f", value) or tostring(value)
-  before[name] = redis.call("HGET", config_key, name) or cjson.null
+  local held = redis.call("HGET", config_key, name)
+  if held and name ~= "name" then
+    held = tonumber(held)
+  end
+  before[name] = held or cjson.null
   after[name] = value
   fields[#fields + 1] = name
   fields[#fields + 1] = stored

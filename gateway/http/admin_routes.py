@@ -89,6 +89,13 @@ async def _activity(request: Request[Any, Any, Any], activity_id: str) -> Activi
     return activity
 
 
+async def _mirrored(request: Request[Any, Any, Any], activity_id: str) -> Activity:
+    """The activity, its Redis mirror repaired first if a crash or an outage left it missing."""
+    activity = await _activity(request, activity_id)
+    await auth.services(request).admin.live_state(activity, int(time.time()))
+    return activity
+
+
 HOT_FIELDS = ("name", "starts_at", "ends_at", "per_user_limit", "per_device_limit")
 
 
@@ -122,16 +129,16 @@ async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[st
 async def patch_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Change the name, or the window or limits before the activity starts (``state_conflict`` after)."""
     operator = auth.operator(request)
-    body = await bodies.body(request, ActivityPatch)
-    activity = await _activity(request, activity_id)
-    await auth.services(request).admin.patch(activity.id, body, operator, int(time.time()))
+    changes = (await bodies.body(request, ActivityPatch)).changes()  # the request's shape before the domain
+    activity = await _mirrored(request, activity_id)
+    await auth.services(request).admin.patch(activity.id, changes, operator, int(time.time()))
     return _json(await _live_record(request, activity))
 
 
 async def _set_status(request: Request[Any, Any, Any], activity_id: str, action: str) -> Response[bytes]:
     operator = auth.operator(request)
     bodies.only_query(request, frozenset())
-    activity = await _activity(request, activity_id)
+    activity = await _mirrored(request, activity_id)
     await auth.services(request).admin.set_status(activity.id, action, operator, int(time.time()))
     return _json(await _live_record(request, activity))
 
@@ -177,7 +184,8 @@ async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[st
     """Add (positive ``delta``) or remove (negative; never below zero left) packs."""
     operator = auth.operator(request)
     body = await bodies.body(request, StockChange)
-    activity = await _activity(request, activity_id)
+    body.check()  # the request's shape before the domain
+    activity = await _mirrored(request, activity_id)
     await auth.services(request).admin.restock(activity.id, body, operator, int(time.time()))
     return _json(await _live_record(request, activity))
 
