@@ -84,12 +84,12 @@ class AdminService:
         return Outcome(reply[0])
 
     async def _change(
-        self, script: str, activity_id: str, operator: str, now: int, argument: str | int
+        self, script: str, activity_id: str, operator: str, now: int, *arguments: str | int
     ) -> list[Any]:
         """Run one of the operators' change scripts; refusals become the contract's errors."""
         keys = self.keyspace.activity(activity_id)
         reply = await self.runner.run(
-            script, [keys.config, keys.seq, keys.events], [now, new_id(), operator, activity_id, argument]
+            script, [keys.config, keys.seq, keys.events], [now, new_id(), operator, activity_id, *arguments]
         )
         outcome = Outcome(reply[0])
         if outcome is Outcome.INVALID_REQUEST:
@@ -102,8 +102,12 @@ class AdminService:
         reply = await self._change("set_status", activity_id, operator, now, action)
         return str(reply[1])
 
-    async def restock(self, activity_id: str, change: StockChange, operator: str, now: int) -> int:
-        reply = await self._change("restock", activity_id, operator, now, change.delta)
+    async def restock(self, activity: Activity, change: StockChange, operator: str, now: int) -> int:
+        """The budget and a pack's face value come from the definition, which never changes."""
+        budget = "" if activity.budget is None else activity.budget
+        reply = await self._change(
+            "restock", activity.id, operator, now, change.delta, activity.face_per_pack, budget
+        )
         return int(reply[1])
 
     async def patch(self, activity_id: str, changes: dict[str, object], operator: str, now: int) -> None:

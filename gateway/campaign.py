@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from gateway.outcomes import DomainError, Outcome
 
@@ -175,22 +175,24 @@ def hot_config(activity: Activity, templates: dict[str, Template]) -> dict[str, 
     }
 
 
-class ActivityPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """``PATCH /v1/admin/activities/{id}``: name any time; window and limits only before the start."""
+class ActivityPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """``PATCH /v1/admin/activities/{id}``: name any time; window and limits only before the start. A field
+    left out is unchanged; ``null`` is not a value any of them takes."""
 
-    name: Name | None = None
-    starts_at: Time | None = None
-    ends_at: Time | None = None
-    per_user_limit: Annotated[int, Meta(ge=1, le=10**6)] | None = None
-    per_device_limit: Annotated[int, Meta(ge=1, le=10**6)] | None = None
+    name: Name | UnsetType = UNSET
+    starts_at: Time | UnsetType = UNSET
+    ends_at: Time | UnsetType = UNSET
+    per_user_limit: Annotated[int, Meta(ge=1, le=10**6)] | UnsetType = UNSET
+    per_device_limit: Annotated[int, Meta(ge=1, le=10**6)] | UnsetType = UNSET
 
     def changes(self) -> dict[str, object]:
-        changed = {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
+        changed = {k: v for k, v in msgspec.structs.asdict(self).items() if v is not UNSET}
         if not changed:
             raise invalid(
                 "name", "give at least one of name, starts_at, ends_at, per_user_limit, per_device_limit"
             )
-        if self.starts_at is not None and self.ends_at is not None and self.ends_at <= self.starts_at:
+        starts_at, ends_at = changed.get("starts_at"), changed.get("ends_at")
+        if isinstance(starts_at, int) and isinstance(ends_at, int) and ends_at <= starts_at:
             raise invalid("ends_at", "must be after starts_at")
         return changed
 

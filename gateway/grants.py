@@ -1,5 +1,8 @@
 """Grants: an operator pushes an activity's pack to a list of users, each through the claim script in grant
-mode (window and eligibility skipped; pause, end, stock, per-user limit and blocklist hold)."""
+mode (window and eligibility skipped; pause, end, stock, per-user limit and blocklist hold).
+
+Every user's result is its own, a shed or fenced user included, so a call that granted anyone answers 200
+with what happened to each. A keyed call stores its whole answer; a retry replays it."""
 
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from gateway.redis_client import ScriptRunner
 from gateway.tokens import UserIdentity
 
 MAX_GRANT_USERS = 10_000
-GRANTS_IN_FLIGHT = 32  # below the runner's bound, so a large grant queues here rather than being shed
+GRANTS_IN_FLIGHT = (
+    32  # per process, below the runner's bound: a large grant queues here rather than being shed
+)
 
 
 class GrantBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -35,10 +40,14 @@ class GrantBody(msgspec.Struct, forbid_unknown_fields=True):
         return hashlib.sha256("\x1f".join(self.user_ids).encode()).hexdigest()[:32]
 
 
-class GrantResult(msgspec.Struct, omit_defaults=True):
+class GrantResult(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     user_id: str
     claim_id: str | None = None
     error: str | None = None
+
+
+class GrantAnswer(msgspec.Struct, forbid_unknown_fields=True):
+    results: list[GrantResult]
 
 
 class _ClaimId(msgspec.Struct):
@@ -59,45 +68,55 @@ class GrantService:
         self.claims = claims
         self.blocklist = blocklist
         self.idempotency_ttl = idempotency_ttl
+        self._in_flight = asyncio.Semaphore(GRANTS_IN_FLIGHT)
 
-    async def grant(
-        self, activity_id: str, body: GrantBody, operator: str, key: str | None
-    ) -> list[GrantResult]:
-        body.check()
+    async def grant(self, activity_id: str, body: GrantBody, operator: str, key: str | None) -> bytes:
+        """The call's answer, ``{"results": [...]}``, as JSON (a keyed retry gets these very bytes)."""
         now = int(time.time())
         digest = body.digest()
         if key is not None:
-            await self._record_call(activity_id, operator, key, digest, now)
-        gate = asyncio.Semaphore(GRANTS_IN_FLIGHT)
+            replayed = await self._call_record(activity_id, operator, key, digest, now, "open")
+            if replayed is not None:
+                return replayed
+        results = await asyncio.gather(
+            *(self._one(activity_id, user, operator, key, digest, now) for user in body.user_ids)
+        )
+        answer = msgspec.json.encode(GrantAnswer(list(results)))
+        if key is not None:
+            await self._call_record(activity_id, operator, key, digest, now, "close", answer)
+        return answer
 
-        async def one(user_id: str) -> GrantResult:
-            async with gate:
-                try:
-                    result = await self.claims.claim(
-                        activity_id,
-                        UserIdentity(user_id, ""),
-                        now=now,
-                        idempotency_key=key,
-                        blocked=self.blocklist.blocks(user_id, ""),
-                        mode="grant",
-                        operator=operator,
-                        body=digest,
-                    )
-                except DomainError as refused:
-                    if refused.outcome in (Outcome.NOT_FOUND, Outcome.OVERLOADED):
-                        raise
-                    return GrantResult(user_id, error=refused.outcome.value)
-            return GrantResult(user_id, claim_id=msgspec.json.decode(result.answer, type=_ClaimId).claim_id)
+    async def _one(
+        self, activity_id: str, user_id: str, operator: str, key: str | None, digest: str, now: int
+    ) -> GrantResult:
+        async with self._in_flight:
+            try:
+                result = await self.claims.claim(
+                    activity_id,
+                    UserIdentity(user_id, ""),
+                    now=now,
+                    idempotency_key=key,
+                    blocked=self.blocklist.blocks(user_id, ""),
+                    mode="grant",
+                    operator=operator,
+                    body=digest,
+                )
+            except DomainError as refused:
+                return GrantResult(user_id, error=refused.outcome.value)
+        return GrantResult(user_id, claim_id=msgspec.json.decode(result.answer, type=_ClaimId).claim_id)
 
-        return list(await asyncio.gather(*(one(user) for user in body.user_ids)))
-
-    async def _record_call(self, activity_id: str, operator: str, key: str, digest: str, now: int) -> None:
+    async def _call_record(
+        self, activity_id: str, operator: str, key: str, digest: str, now: int, step: str, answer: bytes = b""
+    ) -> bytes | None:
         act = self.keyspace.activity(activity_id)
         record = act.idempotency(f"grant-call\x1f{operator}", key)
         reply = await self.runner.run(
             "grant_call",
             [record, act.seq, act.events],
-            [now, new_id(), operator, activity_id, digest, self.idempotency_ttl],
+            [now, new_id(), operator, activity_id, digest, self.idempotency_ttl, step, answer],
         )
         if reply[0] == Outcome.IDEMPOTENCY_CONFLICT:
             raise DomainError(Outcome.IDEMPOTENCY_CONFLICT)
+        if reply[0] == Outcome.REPLAY:
+            return str(reply[1]).encode()
+        return None

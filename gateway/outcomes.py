@@ -10,6 +10,7 @@ class Outcome(StrEnum):
 
     OK = "ok"
     REPLAY = "replay"
+    PENDING = "pending"  # a keyed grant call that started before and did not finish
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"
     NOT_ELIGIBLE = "not_eligible"
@@ -30,11 +31,12 @@ class Outcome(StrEnum):
     OVERLOADED = "overloaded"
 
 
-SUCCESSES = frozenset({Outcome.OK, Outcome.REPLAY})
+SUCCESSES = frozenset({Outcome.OK, Outcome.REPLAY, Outcome.PENDING})
 
 STATUS: dict[Outcome, int] = {
     Outcome.OK: 200,
     Outcome.REPLAY: 200,
+    Outcome.PENDING: 200,
     Outcome.INVALID_REQUEST: 400,
     Outcome.UNAUTHORIZED: 401,
     Outcome.NOT_ELIGIBLE: 403,

@@ -2,7 +2,7 @@
 --[[
 restock: an operator adds (delta > 0) or removes (delta < 0) packs. Never below zero left; adding past the
 budget (packs ever available x face value of a pack > budget) is refused; an ended activity is not changed.
-KEYS[1] config   hash   {a:X}:act     stock_left, taken, face_per_pack, budget ("" when none), status
+KEYS[1] config   hash   {a:X}:act     stock_left, taken, status
 KEYS[2] seq      string {a:X}:seq     the partition's event sequence
 KEYS[3] events   stream {a:X}:events  the partition's ledger stream
 ARGV[1] now         unix seconds
@@ -10,6 +10,8 @@ ARGV[2] event_id    gateway-made
 ARGV[3] operator    the operator's name
 ARGV[4] activity_id
 ARGV[5] delta       a non-zero integer
+ARGV[6] face        face value of one pack (from the activity's definition)
+ARGV[7] budget      the activity's budget, "" when it has none
 REPLY ok stock_left      the packs left after the change
 REPLY not_found
 REPLY state_conflict     ended, or removing more than is left
@@ -18,20 +20,19 @@ EVENT stock_changed
 ]]
 local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local now, event_id, operator, activity_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local delta = tonumber(ARGV[5])
+local delta, face, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 
-local config = redis.call("HMGET", config_key, "status", "stock_left", "taken", "face_per_pack", "budget")
+local config = redis.call("HMGET", config_key, "status", "stock_left", "taken")
 if not config[1] then
   return {"not_found"}
 end
 if config[1] == "ended" then
   return {"state_conflict"}
 end
-local left, taken, face = tonumber(config[2]), tonumber(config[3]), tonumber(config[4])
+local left, taken = tonumber(config[2]), tonumber(config[3])
 if left + delta < 0 then
   return {"state_conflict"}
 end
-local budget = tonumber(config[5] or "")
 if delta > 0 and budget and (taken + left + delta) * face > budget then
   return {"over_budget"}
 end

@@ -142,7 +142,9 @@ def _add(rows: _Rows, entry: Entry) -> None:
                 rows.coupons[coupon.coupon_id] = row
             rows.coupon_events.append((coupon.coupon_id, version, f["id"], kind, at, "available"))
     elif kind == "grant_call_recorded":
-        rows.idempotency.append((f["idem"], entry.partition, f["idem_hash"], "", int(f["idem_expires"])))
+        rows.idempotency.append(
+            (f["idem"], entry.partition, f["idem_hash"], f["answer"], int(f["idem_expires"]))
+        )
     elif kind == "blocklist_changed":
         present, at, seq = f["action"] == "add", int(f["at"]), entry.seq
         users = msgspec.json.decode(f["users"], type=list[str])

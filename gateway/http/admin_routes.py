@@ -69,7 +69,7 @@ async def create_activity(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(activity, 201)
 
 
-@get("/v1/admin/activities", opt=documented(answer=ActivityPage))
+@get("/v1/admin/activities", opt=documented(answer=ActivityPage, scripts=True))
 async def list_activities(request: Request[Any, Any, Any]) -> Response[bytes]:
     async def live(activity: Activity) -> object:
         return await _live_record(request, activity)
@@ -113,7 +113,7 @@ async def _live_record(request: Request[Any, Any, Any], activity: Activity) -> d
     return record
 
 
-@get("/v1/admin/activities/{activity_id:str}", opt=documented(answer=ActivityRecord))
+@get("/v1/admin/activities/{activity_id:str}", opt=documented(answer=ActivityRecord, scripts=True))
 async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     auth.operator(request)
     bodies.only_query(request, frozenset())
@@ -186,7 +186,7 @@ async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[st
     body = await bodies.body(request, StockChange)
     body.check()  # the request's shape before the domain
     activity = await _mirrored(request, activity_id)
-    await auth.services(request).admin.restock(activity.id, body, operator, int(time.time()))
+    await auth.services(request).admin.restock(activity, body, operator, int(time.time()))
     return _json(await _live_record(request, activity))
 
 
@@ -194,7 +194,11 @@ async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[st
     "/v1/admin/activities/{activity_id:str}/grants",
     status_code=200,
     opt=documented(
-        body=GrantBody, answer=GrantResults, refusals=(Outcome.IDEMPOTENCY_CONFLICT,), scripts=True
+        idempotency=True,
+        body=GrantBody,
+        answer=GrantResults,
+        refusals=(Outcome.IDEMPOTENCY_CONFLICT,),
+        scripts=True,
     ),
 )
 async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
@@ -202,13 +206,14 @@ async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> 
     its own. Window and eligibility are skipped; pause, end, blocklist, per-user limit and stock hold."""
     operator = auth.operator(request)
     body = await bodies.body(request, GrantBody)
+    body.check()  # the request's shape before the domain
     key = bodies.idempotency_key(request)
-    activity = await _activity(request, activity_id)
-    results = await auth.services(request).grants.grant(activity.id, body, operator, key)
-    return _json({"results": results})
+    activity = await _mirrored(request, activity_id)
+    answer = await auth.services(request).grants.grant(activity.id, body, operator, key)
+    return Response(answer, media_type=JSON)
 
 
-@get("/v1/admin/activities/{activity_id:str}/stats", opt=documented(answer=ActivityStats))
+@get("/v1/admin/activities/{activity_id:str}/stats", opt=documented(answer=ActivityStats, scripts=True))
 async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Live figures: packs left and handed out (Redis), packs persisted (the ledger), face value out."""
     auth.operator(request)

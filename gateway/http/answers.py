@@ -5,6 +5,10 @@ from __future__ import annotations
 import msgspec
 
 from gateway.campaign import Activity, Template
+from gateway.grants import GrantAnswer as GrantResults
+from gateway.grants import GrantResult as GrantOutcome
+
+__all__ = ["GrantOutcome", "GrantResults"]
 
 
 class Coupon(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,16 +42,6 @@ class ActivityStats(msgspec.Struct, forbid_unknown_fields=True):
     claimed: int
     persisted: int
     face_value_out: int
-
-
-class GrantOutcome(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    user_id: str
-    claim_id: str | None = None
-    error: str | None = None
-
-
-class GrantResults(msgspec.Struct, forbid_unknown_fields=True):
-    results: list[GrantOutcome]
 
 
 class BlocklistItem(msgspec.Struct, forbid_unknown_fields=True):

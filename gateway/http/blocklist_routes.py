@@ -15,7 +15,7 @@ from gateway.http.answers import BlocklistChanged, BlocklistPage
 from gateway.http.errors import JSON
 from gateway.http.openapi import documented
 
-_CURSOR = re.compile(r"(\d+)\.(user|device)\.([A-Za-z0-9_.:-]{1,64})")
+_CURSOR = re.compile(r"([0-9]{1,15})\.(user|device)\.([A-Za-z0-9_.:-]{1,64})")
 
 
 def _json(value: object) -> Response[bytes]:

@@ -65,7 +65,7 @@ def list_limit(request: Request[Any, Any, Any]) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return DEFAULT_LIST_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= MAX_LIST_LIMIT:
         raise invalid_request(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}.", "limit")
     return int(raw)
 

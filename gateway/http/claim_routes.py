@@ -38,7 +38,12 @@ class ClaimBody(msgspec.Struct, forbid_unknown_fields=True):
     "/v1/activities/{activity_id:str}/claim",
     status_code=201,
     opt=documented(
-        body=ClaimBody, body_required=False, answer=ClaimAnswer, refusals=CLAIM_REFUSALS, scripts=True
+        idempotency=True,
+        body=ClaimBody,
+        body_required=False,
+        answer=ClaimAnswer,
+        refusals=CLAIM_REFUSALS,
+        scripts=True,
     ),
 )
 async def claim(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:

@@ -39,6 +39,16 @@ ERROR_SCHEMA = {
 }
 
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1-64 printable ASCII characters: a retry with the same key and body gets the first answer "
+    "and takes nothing more (kept at least 24 hours); another body is idempotency_conflict",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+}
+
+
 @dataclass(frozen=True)
 class Contract:
     body: type | None = None
@@ -47,6 +57,7 @@ class Contract:
     refusals: tuple[Outcome, ...] = ()
     credential: bool = True
     scripts: bool = False  # the route runs scripts: overloaded (503) is possible
+    idempotency: bool = False  # takes an optional Idempotency-Key header
     extra_statuses: dict[int, str] = field(default_factory=dict)
 
     def refusal_statuses(self) -> dict[int, list[str]]:
@@ -97,6 +108,8 @@ def complete(app: Litestar, document: dict[str, Any]) -> dict[str, Any]:
     for path, method, status, contract in contracts:
         operation = document["paths"][path][method]
         responses = operation.setdefault("responses", {})
+        if contract.idempotency:
+            operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
         if contract.body is not None:
             operation["requestBody"] = {
                 "required": contract.body_required,

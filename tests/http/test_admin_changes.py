@@ -528,3 +528,40 @@ async def test_every_change_is_audited_once_in_order(
         name="renamed",
         per_user_limit=3,
     )
+
+
+async def test_restock_keeps_the_budget_whatever_the_mirror_holds(
+    client: AsyncTestClient[Any], raw_redis: Redis
+) -> None:
+    from tests.helpers import create_template
+
+    template = await create_template(client, amount_off=100)
+    activity = await create_activity(client, template_id=template["id"], stock=10, budget=1_000)
+    await raw_redis.hdel(KeySpace(8, 4).activity(activity["id"]).config, "budget", "face_per_pack")
+    reply = await client.post(
+        f"/v1/admin/activities/{activity['id']}/stock", headers=ADMIN, json={"delta": 1}
+    )
+    assert (reply.status_code, reply.json()["error"]) == (422, "over_budget")
+
+
+async def test_patch_refuses_null(client: AsyncTestClient[Any]) -> None:
+    activity = await create_activity(client, starts_at=int(time.time()) + 600, per_device_limit=2)
+    reply = await client.patch(
+        f"/v1/admin/activities/{activity['id']}", headers=ADMIN, json={"name": "x", "per_device_limit": None}
+    )
+    assert (reply.status_code, reply.json()["error"], reply.json()["field"]) == (
+        400,
+        "invalid_request",
+        "per_device_limit",
+    )
+
+
+async def test_odd_numbers_in_queries_are_400_not_500(client: AsyncTestClient[Any]) -> None:
+    for url in (
+        "/v1/admin/activities?limit=%C2%B2",
+        "/v1/admin/blocklist?limit=%C2%B2",
+        "/v1/admin/blocklist?cursor=" + "9" * 5000 + ".user.x",
+        "/v1/admin/templates?limit=0001",
+    ):
+        reply = await client.get(url, headers=ADMIN)
+        assert reply.status_code == 400, (url[:60], reply.status_code)

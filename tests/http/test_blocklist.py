@@ -43,7 +43,9 @@ async def until_status(
 async def test_blocked_users_and_devices_are_refused_until_removed(
     client: AsyncTestClient[Any], redis_client: RedisClient
 ) -> None:
-    activity = await create_activity(client, stock=1000, per_user_limit=1000)  # polls may claim before the refresh
+    activity = await create_activity(
+        client, stock=1000, per_user_limit=1000
+    )  # polls may claim before the refresh
     aid = activity["id"]
     added = await client.post(
         "/v1/admin/blocklist", headers=ADMIN, json={"users": ["bad"], "devices": ["dev-x"]}

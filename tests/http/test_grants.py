@@ -154,3 +154,53 @@ async def test_grants_reach_the_ledger_with_their_operator(
     assert [tuple(r) for r in rows] == [("g1", "grant", "alice", ""), ("g2", "grant", "alice", "")]
     assert coupons == 2
     assert records == 3  # the call's record and each user's
+
+
+async def test_a_keyed_retry_replays_the_whole_answer_refusals_included(
+    client: AsyncTestClient[Any], redis_client: RedisClient
+) -> None:
+    activity = await create_activity(client, stock=5)
+    aid = activity["id"]
+    await client.post(f"/v1/admin/activities/{aid}/pause", headers=ADMIN)
+    first = await grant(client, aid, ["p1", "p2"], key="while-paused")
+    assert outcomes(first) == {"p1": "paused", "p2": "paused"}
+    await client.post(f"/v1/admin/activities/{aid}/resume", headers=ADMIN)
+    retry = await grant(client, aid, ["p1", "p2"], key="while-paused")
+    assert retry.content == first.content  # the call's answer, not a fresh judgement
+    assert await redis_client.hget(KeySpace(8, 4).activity(aid).config, "taken") == "0"
+    fresh = await grant(client, aid, ["p1", "p2"], key="after-resume")
+    assert outcomes(fresh) == {"p1": "granted", "p2": "granted"}
+
+
+async def test_a_user_shed_mid_call_is_that_users_result(
+    client: AsyncTestClient[Any], monkeypatch: Any
+) -> None:
+    from gateway.outcomes import DomainError, Outcome
+
+    activity = await create_activity(client, stock=10)
+    claims = client.app.state.services.claims
+    real = claims.claim
+
+    async def shed_one(activity_id: str, who: Any, **kwargs: Any) -> Any:
+        if who.user_id == "s2":
+            raise DomainError(Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=1)
+        return await real(activity_id, who, **kwargs)
+
+    monkeypatch.setattr(claims, "claim", shed_one)
+    reply = await grant(client, activity["id"], ["s1", "s2", "s3"])
+    assert outcomes(reply) == {"s1": "granted", "s2": "overloaded", "s3": "granted"}
+
+
+async def test_a_grant_mirrors_an_unmirrored_activity_first(
+    client: AsyncTestClient[Any], redis_client: RedisClient
+) -> None:
+    activity = await create_activity(client, stock=3)
+    keys = KeySpace(8, 4).activity(activity["id"])
+    await redis_client.delete(keys.config)  # as a crash between the Postgres write and the mirror leaves it
+    assert outcomes(await grant(client, activity["id"], ["m1"])) == {"m1": "granted"}
+    assert await redis_client.hget(keys.config, "stock_left") == "2"
+
+
+async def test_request_shape_is_judged_before_the_activity(client: AsyncTestClient[Any]) -> None:
+    reply = await client.post(grants_url("no-such-activity"), headers=ADMIN, json={"user_ids": ["a", "a"]})
+    assert (reply.status_code, reply.json()["error"]) == (400, "invalid_request")

@@ -26,11 +26,15 @@ async def change(
     operator: str = "alice",
     event_id: str = "ev-1",
 ) -> list[Any]:
-    """One of the change scripts with every KEY and ARGV spelled out (what AdminService._change builds)."""
+    """One of the change scripts with every KEY and ARGV spelled out (what AdminService._change builds).
+    restock also takes a pack's face value and the budget from the activity's definition: here, the values
+    the test mirrored into the config stand for that definition."""
     keys = KeySpace.activity(activity_id)
-    return await runner.run(
-        script, [keys.config, keys.seq, keys.events], [now, event_id, operator, activity_id, argument]
-    )
+    arguments: list[str | int] = [now, event_id, operator, activity_id, argument]
+    if script == "restock":
+        face, budget = await runner.control.hmget(keys.config, ["face_per_pack", "budget"])
+        arguments += [face or 0, budget or ""]
+    return await runner.run(script, [keys.config, keys.seq, keys.events], arguments)
 
 
 def patch(**changes: Any) -> str:
