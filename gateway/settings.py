@@ -45,6 +45,7 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     batch_size: int = 500
     idle_sleep_seconds: float = 0.05
     claim_idle_ms: int = 30_000
+    trim_seconds: float = 10.0  # how often streams are trimmed below what is pending or undelivered
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -148,5 +149,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             batch_size=_int(env, "WORKER_BATCH", 500),
             idle_sleep_seconds=_float(env, "WORKER_IDLE_SLEEP", 0.05),
             claim_idle_ms=_int(env, "WORKER_CLAIM_IDLE_MS", 30_000),
+            trim_seconds=_float(env, "WORKER_TRIM_SECONDS", 10.0),
         ),
     )

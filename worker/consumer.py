@@ -31,6 +31,7 @@ from gateway.settings import Settings
 from gateway.store import registered_streams
 from worker import sink
 from worker.events import Entry
+from worker.trim import trim_streams
 
 log = logging.getLogger(__name__)
 STREAM_REFRESH_SECONDS = 2.0
@@ -68,6 +69,8 @@ class Consumer:
     persisted: int = 0
     _streams_at: float = 0.0
     _autoclaim_at: float = 0.0
+    _trimmed_at: float = 0.0
+    trimmed: int = 0
 
     @property
     def name(self) -> str:
@@ -147,6 +150,9 @@ class Consumer:
             await self.refresh_streams()
         if now - self._autoclaim_at > self.settings.worker.claim_idle_ms / 2000:
             await self.autoclaim()
+        if now - self._trimmed_at > self.settings.worker.trim_seconds:
+            self.trimmed += await trim_streams(self.client, self.streams)
+            self._trimmed_at = now
         entries = await self.read()
         if not entries:
             return 0
