@@ -98,6 +98,31 @@ def _worker(_: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_dead(_: argparse.Namespace) -> int:
+    from worker.consumer import start_consumer
+    from worker.dead_letters import replay
+
+    settings = load_settings()
+
+    async def main() -> int:
+        consumer = await start_consumer(settings)
+        try:
+            await consumer.refresh_streams()
+            report = await replay(
+                consumer.client,
+                consumer.pool,
+                consumer.streams,
+                lambda entry: consumer.deliver_claims([entry]),
+            )
+        finally:
+            await consumer.redis.close()
+            await consumer.pool.close()
+        print(f"dead letters replayed: {report.replayed}; still failing (kept): {report.still_failing}")
+        return 0 if report.still_failing == 0 else 1
+
+    return asyncio.run(main())
+
+
 def _migrate(_: argparse.Namespace) -> int:
     from gateway.migrate import migrate
 
@@ -148,6 +173,10 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply migrations/*.sql to CLAIMGATE_DATABASE_URL").set_defaults(
         run=_migrate
     )
+    sub.add_parser(
+        "replay-dead",
+        help="apply dead-lettered entries again (after a fix); each is written once and removed",
+    ).set_defaults(run=_replay_dead)
 
     token = sub.add_parser("token", help="mint a user token signed with CLAIMGATE_JWT_SECRET")
     token.add_argument("--user", required=True)

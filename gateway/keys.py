@@ -43,6 +43,11 @@ class Partition:
     def events(self) -> str:
         return f"{self.tag}{EVENTS_SUFFIX}"
 
+    @property
+    def dead_letters(self) -> str:
+        """Entries of this partition's stream that failed on their own N times, with the reason."""
+        return f"{self.tag}:dead"
+
 
 @dataclass(frozen=True, slots=True)
 class ActivityKeys(Partition):

@@ -46,6 +46,7 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     idle_sleep_seconds: float = 0.05
     claim_idle_ms: int = 30_000
     trim_seconds: float = 10.0  # how often streams are trimmed below what is pending or undelivered
+    dead_after: int = 3  # failures of an entry's own before it moves to its dead-letter stream
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -150,5 +151,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             idle_sleep_seconds=_float(env, "WORKER_IDLE_SLEEP", 0.05),
             claim_idle_ms=_int(env, "WORKER_CLAIM_IDLE_MS", 30_000),
             trim_seconds=_float(env, "WORKER_TRIM_SECONDS", 10.0),
+            dead_after=_int(env, "WORKER_DEAD_AFTER", 3),
         ),
     )

@@ -30,6 +30,7 @@ from gateway.services import Clients, register_fixed_streams
 from gateway.settings import Settings
 from gateway.store import registered_streams
 from worker import sink
+from worker.dead_letters import bury
 from worker.events import Entry
 from worker.trim import trim_streams
 
@@ -71,6 +72,8 @@ class Consumer:
     _autoclaim_at: float = 0.0
     _trimmed_at: float = 0.0
     trimmed: int = 0
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    dead_lettered: int = 0
 
     @property
     def name(self) -> str:
@@ -143,6 +146,30 @@ class Consumer:
             pipe.xack(stream, stream, *ids)
         await pipe.execute()
 
+    async def count_failures(self, entries: list[Entry], failed: dict[tuple[str, str], str]) -> None:
+        """An entry that failed on its own stays pending; after ``dead_after`` failures it is dead-lettered."""
+        if not failed:
+            return
+        self.reread_pending = True
+        for entry in entries:
+            key = (entry.stream, entry.entry_id)
+            if key not in failed:
+                continue
+            count = self.failures.get(key, 0) + 1
+            if count >= self.settings.worker.dead_after:
+                await bury(self.client, entry, failed[key], count)
+                self.failures.pop(key, None)
+                self.dead_lettered += 1
+                log.error(
+                    "dead-lettered %s %s after %d failures: %s",
+                    entry.stream,
+                    entry.entry_id,
+                    count,
+                    failed[key],
+                )
+            else:
+                self.failures[key] = count
+
     async def step(self) -> int:
         """Read, persist, deliver, acknowledge one batch; the number of entries acknowledged."""
         now = time.monotonic()
@@ -157,13 +184,16 @@ class Consumer:
         if not entries:
             return 0
         try:
+            failed: dict[tuple[str, str], str] = {}
             async with self.pool.acquire() as conn:
                 try:
-                    conflicted = await sink.apply(conn, entries)
+                    await sink.apply(conn, entries)
                 except sink.ENTRY_FAULTS:
-                    conflicted = await sink.apply_one_by_one(conn, entries)
-            await self.deliver_claims([e for e in entries if e.entry_id not in conflicted])
-            await self.ack(entries)
+                    failed = await sink.apply_one_by_one(conn, entries)
+            applied = [e for e in entries if (e.stream, e.entry_id) not in failed]
+            await self.deliver_claims(applied)
+            await self.ack(applied)
+            await self.count_failures(entries, failed)
         except BaseException:
             self.reread_pending = True
             raise

@@ -4,7 +4,8 @@
 - coupons are upserted only where the stored version is older, after the batch keeps each coupon's newest
   event, in coupon-id order so two workers never deadlock; ``coupon_events`` keeps the history once per version;
 - ``partition_marks`` keeps the highest seq persisted per partition;
-- anything the ledger cannot take (unknown type, undecodable) goes to ``conflicts``, never dropped.
+- an entry that cannot be taken on its own account (undecodable, an unknown type, data Postgres refuses) is
+  found by applying the batch entry by entry; the consumer dead-letters it after repeated failures.
 """
 
 from __future__ import annotations
@@ -63,13 +64,7 @@ ON CONFLICT (kind, id) DO UPDATE SET present = excluded.present, added_at = excl
     seq = excluded.seq
 WHERE b.seq < excluded.seq
 """
-_INSERT_CONFLICT = """
-INSERT INTO conflicts (event_id, partition, entry_id, reason, entry) VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (partition, entry_id) DO NOTHING
-"""
-# Postgres refusing an entry's own data (a character it cannot store, a constraint only it breaks): not a
-# reason to hold back the rest of the batch.
-ENTRY_FAULTS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
 
 # Operators' events -> the audit action they record (target: the activity).
 AUDITED = {
@@ -89,7 +84,6 @@ class _Rows:
     audit: list[tuple[object, ...]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
     blocklist: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # newest per entry
-    conflicts: list[tuple[object, ...]] = field(default_factory=list)
 
 
 def _columns(rows: list[tuple[object, ...]], width: int) -> list[list[object]]:
@@ -176,11 +170,18 @@ def _add(rows: _Rows, entry: Entry) -> None:
         raise ValueError(f"unknown event type {kind!r}")
 
 
-def _conflict(entry: Entry, reason: str) -> tuple[object, ...]:
-    raw = msgspec.json.encode({"stream": entry.stream, "entry_id": entry.entry_id, "fields": entry.fields})
-    event_id = entry.fields.get("id")
-    event_id = event_id.replace("\x00", "\\u0000") if event_id else None  # text columns cannot hold NUL
-    return (event_id, entry.partition, entry.entry_id, reason.replace("\x00", "\\u0000"), raw.decode())
+class EntryFault(Exception):
+    """An entry the sink cannot take on its own account (undecodable, an unknown type)."""
+
+    def __init__(self, entry: Entry, reason: str) -> None:
+        super().__init__(reason)
+        self.entry = entry
+        self.reason = reason
+
+
+# An entry's own fault (undecodable; Postgres refusing its data or a constraint only it breaks): found by
+# applying the batch entry by entry, never a reason to hold back the rest of it.
+ENTRY_FAULTS = (EntryFault, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def collect(entries: list[Entry]) -> _Rows:
@@ -189,15 +190,15 @@ def collect(entries: list[Entry]) -> _Rows:
         try:
             _add(rows, entry)
         except (KeyError, ValueError, msgspec.DecodeError) as exc:
-            rows.conflicts.append(_conflict(entry, f"undecodable: {exc!r}"))
+            raise EntryFault(entry, f"undecodable: {exc!r}") from exc
         if "seq" in entry.fields and entry.fields["seq"].isdigit():
             rows.marks[entry.partition] = max(rows.marks.get(entry.partition, 0), entry.seq)
     return rows
 
 
-async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[str]:
-    """Write a batch in one transaction; raises (and writes nothing) if Postgres refuses. Returns the ids of
-    the entries recorded as conflicts rather than applied."""
+async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> None:
+    """Write a batch in one transaction; raises (and writes nothing) if an entry cannot be taken
+    (``ENTRY_FAULTS``) or Postgres is away."""
     rows = collect(entries)
     async with conn.transaction():
         if rows.claims:
@@ -216,26 +217,21 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[str]:
         if rows.blocklist:
             ordered_blocklist = [rows.blocklist[k] for k in sorted(rows.blocklist)]
             await conn.execute(_UPSERT_BLOCKLIST, *_columns(ordered_blocklist, 6))
-        if rows.conflicts:
-            await conn.executemany(_INSERT_CONFLICT, rows.conflicts)
         if rows.marks:
             names = sorted(rows.marks)
             await conn.execute(_UPSERT_MARKS, names, [rows.marks[n] for n in names])
-    return {str(row[2]) for row in rows.conflicts}
 
 
-async def apply_one_by_one(conn: asyncpg.Connection, entries: list[Entry]) -> set[str]:
-    """After a batch failed on its data: apply each entry alone; one Postgres refuses is kept in
-    ``conflicts`` (its seq still counts as persisted: the entry is recorded, not lost). Returns the ids of
-    the entries recorded as conflicts."""
-    conflicted: set[str] = set()
+async def apply_one_by_one(conn: asyncpg.Connection, entries: list[Entry]) -> dict[tuple[str, str], str]:
+    """After a batch failed on an entry's account: apply each entry alone. Returns the entries that failed on
+    their own ((stream, entry id) -> reason: an id is unique only within its stream); every other one is
+    written."""
+    failed: dict[tuple[str, str], str] = {}
     for entry in entries:
         try:
-            conflicted |= await apply(conn, [entry])
+            await apply(conn, [entry])
+        except EntryFault as fault:
+            failed[entry.stream, entry.entry_id] = fault.reason
         except ENTRY_FAULTS as exc:
-            async with conn.transaction():
-                await conn.execute(_INSERT_CONFLICT, *_conflict(entry, f"refused by Postgres: {exc!r}"))
-                if entry.fields.get("seq", "").isdigit():
-                    await conn.execute(_UPSERT_MARKS, [entry.partition], [entry.seq])
-            conflicted.add(entry.entry_id)
-    return conflicted
+            failed[entry.stream, entry.entry_id] = f"refused by Postgres: {exc!r}"
+    return failed

@@ -17,42 +17,65 @@ from gateway.tokens import UserIdentity
 from tests.worker.conftest import drain
 from tests.worker.test_sink import claim_n, make_activity, pending
 from worker.consumer import Consumer, start_consumer
+from worker.dead_letters import replay
 
 
-async def test_an_entry_postgres_refuses_is_kept_as_a_conflict_and_blocks_nothing(consumer: Consumer) -> None:
+async def test_a_poison_entry_is_dead_lettered_blocks_nothing_and_replays_once_fixed(
+    consumer: Consumer,
+) -> None:
     activity_id = await make_activity(consumer)
     await claim_n(consumer.claims, activity_id, 3)
     stream = KeySpace(8, 4).activity(activity_id).events
-    # An entry whose text Postgres cannot store (NUL), between good ones.
-    await consumer.client.xadd(
-        stream,
-        {
-            "type": "claimed",
-            "id": "poison",
-            "seq": "99",
-            "at": "1",
-            "activity": activity_id,
-            "claim_id": "p1",
-            "user": "u\x00",
-            "device": "d",
-            "channel": "",
-            "mode": "claim",
-            "by": "",
-            "answer": '{"claim_id":"p1","coupons":[{"coupon_id":"p1.1","template_id":"t",'
-            '"valid_from":1,"valid_until":2}]}',
-            "idem": "",
-            "idem_hash": "",
-            "idem_expires": "",
-        },
-    )
+    poison = {
+        "type": "claimed",
+        "id": "poison",
+        "seq": "99",
+        "at": "1",
+        "activity": activity_id,
+        "claim_id": "p1",
+        "user": "u-p",
+        "device": "d",
+        "channel": "",
+        "mode": "gift",
+        "by": "",
+        "idem": "",
+        "idem_hash": "",
+        "idem_expires": "",
+        "answer": '{"claim_id":"p1","coupons":[{"coupon_id":"p1.1","template_id":"t","valid_from":1,'
+        '"valid_until":2}]}',
+    }  # mode "gift" breaks a constraint only it breaks
+    poison_id = await consumer.client.xadd(stream, poison)
     await consumer.claims.claim(activity_id, UserIdentity("after", "dev-after"), now=int(time.time()))
     await drain(consumer)
+    # Dead-lettered after 3 failures of its own; everything around it persisted and acknowledged.
+    assert consumer.dead_lettered == 1
     assert await pending(consumer) == 0
-    rows = await consumer.pool.fetch("SELECT event_id, reason FROM conflicts")
-    assert [r["event_id"] for r in rows] == ["poison"]
-    assert "refused by Postgres" in rows[0]["reason"]
-    # the three before the poison and the one after it
     assert await consumer.pool.fetchval("SELECT count(*) FROM claims") == 4
+    dead = KeySpace(8, 4).activity(activity_id).dead_letters
+    [(_, fields)] = await consumer.client.xrange(dead)
+    assert (fields["dl_stream"], fields["dl_entry_id"], fields["dl_failures"]) == (stream, poison_id, "3")
+    assert "CheckViolation" in fields["dl_reason"]
+
+    def deliver(entry: Any) -> Any:
+        return consumer.deliver_claims([entry])
+
+    # Still broken: replay keeps it.
+    report = await replay(consumer.client, consumer.pool, consumer.streams, deliver)
+    assert (report.replayed, report.still_failing) == (0, 1)
+    # The fix (here: the schema learns the new mode), then replay persists it once and removes it.
+    await consumer.pool.execute("ALTER TABLE claims DROP CONSTRAINT claims_mode_check")
+    try:
+        first = await replay(consumer.client, consumer.pool, consumer.streams, deliver)
+        second = await replay(consumer.client, consumer.pool, consumer.streams, deliver)
+        assert (first.replayed, second.replayed) == (1, 0)
+        assert await consumer.pool.fetchval("SELECT count(*) FROM claims WHERE claim_id = 'p1'") == 1
+        assert await consumer.client.xlen(dead) == 0
+        assert await consumer.client.zrange(KeySpace(8, 4).wallet("u-p").user_index("u-p"), 0, -1) == ["p1.1"]
+    finally:
+        await consumer.pool.execute("DELETE FROM claims WHERE mode NOT IN ('claim', 'grant', 'code')")
+        await consumer.pool.execute(
+            "ALTER TABLE claims ADD CONSTRAINT claims_mode_check CHECK (mode IN ('claim', 'grant', 'code'))"
+        )
 
 
 async def test_entries_a_dead_consumer_left_pending_are_taken_over(settings: Settings, clean: None) -> None:

@@ -132,14 +132,18 @@ async def test_a_late_old_event_never_overwrites_a_newer_state(db: asyncpg.Pool)
     assert await db.fetchval("SELECT seq FROM partition_marks WHERE partition = '{w:0}'") == 2
 
 
-async def test_an_undecodable_entry_is_kept_as_a_conflict(db: asyncpg.Pool) -> None:
+async def test_an_undecodable_entry_fails_alone(db: asyncpg.Pool) -> None:
+    good = coupon_entry("c2.1", 1, 100, "e1")
     broken = Entry("{w:1}:events", "1-0", {"type": "delivered", "id": "e9", "seq": "5", "answer": "not json"})
     unknown = Entry("{w:1}:events", "2-0", {"type": "teleported", "id": "e10", "seq": "6"})
     async with db.acquire() as conn:
-        await sink.apply(conn, [broken, unknown])
-    rows = await db.fetch("SELECT event_id, reason FROM conflicts ORDER BY event_id")
-    assert [r["event_id"] for r in rows] == ["e10", "e9"]
-    assert "unknown event type" in rows[0]["reason"]
+        with pytest.raises(sink.EntryFault):
+            await sink.apply(conn, [good, broken, unknown])
+        assert await db.fetchval("SELECT count(*) FROM coupons") == 0  # the batch wrote nothing
+        failed = await sink.apply_one_by_one(conn, [good, broken, unknown])
+    assert set(failed) == {("{w:1}:events", "1-0"), ("{w:1}:events", "2-0")}
+    assert "unknown event type" in failed["{w:1}:events", "2-0"]
+    assert await db.fetchval("SELECT count(*) FROM coupons") == 1  # the good one is written
 
 
 async def test_postgres_unreachable_acks_nothing(consumer: Consumer) -> None:
