@@ -18,8 +18,7 @@ from gateway.settings import Settings
 from tests.conftest import OTHER_API_KEY
 from tests.helpers import ADMIN, bearer, create_activity, create_template
 from tests.http.support import admin_activity, assert_refusal, claim_url
-from tests.worker.conftest import drain
-from worker.consumer import start_consumer
+from tests.worker.conftest import persist
 
 BOB = {"X-API-Key": OTHER_API_KEY}
 UNKNOWN = "0123456789abcdef0123456789ab"
@@ -38,16 +37,6 @@ def same_but(record: dict[str, Any], created: dict[str, Any], **live: Any) -> No
     """The answer is the created record with the live fields overlaid: exactly these changed."""
     expected = {**created, "stock_left": created["stock"], **live}
     assert record == expected
-
-
-async def persist(settings: Settings) -> int:
-    """Run the worker until the streams are empty; the entries it persisted."""
-    consumer = await start_consumer(settings)
-    try:
-        return await drain(consumer)
-    finally:
-        await consumer.redis.close()
-        await consumer.pool.close()
 
 
 @pytest.fixture

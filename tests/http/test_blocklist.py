@@ -16,8 +16,7 @@ from gateway.redis_client import RedisClient
 from gateway.settings import Settings
 from tests.conftest import OTHER_API_KEY
 from tests.helpers import ADMIN, bearer, create_activity
-from tests.worker.conftest import drain
-from worker.consumer import start_consumer
+from tests.worker.conftest import persist
 
 BOB = {"X-API-Key": OTHER_API_KEY}
 
@@ -110,12 +109,7 @@ async def test_the_ledger_records_each_change(client: AsyncTestClient[Any], sett
     await client.post("/v1/admin/blocklist", headers=ADMIN, json={"users": ["u1"], "devices": ["d1"]})
     await client.post("/v1/admin/blocklist/remove", headers=BOB, json={"users": ["u1"]})
     await client.post("/v1/admin/blocklist/remove", headers=BOB, json={"users": ["u1"]})  # nothing to do
-    consumer = await start_consumer(settings)
-    try:
-        await drain(consumer)
-    finally:
-        await consumer.redis.close()
-        await consumer.pool.close()
+    await persist(settings)
     conn = await asyncpg.connect(settings.postgres.url)
     try:
         audit = await conn.fetch(

@@ -13,8 +13,7 @@ from gateway.keys import KeySpace
 from gateway.redis_client import RedisClient
 from gateway.settings import Settings
 from tests.helpers import ADMIN, create_activity
-from tests.worker.conftest import drain
-from worker.consumer import start_consumer
+from tests.worker.conftest import persist
 
 
 def grants_url(activity_id: str) -> str:
@@ -138,12 +137,7 @@ async def test_grants_reach_the_ledger_with_their_operator(
 ) -> None:
     activity = await create_activity(client, stock=5)
     await grant(client, activity["id"], ["g1", "g2"], key="k")
-    consumer = await start_consumer(settings)
-    try:
-        await drain(consumer)
-    finally:
-        await consumer.redis.close()
-        await consumer.pool.close()
+    await persist(settings)
     conn = await asyncpg.connect(settings.postgres.url)
     try:
         rows = await conn.fetch("SELECT user_id, mode, operator, device_id FROM claims ORDER BY user_id")

@@ -13,8 +13,7 @@ from gateway.keys import KeySpace
 from gateway.redis_client import RedisClient
 from gateway.settings import Settings
 from tests.helpers import ADMIN, bearer, create_activity
-from tests.worker.conftest import drain
-from worker.consumer import start_consumer
+from tests.worker.conftest import persist
 
 pytestmark = pytest.mark.slow
 
@@ -91,11 +90,6 @@ async def test_many_users_never_pass_the_stock_and_stats_match_the_ledger(
     )
     granted = sum(r.status_code == 201 for r in replies)
     assert granted == 37
-    consumer = await start_consumer(settings)
-    try:
-        await drain(consumer)
-    finally:
-        await consumer.redis.close()
-        await consumer.pool.close()
+    await persist(settings)
     stats = (await client.get(f"/v1/admin/activities/{aid}/stats", headers=ADMIN)).json()
     assert stats == {"stock_left": 0, "claimed": 37, "persisted": 37, "face_value_out": 37 * 500}

@@ -26,3 +26,13 @@ async def consumer(settings: Settings, clean: None) -> AsyncIterator[Consumer]:
     yield found
     await found.redis.close()
     await found.pool.close()
+
+
+async def persist(settings: Settings) -> int:
+    """Run a worker until the streams are empty, then stop it; the entries it persisted."""
+    consumer = await start_consumer(settings)
+    try:
+        return await drain(consumer)
+    finally:
+        await consumer.redis.close()
+        await consumer.pool.close()
