@@ -29,7 +29,13 @@ DAY = 86_400
 
 # The contract's domain checks, in its order; each entry is (check, refusal code).
 BLOCKLIST, STATUS, WINDOW, STOCK, ELIGIBILITY, USER_LIMIT, DEVICE_LIMIT = (
-    "blocklist", "status", "window", "stock", "eligibility", "user_limit", "device_limit",
+    "blocklist",
+    "status",
+    "window",
+    "stock",
+    "eligibility",
+    "user_limit",
+    "device_limit",
 )
 
 
@@ -118,7 +124,9 @@ class ActivityModel:
     taken: int = 0
     users: Counter[str] = field(default_factory=Counter)
     devices: Counter[str] = field(default_factory=Counter)
-    kept: dict[tuple[tuple[str, ...], str], tuple[str, str]] = field(default_factory=dict)  # -> (body, answer)
+    kept: dict[tuple[tuple[str, ...], str], tuple[str, str]] = field(
+        default_factory=dict
+    )  # -> (body, answer)
     events: int = 1  # the stream holds activity_created
 
     @property
@@ -176,12 +184,14 @@ class ActivityModel:
         for entry in self.pack:
             valid_from, valid_until = entry.validity(now)
             for _ in range(entry.count):
-                coupons.append({
-                    "coupon_id": f"{claim_id}.{len(coupons) + 1}",
-                    "template_id": entry.template_id,
-                    "valid_from": valid_from,
-                    "valid_until": valid_until,
-                })
+                coupons.append(
+                    {
+                        "coupon_id": f"{claim_id}.{len(coupons) + 1}",
+                        "template_id": entry.template_id,
+                        "valid_from": valid_from,
+                        "valid_until": valid_until,
+                    }
+                )
         return coupons
 
     def change_status(self, action: str) -> str:

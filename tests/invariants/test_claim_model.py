@@ -16,12 +16,12 @@ sends each call to its own event loop on a background thread, with its own clien
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import re
 import threading
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
@@ -53,7 +53,6 @@ from tests.conftest import settings_env
 from tests.invariants.claim_model import (
     BLOCKLIST,
     DAY,
-    DEVICE_LIMIT,
     ELIGIBILITY,
     STATUS,
     STOCK,
@@ -78,11 +77,28 @@ CHANNELS = ("", "live", "web")
 KEYS = (None, None, "k1", "k2")
 OPERATORS = ("alice", "bob")
 CLAIM_ID = re.compile(r"^[0-9a-f]{28}$")
-CHECK_ORDER = (BLOCKLIST, STATUS, WINDOW, STOCK, ELIGIBILITY, USER_LIMIT, DEVICE_LIMIT)
+# Each run must have met each of these pairs of refusals at once (the first must win): a chain through the
+# contract's order, each link with two different answers (the two limits both answer limit_reached).
+CLAIM_CHAIN = {
+    (BLOCKLIST, STATUS),
+    (STATUS, WINDOW),
+    (WINDOW, STOCK),
+    (STOCK, ELIGIBILITY),
+    (ELIGIBILITY, USER_LIMIT),
+}
+GRANT_CHAIN = {(BLOCKLIST, STATUS), (STATUS, STOCK), (STOCK, USER_LIMIT)}
 
-# Which refusals applied together (two or more), over the whole run: the contract's order decides those.
-MULTI_REFUSALS: Counter[tuple[str, ...]] = Counter()
-OUTCOMES: Counter[str] = Counter()
+
+@dataclass
+class Seen:
+    """What a run exercised, over all its examples."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)  # "<mode>: <code>"
+    together: Counter[tuple[str, ...]] = field(default_factory=Counter)  # (mode, check, check, ...)
+
+    def pairs(self, mode: str) -> set[tuple[str, str]]:
+        """(the check that had to win, one it won over), for requests that several checks refused."""
+        return {(checks[1], later) for checks in self.together if checks[0] == mode for later in checks[2:]}
 
 
 class Bridge:
@@ -136,7 +152,6 @@ facts_strategy = st.builds(
 )
 
 
-
 def sometimes(strategy: st.SearchStrategy[T]) -> st.SearchStrategy[T | None]:
     """None three times in four: an activity usually asks for one or two things, not all five."""
     return st.one_of(st.none(), st.none(), st.none(), strategy)
@@ -152,23 +167,30 @@ rules_strategy = st.builds(
 )
 # Many activities ask for nothing, so claims get past eligibility often enough to reach the limits.
 sparse_rules = st.one_of(st.just(Rules()), rules_strategy)
+# And one activity always reads the token: some claimants get in, others not, and facts change under them.
+fact_rules = rules_strategy.filter(
+    lambda r: r.new_within_days is not None or r.first_order or r.min_orders is not None or r.tags is not None
+)
 
 pack_entry = st.one_of(
     st.builds(PackEntry, template_id=st.just(""), count=st.integers(1, 3), valid_days=st.integers(1, 30)),
     st.builds(
         lambda count, start, length: PackEntry("", count, valid_from=start, valid_until=start + length),
-        st.integers(1, 3), st.integers(BASE - DAY, BASE + DAY), st.integers(1, 30 * DAY),
+        st.integers(1, 3),
+        st.integers(BASE - DAY, BASE + DAY),
+        st.integers(1, 30 * DAY),
     ),
 )
 packs = st.lists(pack_entry, min_size=1, max_size=2).map(
     lambda entries: tuple(
-        PackEntry(f"t{i + 1}", e.count, e.valid_days, e.valid_from, e.valid_until) for i, e in enumerate(entries)
+        PackEntry(f"t{i + 1}", e.count, e.valid_days, e.valid_from, e.valid_until)
+        for i, e in enumerate(entries)
     )
 )
 
 
 @st.composite
-def activity_models(draw: st.DrawFn, activity_id: str) -> ActivityModel:
+def activity_models(draw: st.DrawFn, activity_id: str, rules: st.SearchStrategy[Rules]) -> ActivityModel:
     starts_at = BASE + draw(st.integers(-10, 10))
     return ActivityModel(
         activity_id=activity_id,
@@ -178,7 +200,7 @@ def activity_models(draw: st.DrawFn, activity_id: str) -> ActivityModel:
         stock=draw(st.integers(0, 6)),
         per_user_limit=draw(st.integers(1, 3)),
         per_device_limit=draw(st.integers(0, 3)) or None,
-        rules=draw(sparse_rules),
+        rules=draw(rules),
         pack=draw(packs),
     )
 
@@ -223,15 +245,20 @@ def mirror(bridge: Bridge, model: ActivityModel) -> None:
         created_at=BASE,
     )
     keys = bridge.keyspace.activity(model.activity_id)
-    reply = bridge.call(bridge.runner.run(
-        "put_activity",
-        [keys.config, keys.allow_list, keys.seq, keys.events],
-        [
-            BASE, new_id(), "alice", model.activity_id,
-            msgspec.json.encode(hot_config(activity, templates)),
-            msgspec.json.encode(list(rules.users or ())),
-        ],
-    ))
+    reply = bridge.call(
+        bridge.runner.run(
+            "put_activity",
+            [keys.config, keys.allow_list, keys.seq, keys.events],
+            [
+                BASE,
+                new_id(),
+                "alice",
+                model.activity_id,
+                msgspec.json.encode(hot_config(activity, templates)),
+                msgspec.json.encode(list(rules.users or ())),
+            ],
+        )
+    )
     assert reply[0] == "ok", reply
 
 
@@ -239,9 +266,10 @@ def mirror(bridge: Bridge, model: ActivityModel) -> None:
 
 
 class ClaimMachine(RuleBasedStateMachine):
-    def __init__(self, bridge: Bridge) -> None:
+    def __init__(self, bridge: Bridge, seen: Seen) -> None:
         super().__init__()
         self.bridge = bridge
+        self.seen = seen
         self.acts: dict[str, ActivityModel] = {}
         self.fixed: dict[str, dict[str, str]] = {}  # config fields no claim may change
         self.facts: dict[str, Facts] = {}
@@ -250,7 +278,12 @@ class ClaimMachine(RuleBasedStateMachine):
         self.keyed: list[tuple[Any, ...]] = []  # requests sent with an Idempotency-Key, to retry
 
     @initialize(
-        models=st.tuples(*(activity_models(aid) for aid in ACTIVITIES)),
+        models=st.tuples(
+            *(
+                activity_models(aid, fact_rules if aid == ACTIVITIES[-1] else sparse_rules)
+                for aid in ACTIVITIES
+            )
+        ),
         facts=st.tuples(*(facts_strategy for _ in USERS)),
     )
     def setup(self, models: tuple[ActivityModel, ...], facts: tuple[Facts, ...]) -> None:
@@ -281,12 +314,15 @@ class ClaimMachine(RuleBasedStateMachine):
         act = self.acts[aid]
         self.now = {
             "anywhere": BASE + offset,
-            "start-1": act.starts_at - 1, "start": act.starts_at,
+            "start-1": act.starts_at - 1,
+            "start": act.starts_at,
             "inside": act.starts_at + int(where * (act.ends_at - act.starts_at - 1)),
-            "end-1": act.ends_at - 1, "end": act.ends_at, "end+1": act.ends_at + 1,
+            "end-1": act.ends_at - 1,
+            "end": act.ends_at,
+            "end+1": act.ends_at + 1,
         }[edge]
 
-    @rule(user=st.sampled_from(USERS), facts=facts_strategy)
+    @rule(user=st.sampled_from(USERS), facts=st.one_of(st.just(Facts()), facts_strategy))
     def new_token(self, user: str, facts: Facts) -> None:
         """The user signs in again: the same id with other facts."""
         self.facts[user] = facts
@@ -300,67 +336,118 @@ class ClaimMachine(RuleBasedStateMachine):
 
     # -- operators
 
-    @rule(aid=st.sampled_from(ACTIVITIES), action=st.sampled_from(("pause", "resume", "resume", "resume", "end")))
+    @rule(
+        aid=st.sampled_from(ACTIVITIES),
+        action=st.sampled_from(("pause", "resume", "resume", "resume", "end")),
+    )
     def change_status(self, aid: str, action: str) -> None:
         act = self.acts[aid]
         keys = self.keys(act)
         expected = act.change_status(action)
-        reply = self.bridge.call(self.bridge.runner.run(
-            "set_status", [keys.config, keys.seq, keys.events], [self.now, new_id(), "alice", aid, action]
-        ))
+        reply = self.bridge.call(
+            self.bridge.runner.run(
+                "set_status", [keys.config, keys.seq, keys.events], [self.now, new_id(), "alice", aid, action]
+            )
+        )
         assert reply[0] == expected, (action, reply)
 
     # -- claims and grants
 
     @rule(
-        aid=st.sampled_from(ACTIVITIES), user=st.sampled_from(USERS), device=st.sampled_from(DEVICES),
-        channel=st.sampled_from(CHANNELS), key=st.sampled_from(KEYS), blocked=st.integers(0, 5).map(lambda n: n == 0),
+        aid=st.sampled_from(ACTIVITIES),
+        user=st.sampled_from(USERS),
+        device=st.sampled_from(DEVICES),
+        channel=st.sampled_from(CHANNELS),
+        key=st.sampled_from(KEYS),
+        blocked=st.integers(0, 5).map(lambda n: n == 0),
     )
     def claim(self, aid: str, user: str, device: str, channel: str, key: str | None, blocked: bool) -> None:
         self.do_claim(aid, user, device, channel, key, blocked)
 
     @rule(
-        aid=st.sampled_from(ACTIVITIES), user=st.sampled_from(USERS), device=st.sampled_from(DEVICES),
-        channel=st.sampled_from(CHANNELS), key=st.sampled_from(KEYS), blocked=st.integers(0, 5).map(lambda n: n == 0),
+        aid=st.sampled_from(ACTIVITIES),
+        user=st.sampled_from(USERS),
+        device=st.sampled_from(DEVICES),
+        channel=st.sampled_from(CHANNELS),
+        key=st.sampled_from(KEYS),
+        blocked=st.integers(0, 5).map(lambda n: n == 0),
     )
-    def claim_again(self, aid: str, user: str, device: str, channel: str, key: str | None, blocked: bool) -> None:
+    def claim_again(
+        self, aid: str, user: str, device: str, channel: str, key: str | None, blocked: bool
+    ) -> None:
         """The same as ``claim``: claims are most of what happens, so they get two of the rules' draws."""
         self.do_claim(aid, user, device, channel, key, blocked)
 
     @rule(
-        aid=st.sampled_from(ACTIVITIES), user=st.sampled_from(USERS), operator=st.sampled_from(OPERATORS),
-        with_other=st.booleans(), key=st.sampled_from(KEYS), blocked=st.integers(0, 5).map(lambda n: n == 0),
+        aid=st.sampled_from(ACTIVITIES),
+        user=st.sampled_from(USERS),
+        operator=st.sampled_from(OPERATORS),
+        with_other=st.booleans(),
+        key=st.sampled_from(KEYS),
+        blocked=st.integers(0, 5).map(lambda n: n == 0),
     )
-    def grant(self, aid: str, user: str, operator: str, with_other: bool, key: str | None, blocked: bool) -> None:
+    def grant(
+        self, aid: str, user: str, operator: str, with_other: bool, key: str | None, blocked: bool
+    ) -> None:
         """One user's part of an operator's grant call (GrantService's call into ClaimService)."""
         if key is not None:
             self.keyed.append(("grant", aid, user, operator, with_other, key, blocked))
         user_ids = [user, "zz"] if with_other else [user]
         req = Request(
-            user=user, now=self.now, blocked=blocked, key=key, body=",".join(user_ids),
-            mode="grant", operator=operator,
+            user=user,
+            now=self.now,
+            blocked=blocked,
+            key=key,
+            body=",".join(user_ids),
+            mode="grant",
+            operator=operator,
         )
-        self.run_claim(self.acts[aid], req, dict(
-            idempotency_key=key, blocked=blocked, mode="grant", operator=operator,
-            body=GrantBody(user_ids).digest(),
-        ))
+        self.run_claim(
+            self.acts[aid],
+            req,
+            dict(
+                idempotency_key=key,
+                blocked=blocked,
+                mode="grant",
+                operator=operator,
+                body=GrantBody(user_ids).digest(),
+            ),
+        )
 
     @rule(data=st.data())
     def claim_where_several_refusals_apply(self, data: st.DataObject) -> None:
-        """A claim picked among those the model refuses for two or more reasons at once (when there are any)."""
-        candidates = [
-            (aid, user, device, False)
-            for aid in ACTIVITIES for user in USERS for device in DEVICES
-            if len(self.checks_for(aid, user, device, False)) >= 2
-        ]
-        if candidates:
-            # First which combination of refusals, then a claim with it: rare combinations get their turn.
-            combos = sorted({self.checks_for(*c) for c in candidates})
-            combo = data.draw(st.sampled_from(combos), label="refusals together")
-            aid, user, device, blocked = data.draw(
-                st.sampled_from([c for c in candidates if self.checks_for(*c) == combo]), label="claim"
+        self.several_refusals(data)
+
+    @rule(data=st.data())
+    def claim_where_several_refusals_apply_again(self, data: st.DataObject) -> None:
+        """The same: the states where the later checks meet (eligibility and a limit) come and go quickly."""
+        self.several_refusals(data)
+
+    def several_refusals(self, data: st.DataObject) -> None:
+        """A claim picked among those the model refuses for two or more reasons at once (when there are any).
+
+        First which pair (the refusal that must win, one it must win over), then a claim with it: pairs that
+        the state allows only rarely get their turn as often as the common ones. The claim may come now or
+        while the activity is open (the clock moves there), and the user may come back with a token that
+        carries no facts, which fails every rule that needs one: that is how a user who took packs while
+        eligible meets eligibility and the limits at once."""
+        by_pair: dict[tuple[str, str], list[tuple[str, str, str, Facts, int]]] = {}
+        for aid, act in self.acts.items():
+            for when in dict.fromkeys((self.now, (act.starts_at + act.ends_at) // 2)):
+                for user in USERS:
+                    for facts in dict.fromkeys((self.facts[user], Facts())):
+                        for device in DEVICES:
+                            checks = self.checks_for(aid, user, device, False, now=when, facts=facts)
+                            for later in checks[1:]:
+                                by_pair.setdefault((checks[0], later), []).append(
+                                    (aid, user, device, facts, when)
+                                )
+        if by_pair:
+            pair = data.draw(st.sampled_from(sorted(by_pair)), label="refusals together")
+            aid, user, device, self.facts[user], self.now = data.draw(
+                st.sampled_from(by_pair[pair]), label="claim"
             )
-            self.do_claim(aid, user, device, data.draw(st.sampled_from(CHANNELS)), None, blocked)
+            self.do_claim(aid, user, device, data.draw(st.sampled_from(CHANNELS)), None, False)
 
     @rule(data=st.data())
     def claim_the_model_accepts(self, data: st.DataObject) -> None:
@@ -378,8 +465,11 @@ class ClaimMachine(RuleBasedStateMachine):
         candidates = [
             (aid, user, device, when)
             for aid, act in self.acts.items()
-            for when in [self.now if act.starts_at <= self.now < act.ends_at else (act.starts_at + act.ends_at) // 2]
-            for user in USERS for device in DEVICES
+            for when in [
+                self.now if act.starts_at <= self.now < act.ends_at else (act.starts_at + act.ends_at) // 2
+            ]
+            for user in USERS
+            for device in DEVICES
             if not self.checks_for(aid, user, device, False, now=when)
         ]
         if candidates:
@@ -406,21 +496,40 @@ class ClaimMachine(RuleBasedStateMachine):
             self.grant(aid, user, operator, with_other if same_body else not with_other, key, blocked)
 
     def checks_for(
-        self, aid: str, user: str, device: str, blocked: bool, now: int | None = None
+        self,
+        aid: str,
+        user: str,
+        device: str,
+        blocked: bool,
+        now: int | None = None,
+        facts: Facts | None = None,
     ) -> tuple[str, ...]:
         """Which domain checks the model would refuse this claim for, in the contract's order."""
         req = Request(
-            user=user, now=self.now if now is None else now, blocked=blocked, key=None, body="",
-            facts=self.facts[user], device=device,
+            user=user,
+            now=self.now if now is None else now,
+            blocked=blocked,
+            key=None,
+            body="",
+            facts=self.facts[user] if facts is None else facts,
+            device=device,
         )
         return tuple(check for check, _ in self.acts[aid].refusals(req))
 
-    def do_claim(self, aid: str, user: str, device: str, channel: str, key: str | None, blocked: bool) -> None:
+    def do_claim(
+        self, aid: str, user: str, device: str, channel: str, key: str | None, blocked: bool
+    ) -> None:
         if key is not None:
             self.keyed.append(("claim", aid, user, device, channel, key, blocked))
         facts = self.facts[user]
         req = Request(
-            user=user, now=self.now, blocked=blocked, key=key, body=channel, facts=facts, device=device,
+            user=user,
+            now=self.now,
+            blocked=blocked,
+            key=key,
+            body=channel,
+            facts=facts,
+            device=device,
         )
         self.run_claim(self.acts[aid], req, dict(channel=channel, idempotency_key=key, blocked=blocked))
 
@@ -428,12 +537,16 @@ class ClaimMachine(RuleBasedStateMachine):
         verdict = act.judge(req)
         checks = tuple(check for check, _ in verdict.applicable)
         event(f"{req.mode}: {verdict.code}")
-        OUTCOMES[f"{req.mode}: {verdict.code}"] += 1
+        self.seen.outcomes[f"{req.mode}: {verdict.code}"] += 1
         if len(checks) >= 2:
-            MULTI_REFUSALS[checks] += 1
+            self.seen.together[(req.mode, *checks)] += 1
             event(f"{req.mode}: refusals together: {' > '.join(checks)}")
         who = UserIdentity(
-            req.user, req.device, reg=req.facts.reg, orders=req.facts.orders, tags=req.facts.tags or (),
+            req.user,
+            req.device,
+            reg=req.facts.reg,
+            orders=req.facts.orders,
+            tags=req.facts.tags or (),
         )
         before = self.partition(act) if verdict.code != "ok" else None
         code, answer = self.bridge.claim(act.activity_id, who, now=req.now, **kwargs)
@@ -469,9 +582,17 @@ class ClaimMachine(RuleBasedStateMachine):
         entries = self.bridge.call(self.bridge.client.xrevrange(self.keys(act).events, count=1))
         fields = entries[0][1]
         want = {
-            "type": "claimed", "activity": act.activity_id, "claim_id": json.loads(answer)["claim_id"],
-            "user": req.user, "device": req.device, "channel": channel, "mode": req.mode, "by": req.operator,
-            "answer": answer, "at": str(req.now), "seq": str(act.events),
+            "type": "claimed",
+            "activity": act.activity_id,
+            "claim_id": json.loads(answer)["claim_id"],
+            "user": req.user,
+            "device": req.device,
+            "channel": channel,
+            "mode": req.mode,
+            "by": req.operator,
+            "answer": answer,
+            "at": str(req.now),
+            "seq": str(act.events),
         }
         assert {k: fields.get(k) for k in want} == want
 
@@ -514,7 +635,8 @@ async def _keys_matching(client: RedisClient, pattern: str) -> set[str]:
 
 
 @pytest.fixture
-def model_bridge(valkey: ValkeyServer) -> Any:
+def model_bridge(valkey: ValkeyServer) -> Iterator[Bridge]:
+    """The machine's own loop and client on the session's Valkey (the settings fixture would start Postgres)."""
     config = load_settings(settings_env(valkey.url, "postgresql://unused@127.0.0.1:1/unused"))
     bridge = Bridge(config)
     yield bridge
@@ -523,21 +645,22 @@ def model_bridge(valkey: ValkeyServer) -> Any:
 
 @pytest.mark.slow
 def test_claims_and_grants_follow_the_contract_model(model_bridge: Bridge) -> None:
-    MULTI_REFUSALS.clear()
-    OUTCOMES.clear()
+    seen = Seen()
     run_state_machine_as_test(
-        lambda: ClaimMachine(model_bridge),
+        lambda: ClaimMachine(model_bridge, seen),
         settings=settings(
-            max_examples=100,
+            max_examples=150,
             stateful_step_count=50,
             deadline=None,
             database=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
-    pairs = {(checks[0], later) for checks in MULTI_REFUSALS for later in checks[1:]}
-    print(sorted(OUTCOMES.items()))
-    print("missing pairs:", sorted(set(itertools.combinations(CHECK_ORDER, 2)) - pairs))
-    print(f"\nrefusal combinations seen together: {len(MULTI_REFUSALS)}; winner>loser pairs: {len(pairs)}")
-    for checks, count in sorted(MULTI_REFUSALS.items(), key=lambda item: -item[1]):
-        print(f"  {count:5d}  {' > '.join(checks)}")
+    print(f"\nanswers: {dict(sorted(seen.outcomes.items()))}")
+    print(f"refusals met together ({len(seen.together)} distinct orderings):")
+    for checks, count in seen.together.most_common():
+        print(f"  {count:5d}  {checks[0]}: {' > '.join(checks[1:])}")
+    for mode, chain in (("claim", CLAIM_CHAIN), ("grant", GRANT_CHAIN)):
+        pairs = seen.pairs(mode)
+        print(f"{mode}: {len(pairs)} (winner, loser) pairs")
+        assert chain <= pairs, f"{mode}s never met these refusals together: {sorted(chain - pairs)}"
