@@ -49,7 +49,11 @@ def test_the_contract_copy_has_its_18_codes() -> None:
 
 def test_refusal_codes_are_exactly_the_contract() -> None:
     assert {outcome.value for outcome in REFUSALS} == set(CONTRACT)
-    assert {outcome.value for outcome in SUCCESSES} == {"ok", "replay", "pending"}  # script replies, not refusals
+    assert {outcome.value for outcome in SUCCESSES} == {
+        "ok",
+        "replay",
+        "pending",
+    }  # script replies, not refusals
 
 
 def test_statuses_are_exactly_the_contract() -> None:
