@@ -482,17 +482,20 @@ class ClaimMachine(RuleBasedStateMachine):
             self.do_claim(aid, user, device, channel, key, False)
 
     @precondition(lambda self: self.keyed)
-    @rule(data=st.data(), same_body=st.booleans())
-    def retry(self, data: st.DataObject, same_body: bool) -> None:
-        """A request sent with an Idempotency-Key, again: the same body (a retry) or another (a conflict)."""
+    @rule(data=st.data(), same_body=st.booleans(), blocked_now=st.integers(0, 3).map(lambda n: n == 0))
+    def retry(self, data: st.DataObject, same_body: bool, blocked_now: bool) -> None:
+        """A request sent with an Idempotency-Key, again: the same body (a retry) or another (a conflict). The
+        user or device may have been put on the blocklist meanwhile (a kept answer is still replayed), or
+        taken off it (a refusal was not kept: judged afresh)."""
         sent = data.draw(st.sampled_from(self.keyed), label="retried")
+        blocked = blocked_now
         if sent[0] == "claim":
-            _, aid, user, device, channel, key, blocked = sent
+            _, aid, user, device, channel, key, _ = sent
             if not same_body:
                 channel = data.draw(st.sampled_from([c for c in CHANNELS if c != channel]), label="channel")
             self.do_claim(aid, user, device, channel, key, blocked)
         else:
-            _, aid, user, operator, with_other, key, blocked = sent
+            _, aid, user, operator, with_other, key, _ = sent
             self.grant(aid, user, operator, with_other if same_body else not with_other, key, blocked)
 
     def checks_for(
