@@ -481,6 +481,25 @@ class ClaimMachine(RuleBasedStateMachine):
             channel, key = data.draw(st.sampled_from(CHANNELS)), data.draw(st.sampled_from(KEYS))
             self.do_claim(aid, user, device, channel, key, False)
 
+    @rule(
+        aid=st.sampled_from(ACTIVITIES),
+        user=st.sampled_from(USERS),
+        device=st.sampled_from(DEVICES),
+        delta=st.sampled_from((-1, 0, 1)),
+    )
+    def claim_at_registration_edge(self, aid: str, user: str, device: str, delta: int) -> None:
+        """On an activity for new users, a user registered exactly new_within_days before the claim (or a
+        second less or more) claims while the activity is open."""
+        act = self.acts[aid]
+        days = act.rules.new_within_days
+        if days is None:
+            return
+        if not act.starts_at <= self.now < act.ends_at:
+            self.now = (act.starts_at + act.ends_at) // 2
+        facts = self.facts[user]
+        self.facts[user] = Facts(self.now - days * DAY + delta, facts.orders, facts.tags)
+        self.do_claim(aid, user, device, "", None, False)
+
     @precondition(lambda self: self.keyed)
     @rule(data=st.data(), same_body=st.booleans(), blocked_now=st.integers(0, 3).map(lambda n: n == 0))
     def retry(self, data: st.DataObject, same_body: bool, blocked_now: bool) -> None:
@@ -647,6 +666,9 @@ def model_bridge(valkey: ValkeyServer) -> Iterator[Bridge]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(
+    900
+)  # passes in well under a minute; a failure needs time to shrink to its shortest form
 def test_claims_and_grants_follow_the_contract_model(model_bridge: Bridge) -> None:
     seen = Seen()
     run_state_machine_as_test(
