@@ -32,6 +32,7 @@ from gateway.store import registered_streams
 from worker import sink
 from worker.dead_letters import bury
 from worker.events import Entry
+from worker.faults import crash_point
 from worker.trim import trim_streams
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ class Consumer:
                     await sink.apply(conn, entries)
                 except sink.ENTRY_FAULTS:
                     failed = await sink.apply_one_by_one(conn, entries)
+            crash_point("after_commit")
             applied = [e for e in entries if (e.stream, e.entry_id) not in failed]
             await self.deliver_claims(applied)
             await self.ack(applied)

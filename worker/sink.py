@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 
 from worker.events import Entry, decode_answer
+from worker.faults import crash_point
 
 _INSERT_CLAIMS = """
 INSERT INTO claims (claim_id, activity_id, user_id, device_id, channel, mode, operator, answer, claimed_at,
@@ -220,6 +221,7 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> None:
         if rows.marks:
             names = sorted(rows.marks)
             await conn.execute(_UPSERT_MARKS, names, [rows.marks[n] for n in names])
+        crash_point("before_commit")
 
 
 async def apply_one_by_one(conn: asyncpg.Connection, entries: list[Entry]) -> dict[tuple[str, str], str]:

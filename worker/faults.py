@@ -1,0 +1,28 @@
+"""Crash points for the fault tests: ``CLAIMGATE_WORKER_CRASH_AT=<point>:<n>`` makes the worker process
+``SIGKILL`` itself the n-th time it reaches ``point`` (``before_commit``: the batch is written but its
+transaction not committed; ``after_commit``: committed, not yet acknowledged). Unset, a point costs one
+comparison."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_VARIABLE = "CLAIMGATE_WORKER_CRASH_AT"
+
+
+def _parse(raw: str) -> tuple[str, int]:
+    point, _, count = raw.partition(":")
+    return point, int(count or "1")
+
+
+_armed: tuple[str, int] | None = _parse(os.environ[_VARIABLE]) if os.environ.get(_VARIABLE) else None
+_reached: dict[str, int] = {}
+
+
+def crash_point(point: str) -> None:
+    if _armed is None or _armed[0] != point:
+        return
+    _reached[point] = _reached.get(point, 0) + 1
+    if _reached[point] >= _armed[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
