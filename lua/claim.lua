@@ -26,6 +26,8 @@ ARGV[13] orders     completed orders from the token, "" when absent
 ARGV[14] tags       the token's tags joined by \31, "" when absent
 ARGV[15] mode       "claim" or "grant" (grant: no window, no eligibility, no device limit)
 ARGV[16] operator   the operator's name for a grant, "" for a claim
+The event's ordinal is the activity's taken count after this claim: the pack's place in the activity's sales,
+which the ledger holds unique per activity.
 Coupon ids are the claim id, a dot and the coupon's place in the pack (1..n): made by the gateway, never by Redis.
 REPLY ok answer       answer is the JSON body {claim_id, coupons:[{coupon_id, template_id, valid_from, valid_until}]}
 REPLY replay answer   the stored answer of the first success with this key
@@ -158,7 +160,7 @@ end
 local answer = string.format('{"claim_id":"%s","coupons":[%s]}', claim_id, table.concat(coupons_json, ","))
 
 redis.call("HINCRBY", config_key, "stock_left", -1)
-redis.call("HINCRBY", config_key, "taken", 1)
+local ordinal = redis.call("HINCRBY", config_key, "taken", 1)
 redis.call("HINCRBY", user_counts_key, user_id, 1)
 if device_id ~= "" then
   redis.call("HINCRBY", dev_counts_key, device_id, 1)
@@ -173,6 +175,6 @@ local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
   "type", "claimed", "id", event_id, "seq", seq, "at", now,
   "activity", activity_id, "claim_id", claim_id, "user", user_id, "device", device_id, "channel", channel,
-  "mode", mode, "by", operator, "answer", answer,
+  "mode", mode, "by", operator, "answer", answer, "ordinal", ordinal,
   "idem", idem_record, "idem_hash", body_hash, "idem_expires", idem_expires)
 return {"ok", answer}

@@ -75,6 +75,7 @@ class Consumer:
     trimmed: int = 0
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     dead_lettered: int = 0
+    conflicts: int = 0
 
     @property
     def name(self) -> str:
@@ -185,17 +186,13 @@ class Consumer:
         if not entries:
             return 0
         try:
-            failed: dict[tuple[str, str], str] = {}
             async with self.pool.acquire() as conn:
-                try:
-                    await sink.apply(conn, entries)
-                except sink.ENTRY_FAULTS:
-                    failed = await sink.apply_one_by_one(conn, entries)
+                written = await sink.write(conn, entries)
             crash_point("after_commit")
-            applied = [e for e in entries if (e.stream, e.entry_id) not in failed]
-            await self.deliver_claims(applied)
-            await self.ack(applied)
-            await self.count_failures(entries, failed)
+            await self.deliver_claims(written.deliverable(entries))
+            await self.ack(written.settled(entries))
+            await self.count_failures(entries, written.failed)
+            self.conflicts += len(written.conflicts)
         except BaseException:
             self.reread_pending = True
             raise

@@ -57,8 +57,9 @@ async def replay(
             entry = original({str(k): str(v) for k, v in fields.items()})
             try:
                 async with pool.acquire() as conn:
-                    await sink.apply(conn, [entry])
-                await deliver(entry)
+                    conflicts = await sink.apply(conn, [entry])
+                if not conflicts:
+                    await deliver(entry)
             except sink.ENTRY_FAULTS:
                 report.still_failing += 1
                 continue

@@ -30,6 +30,11 @@ class Entry:
     fields: dict[str, str]
 
     @property
+    def key(self) -> tuple[str, str]:
+        """Unique per entry (an entry id is unique only within its stream)."""
+        return (self.stream, self.entry_id)
+
+    @property
     def partition(self) -> str:
         return partition_of_stream(self.stream)
 

@@ -20,10 +20,10 @@ from worker.faults import crash_point
 
 _INSERT_CLAIMS = """
 INSERT INTO claims (claim_id, activity_id, user_id, device_id, channel, mode, operator, answer, claimed_at,
-                    event_id, partition, seq)
+                    event_id, partition, seq, ordinal)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::bigint[], $10::text[], $11::text[], $12::bigint[])
-ON CONFLICT DO NOTHING
+                     $8::text[], $9::bigint[], $10::text[], $11::text[], $12::bigint[], $13::bigint[])
+ON CONFLICT (claim_id) DO NOTHING
 """
 _UPSERT_IDEMPOTENCY = """
 INSERT INTO idempotency_records (redis_key, partition, body_hash, answer, expires_at)
@@ -34,9 +34,9 @@ WHERE idempotency_records.expires_at < excluded.expires_at
 """
 _UPSERT_COUPONS = """
 INSERT INTO coupons AS c (coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from,
-                          valid_until, updated_at)
+                          valid_until, updated_at, partition)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
-                     $8::bigint[], $9::bigint[], $10::bigint[])
+                     $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
 ON CONFLICT (coupon_id) DO UPDATE SET status = excluded.status, version = excluded.version,
     updated_at = excluded.updated_at
 WHERE c.version < excluded.version
@@ -44,7 +44,7 @@ WHERE c.version < excluded.version
 _INSERT_COUPON_EVENTS = """
 INSERT INTO coupon_events (coupon_id, version, event_id, type, at, status)
 SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::text[])
-ON CONFLICT DO NOTHING
+ON CONFLICT (coupon_id, version) DO NOTHING
 """
 _INSERT_AUDIT = """
 INSERT INTO audit (event_id, partition, seq, at, operator, action, target, before, after)
@@ -52,6 +52,23 @@ SELECT e, p, s, a, o, ac, t, nullif(b, '')::jsonb, nullif(af, '')::jsonb
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
             $9::text[]) AS u(e, p, s, a, o, ac, t, b, af)
 ON CONFLICT DO NOTHING
+"""
+_INSERT_CONFLICTS = """
+INSERT INTO conflicts (event_id, partition, entry_id, reason, entry, activity)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+ON CONFLICT (partition, entry_id) DO NOTHING
+"""
+# The ledger's own checks, each independent of the order in which two workers commit a stream's batches:
+# an id already held for another claim, an ordinal (a pack's place in its activity's sales) held by another
+# claim, a coupon version already held by another event.
+_CLAIMS_HOLDING = """
+SELECT claim_id, event_id, activity_id, ordinal FROM claims
+WHERE claim_id = ANY($1::text[]) OR event_id = ANY($2::text[])
+   OR (activity_id, ordinal) IN (SELECT * FROM unnest($3::text[], $4::bigint[]))
+"""
+_VERSIONS_HOLDING = """
+SELECT coupon_id, version, event_id FROM coupon_events
+WHERE (coupon_id, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
 """
 _UPSERT_MARKS = """
 INSERT INTO partition_marks AS m (partition, seq)
@@ -78,13 +95,21 @@ AUDITED = {
 
 @dataclass
 class _Rows:
-    claims: list[tuple[object, ...]] = field(default_factory=list)
-    idempotency: list[tuple[object, ...]] = field(default_factory=list)
-    coupons: dict[str, tuple[object, ...]] = field(default_factory=dict)  # coupon id -> newest row
-    coupon_events: list[tuple[object, ...]] = field(default_factory=list)
+    claims: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
+    idempotency: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
+    coupons: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
+    coupon_events: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
     audit: list[tuple[object, ...]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
     blocklist: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # newest per entry
+    conflicts: dict[tuple[str, str], tuple[Entry, str]] = field(default_factory=dict)  # key -> (entry, why)
+
+    def reject(self, entry: Entry, reason: str) -> None:
+        """Keep the entry out of every table but ``conflicts``."""
+        self.conflicts.setdefault(entry.key, (entry, reason))
+
+    def kept(self, rows: list[tuple[Entry, tuple[object, ...]]]) -> list[tuple[object, ...]]:
+        return [row for entry, row in rows if entry.key not in self.conflicts]
 
 
 def _columns(rows: list[tuple[object, ...]], width: int) -> list[list[object]]:
@@ -96,25 +121,30 @@ def _add(rows: _Rows, entry: Entry) -> None:
     kind = entry.type
     if kind == "claimed":
         decode_answer(f["answer"])  # deliver will need it whole
+        ordinal = f.get("ordinal")
         rows.claims.append(
             (
-                f["claim_id"],
-                f["activity"],
-                f["user"],
-                f["device"],
-                f["channel"],
-                f["mode"],
-                f["by"] or None,
-                f["answer"],
-                int(f["at"]),
-                f["id"],
-                entry.partition,
-                entry.seq,
+                entry,
+                (
+                    f["claim_id"],
+                    f["activity"],
+                    f["user"],
+                    f["device"],
+                    f["channel"],
+                    f["mode"],
+                    f["by"] or None,
+                    f["answer"],
+                    int(f["at"]),
+                    f["id"],
+                    entry.partition,
+                    entry.seq,
+                    int(ordinal) if ordinal else None,
+                ),
             )
         )
         if f.get("idem"):
             rows.idempotency.append(
-                (f["idem"], entry.partition, f["idem_hash"], f["answer"], int(f["idem_expires"]))
+                (entry, (f["idem"], entry.partition, f["idem_hash"], f["answer"], int(f["idem_expires"])))
             )
     elif kind == "delivered":
         version, at = int(f["version"]), int(f["at"])
@@ -131,14 +161,13 @@ def _add(rows: _Rows, entry: Entry) -> None:
                 coupon.valid_from,
                 coupon.valid_until,
                 at,
+                entry.partition,
             )
-            held = rows.coupons.get(coupon.coupon_id)
-            if held is None or int(held[6]) < version:  # type: ignore[call-overload]
-                rows.coupons[coupon.coupon_id] = row
-            rows.coupon_events.append((coupon.coupon_id, version, f["id"], kind, at, "available"))
+            rows.coupons.append((entry, row))
+            rows.coupon_events.append((entry, (coupon.coupon_id, version, f["id"], kind, at, "available")))
     elif kind == "grant_call_recorded":
         rows.idempotency.append(
-            (f["idem"], entry.partition, f["idem_hash"], f["answer"], int(f["idem_expires"]))
+            (entry, (f["idem"], entry.partition, f["idem_hash"], f["answer"], int(f["idem_expires"])))
         )
     elif kind == "blocklist_changed":
         present, at, seq = f["action"] == "add", int(f["at"]), entry.seq
@@ -197,21 +226,104 @@ def collect(entries: list[Entry]) -> _Rows:
     return rows
 
 
-async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> None:
+async def _check_claims(conn: asyncpg.Connection, rows: _Rows) -> None:
+    """Unique ids: a claim id or event id the ledger holds for another claim, or an ordinal another claim of
+    the activity holds (a unit sold twice), is a conflict; a redelivered claim (same ids) is not."""
+    if not rows.claims:
+        return
+    held = await conn.fetch(
+        _CLAIMS_HOLDING,
+        [row[0] for _, row in rows.claims],
+        [row[9] for _, row in rows.claims],
+        [row[1] for _, row in rows.claims if row[12] is not None],
+        [row[12] for _, row in rows.claims if row[12] is not None],
+    )
+    # What the ledger holds, then what the batch adds as it goes (a batch can hold a conflict of its own).
+    event_of_claim: dict[object, object] = {r["claim_id"]: r["event_id"] for r in held}
+    claim_of_event: dict[object, object] = {r["event_id"]: r["claim_id"] for r in held}
+    claim_of_unit: dict[tuple[object, object], object] = {
+        (r["activity_id"], r["ordinal"]): r["claim_id"] for r in held
+    }
+    for entry, row in rows.claims:
+        claim_id, activity_id, event_id, ordinal = row[0], row[1], row[9], row[12]
+        holder = event_of_claim.setdefault(claim_id, event_id)
+        if holder != event_id:
+            rows.reject(entry, f"claim id {claim_id} already held for event {holder}")
+        holder = claim_of_event.setdefault(event_id, claim_id)
+        if holder != claim_id:
+            rows.reject(entry, f"event id {event_id} already held for claim {holder}")
+        if ordinal is not None:
+            holder = claim_of_unit.setdefault((activity_id, ordinal), claim_id)
+            if holder != claim_id:
+                rows.reject(entry, f"unit {ordinal} of activity {activity_id} already sold to claim {holder}")
+
+
+async def _check_versions(conn: asyncpg.Connection, rows: _Rows) -> None:
+    """A coupon's versions in order: each version is one event; another event claiming a version the ledger
+    (or the batch) already holds for the coupon is a conflict, and none of its coupons is written."""
+    if not rows.coupon_events:
+        return
+    held = await conn.fetch(
+        _VERSIONS_HOLDING,
+        [row[0] for _, row in rows.coupon_events],
+        [row[1] for _, row in rows.coupon_events],
+    )
+    holders: dict[tuple[object, object], object] = {
+        (r["coupon_id"], r["version"]): r["event_id"] for r in held
+    }
+    for entry, row in rows.coupon_events:
+        holder = holders.setdefault((row[0], row[1]), row[2])
+        if holder != row[2]:
+            rows.reject(entry, f"coupon {row[0]} version {row[1]} already held by event {holder}")
+
+
+def _newest_per_coupon(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """Each coupon's newest row in the batch, in coupon-id order (so two workers never deadlock)."""
+    newest: dict[str, tuple[object, ...]] = {}
+    for row in rows:
+        held = newest.get(str(row[0]))
+        if held is None or int(str(held[6])) < int(str(row[6])):
+            newest[str(row[0])] = row
+    return [newest[k] for k in sorted(newest)]
+
+
+def _conflict_rows(rows: _Rows) -> list[tuple[object, ...]]:
+    return [
+        (
+            entry.fields.get("id"),
+            entry.partition,
+            entry.entry_id,
+            reason,
+            msgspec.json.encode(entry.fields).decode(),
+            entry.fields.get("activity"),
+        )
+        for entry, reason in rows.conflicts.values()
+    ]
+
+
+async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str, str]]:
     """Write a batch in one transaction; raises (and writes nothing) if an entry cannot be taken
-    (``ENTRY_FAULTS``) or Postgres is away."""
+    (``ENTRY_FAULTS``) or Postgres is away. Returns the entries the ledger's checks refused: recorded in
+    ``conflicts``, written nowhere else (and not to be delivered)."""
     rows = collect(entries)
     async with conn.transaction():
-        if rows.claims:
-            await conn.execute(_INSERT_CLAIMS, *_columns(rows.claims, 12))
-        if rows.idempotency:
-            await conn.execute(_UPSERT_IDEMPOTENCY, *_columns(rows.idempotency, 5))
-        if rows.coupons:
-            ordered = [rows.coupons[k] for k in sorted(rows.coupons)]
-            await conn.execute(_UPSERT_COUPONS, *_columns(ordered, 10))
-        if rows.coupon_events:
+        await _check_claims(conn, rows)
+        await _check_versions(conn, rows)
+        if rows.conflicts:
+            await conn.execute(_INSERT_CONFLICTS, *_columns(_conflict_rows(rows), 6))
+        claims = rows.kept(rows.claims)
+        if claims:
+            await conn.execute(_INSERT_CLAIMS, *_columns(claims, 13))
+        idempotency = rows.kept(rows.idempotency)
+        if idempotency:
+            await conn.execute(_UPSERT_IDEMPOTENCY, *_columns(idempotency, 5))
+        coupons = _newest_per_coupon(rows.kept(rows.coupons))
+        if coupons:
+            await conn.execute(_UPSERT_COUPONS, *_columns(coupons, 11))
+        coupon_events = rows.kept(rows.coupon_events)
+        if coupon_events:
             await conn.execute(
-                _INSERT_COUPON_EVENTS, *_columns(sorted(rows.coupon_events, key=lambda r: (r[0], r[1])), 6)
+                _INSERT_COUPON_EVENTS, *_columns(sorted(coupon_events, key=lambda r: (str(r[0]), r[1])), 6)
             )
         if rows.audit:
             await conn.execute(_INSERT_AUDIT, *_columns(rows.audit, 9))
@@ -222,18 +334,42 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> None:
             names = sorted(rows.marks)
             await conn.execute(_UPSERT_MARKS, names, [rows.marks[n] for n in names])
         crash_point("before_commit")
+    return set(rows.conflicts)
 
 
-async def apply_one_by_one(conn: asyncpg.Connection, entries: list[Entry]) -> dict[tuple[str, str], str]:
-    """After a batch failed on an entry's account: apply each entry alone. Returns the entries that failed on
-    their own ((stream, entry id) -> reason: an id is unique only within its stream); every other one is
-    written."""
-    failed: dict[tuple[str, str], str] = {}
+@dataclass
+class Written:
+    """What became of a batch: entries that failed on their own account ((stream, entry id) -> reason: an id
+    is unique only within its stream) and entries the ledger's checks put into ``conflicts``."""
+
+    failed: dict[tuple[str, str], str] = field(default_factory=dict)
+    conflicts: set[tuple[str, str]] = field(default_factory=set)
+
+    def deliverable(self, entries: list[Entry]) -> list[Entry]:
+        return [e for e in entries if e.key not in self.failed and e.key not in self.conflicts]
+
+    def settled(self, entries: list[Entry]) -> list[Entry]:
+        """Written or recorded as a conflict: to be acknowledged."""
+        return [e for e in entries if e.key not in self.failed]
+
+
+async def write(conn: asyncpg.Connection, entries: list[Entry]) -> Written:
+    """The batch in one transaction; if an entry breaks it on its own account, each entry alone."""
+    try:
+        return Written(conflicts=await apply(conn, entries))
+    except ENTRY_FAULTS:
+        return await apply_one_by_one(conn, entries)
+
+
+async def apply_one_by_one(conn: asyncpg.Connection, entries: list[Entry]) -> Written:
+    """After a batch failed on an entry's account: apply each entry alone; every entry not failing on its
+    own is written."""
+    written = Written()
     for entry in entries:
         try:
-            await apply(conn, [entry])
+            written.conflicts |= await apply(conn, [entry])
         except EntryFault as fault:
-            failed[entry.stream, entry.entry_id] = fault.reason
+            written.failed[entry.key] = fault.reason
         except ENTRY_FAULTS as exc:
-            failed[entry.stream, entry.entry_id] = f"refused by Postgres: {exc!r}"
-    return failed
+            written.failed[entry.key] = f"refused by Postgres: {exc!r}"
+    return written

@@ -88,7 +88,7 @@ async def test_ok_with_key_writes_each_key_once(claimer: Claimer, make_activity:
     assert entries[-1][1] == {
         "type": "claimed", "id": "e1", "seq": "2", "at": str(NOW), "activity": "act1", "claim_id": "c1",
         "user": "u1", "device": "d1", "channel": "app", "mode": "claim", "by": "", "answer": done.answer,
-        "idem": done.idem, "idem_hash": HASH_A, "idem_expires": str(NOW + ttl),
+        "ordinal": "1", "idem": done.idem, "idem_hash": HASH_A, "idem_expires": str(NOW + ttl),
     }
 
 
@@ -108,7 +108,7 @@ async def test_ok_without_key_touches_no_idempotency_key(claimer: Claimer, make_
     assert event == {
         "type": "claimed", "id": "e1", "seq": "2", "at": str(NOW), "activity": "act1", "claim_id": "c1",
         "user": "u1", "device": "", "channel": "", "mode": "claim", "by": "", "answer": done.answer,
-        "idem": "", "idem_hash": HASH_B, "idem_expires": "",
+        "ordinal": "1", "idem": "", "idem_hash": HASH_B, "idem_expires": "",
     }
 
 
@@ -374,7 +374,7 @@ async def test_grant_ignores_window_and_eligibility(claimer: Claimer, make_activ
     assert event == {
         "type": "claimed", "id": "e1", "seq": "2", "at": str(NOW), "activity": "act1", "claim_id": "c1",
         "user": "u7", "device": "", "channel": "", "mode": "grant", "by": "ops", "answer": done.answer,
-        "idem": done.idem, "idem_hash": HASH_A,
+        "ordinal": "1", "idem": done.idem, "idem_hash": HASH_A,
         "idem_expires": str(NOW + settings.claim.idempotency_ttl_seconds),
     }
 

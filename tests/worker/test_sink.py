@@ -140,7 +140,7 @@ async def test_an_undecodable_entry_fails_alone(db: asyncpg.Pool) -> None:
         with pytest.raises(sink.EntryFault):
             await sink.apply(conn, [good, broken, unknown])
         assert await db.fetchval("SELECT count(*) FROM coupons") == 0  # the batch wrote nothing
-        failed = await sink.apply_one_by_one(conn, [good, broken, unknown])
+        failed = (await sink.apply_one_by_one(conn, [good, broken, unknown])).failed
     assert set(failed) == {("{w:1}:events", "1-0"), ("{w:1}:events", "2-0")}
     assert "unknown event type" in failed["{w:1}:events", "2-0"]
     assert await db.fetchval("SELECT count(*) FROM coupons") == 1  # the good one is written
