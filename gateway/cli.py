@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-from gateway.settings import PREFIX, SettingsError, load_settings
+from gateway.settings import PREFIX, Settings, SettingsError, load_settings
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -123,6 +124,77 @@ def _replay_dead(_: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _open_ledger_tools(settings: Settings) -> Any:
+    """Clients (fence checked against the ledger), a Postgres pool and the key space, for reconcile/restore."""
+    import asyncpg
+
+    from gateway import ledger_check
+    from gateway.keys import KeySpace
+    from gateway.services import Clients
+
+    async def open_() -> tuple[Any, Any, Any]:
+        clients = await Clients.open(settings)
+        pool = await asyncpg.create_pool(settings.postgres.url, min_size=1, max_size=4, timeout=10)
+        await ledger_check.check(clients.control, pool, clients.fence)
+        return clients, pool, KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
+
+    return open_()
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from worker.reconcile import Reconciler
+
+    settings = load_settings()
+
+    async def main() -> int:
+        clients, pool, keyspace = await _open_ledger_tools(settings)
+        try:
+            report = await Reconciler(
+                clients.control, clients.runner, pool, keyspace, settings.claim.idempotency_ttl_seconds
+            ).run(args.partition or None)
+        finally:
+            await clients.close()
+            await pool.close()
+        print("\n".join(report.lines()), flush=True)
+        return 1 if report.differences else 0
+
+    return asyncio.run(main())
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from worker.restore import restore
+
+    settings = load_settings()
+
+    async def main() -> int:
+        clients, pool, keyspace = await _open_ledger_tools(settings)
+        try:
+            done = await restore(
+                clients.control,
+                pool,
+                keyspace,
+                named=args.partition or None,
+                force=args.force,
+                operator=args.operator,
+                idempotency_ttl=settings.claim.idempotency_ttl_seconds,
+            )
+        finally:
+            await clients.close()
+            await pool.close()
+        for item in done:
+            counts = ", ".join(f"{k} {v}" for k, v in item.counts.items())
+            detail = (
+                f" (seq {item.seq}{'; ' + counts if counts else ''})" if item.action == "restored" else ""
+            )
+            print(
+                f"{item.partition}: {item.action}{detail}; {item.drained} stream entries drained", flush=True
+            )
+        print(f"restored {sum(1 for d in done if d.action == 'restored')} of {len(done)} partition(s)")
+        return 0
+
+    return asyncio.run(main())
+
+
 def _migrate(_: argparse.Namespace) -> int:
     from gateway.migrate import migrate
 
@@ -177,6 +249,30 @@ def parser() -> argparse.ArgumentParser:
         "replay-dead",
         help="apply dead-lettered entries again (after a fix); each is written once and removed",
     ).set_defaults(run=_replay_dead)
+
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="compare Redis with the ledger per partition, report every difference, finish half-done work"
+        " (exit 1 when a difference remains)",
+    )
+    reconcile.add_argument(
+        "--partition", action="append", help="only this partition, e.g. {a:ID} (repeatable)"
+    )
+    reconcile.set_defaults(run=_reconcile)
+
+    restore = sub.add_parser(
+        "restore",
+        help="rebuild Redis state from the ledger for the partitions behind it (or the named ones);"
+        " drains each partition's stream first",
+    )
+    restore.add_argument("--partition", action="append", help="only this partition, e.g. {a:ID} (repeatable)")
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even partitions level with the ledger (stop gateways first)",
+    )
+    restore.add_argument("--operator", default="restore", help="the name the restored events record")
+    restore.set_defaults(run=_restore)
 
     token = sub.add_parser("token", help="mint a user token signed with CLAIMGATE_JWT_SECRET")
     token.add_argument("--user", required=True)

@@ -8,6 +8,8 @@ CREATE UNIQUE INDEX claims_ordinal ON claims (activity_id, ordinal) WHERE ordina
 -- (Rows written before this migration keep ''; they were written by a release that had no restore.)
 ALTER TABLE coupons ADD COLUMN partition text NOT NULL DEFAULT '';
 CREATE INDEX coupons_partition ON coupons (partition);
+-- Claims whose coupons the ledger lacks (a deliver a crash left undone) are found by claim.
+CREATE INDEX coupons_claim ON coupons (claim_id);
 
 -- conflicts.activity: which activity a rejected entry concerns, for its stats.
 ALTER TABLE conflicts ADD COLUMN activity text;

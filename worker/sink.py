@@ -182,6 +182,20 @@ def _add(rows: _Rows, entry: Entry) -> None:
         rows.audit.append(
             (f["id"], entry.partition, seq, at, f["by"], f"blocklist_{f['action']}", "blocklist", "", change)
         )
+    elif kind == "restored":
+        rows.audit.append(
+            (
+                f["id"],
+                entry.partition,
+                entry.seq,
+                int(f["at"]),
+                f["by"],
+                "restore",
+                entry.partition,
+                "",
+                f["after"],
+            )
+        )
     elif kind in AUDITED:
         rows.audit.append(
             (

@@ -1,0 +1,29 @@
+#!lua
+--[[
+restore_finish: the last step of restoring a partition. Levels its seq with the ledger (at or above the highest
+seq the ledger holds, never lowering it), makes sure the stream's consumer group exists, and appends the event
+that records the restore (the audit is written from it).
+KEYS[1] seq      string {p}:seq      the partition's event sequence
+KEYS[2] events   stream {p}:events   the partition's ledger stream (its group has the stream's name)
+ARGV[1] now         unix seconds
+ARGV[2] event_id    gateway-made
+ARGV[3] operator    who ran the restore
+ARGV[4] at_least    the ledger's mark for the partition (0 when it has none)
+ARGV[5] summary     JSON: what was restored (counts), for the audit
+REPLY ok seq     the seq of the restored event
+EVENT restored
+]]
+local seq_key, events_key = KEYS[1], KEYS[2]
+local now, event_id, operator, at_least, summary = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+
+if tonumber(redis.call("GET", seq_key) or "0") < at_least then
+  redis.call("SET", seq_key, at_least)
+end
+local created = redis.pcall("XGROUP", "CREATE", events_key, events_key, "0", "MKSTREAM")
+if type(created) == "table" and created.err and not string.find(created.err, "BUSYGROUP") then
+  return created
+end
+local seq = redis.call("INCR", seq_key)
+redis.call("XADD", events_key, "*",
+  "type", "restored", "id", event_id, "seq", seq, "at", now, "by", operator, "after", summary)
+return {"ok", seq}

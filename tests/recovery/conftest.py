@@ -1,0 +1,3 @@
+from tests.worker.conftest import consumer
+
+__all__ = ["consumer"]

@@ -1,0 +1,235 @@
+"""What Redis should hold for a partition, rebuilt from the ledger alone: restore writes it, reconcile compares
+Redis with it.
+
+- activity ``{a:X}``: the config from the definition, then every operator's change in seq order (status,
+  stock, window, limits); taken and per-user / per-device counts from ``claims``; stock left = stock plus the
+  changes minus taken; the allow-list from the definition; unexpired idempotency records;
+- wallet ``{w:n}``: every coupon the ledger holds for the bucket, and each user's index;
+- blocklist: the entries present;
+- code ``{c:n}``: nothing yet but its seq.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway import store
+from gateway.campaign import hot_config
+
+KINDS = ("activity", "wallet", "code", "blocklist")
+
+
+def stored(value: object) -> str:
+    """A value as the scripts store it in a hash (integers whole, as put_activity writes them)."""
+    if isinstance(value, bool):
+        raise TypeError("no hot config field is a boolean")
+    if isinstance(value, int | float):
+        return str(int(value))
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """A claim the ledger holds whose coupons it does not: a deliver a crash left undone."""
+
+    claim_id: str
+    user_id: str
+    activity_id: str
+    answer: str
+
+
+@dataclass
+class ActivityState:
+    partition: str
+    activity_id: str
+    mark: int
+    defined: bool  # the definition is in Postgres
+    config: dict[str, str] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, str] = field(default_factory=dict)
+    allow: set[str] = field(default_factory=set)
+    records: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, expires at)
+    undelivered: list[Undelivered] = field(default_factory=list)
+    ever_stocked: int = 0  # the definition's stock plus every addition
+    highest_unit: int = 0  # the highest ordinal a claim holds
+
+
+@dataclass
+class WalletState:
+    partition: str
+    mark: int
+    coupons: dict[str, dict[str, Any]] = field(default_factory=dict)  # coupon id -> record
+    indexes: dict[str, list[str]] = field(default_factory=dict)  # user -> coupon ids, sorted
+
+
+@dataclass
+class BlocklistState:
+    partition: str
+    mark: int
+    users: set[str] = field(default_factory=set)
+    devices: set[str] = field(default_factory=set)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # "user:<id>" -> {added_at, by}
+
+
+@dataclass
+class BareState:
+    """A partition with nothing to rebuild but its seq (code buckets until codes exist)."""
+
+    partition: str
+    mark: int
+
+
+PartitionState = ActivityState | WalletState | BlocklistState | BareState
+
+
+async def partitions(pool: asyncpg.Pool, named: list[str] | None = None) -> dict[str, str]:
+    """Registered partitions (partition -> kind), or the named ones; an unknown name raises ValueError."""
+    rows = await pool.fetch("SELECT partition, kind FROM streams ORDER BY kind, partition")
+    known = {row["partition"]: row["kind"] for row in rows}
+    if named is None:
+        return known
+    unknown = [name for name in named if name not in known]
+    if unknown:
+        raise ValueError(f"not a registered partition: {', '.join(unknown)}")
+    return {name: known[name] for name in named}
+
+
+async def mark_of(pool: asyncpg.Pool, partition: str) -> int:
+    mark = await pool.fetchval("SELECT seq FROM partition_marks WHERE partition = $1", partition)
+    return int(mark or 0)
+
+
+async def build(pool: asyncpg.Pool, partition: str, kind: str, now: int) -> PartitionState:
+    mark = await mark_of(pool, partition)
+    if kind == "activity":
+        return await _activity(pool, partition, mark, now)
+    if kind == "wallet":
+        return await _wallet(pool, partition, mark)
+    if kind == "blocklist":
+        return await _blocklist(pool, partition, mark)
+    return BareState(partition, mark)
+
+
+def activity_of(partition: str) -> str:
+    """``{a:X}`` -> ``X``."""
+    if not (partition.startswith("{a:") and partition.endswith("}")):
+        raise ValueError(f"not an activity partition: {partition!r}")
+    return partition[3:-1]
+
+
+async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> ActivityState:
+    activity_id = activity_of(partition)
+    activity = await store.get_activity(pool, activity_id)
+    state = ActivityState(partition, activity_id, mark, defined=activity is not None)
+    if activity is None:
+        return state
+    templates = await store.templates_by_id(pool, [item.template_id for item in activity.pack])
+    config = {
+        name: stored(value) for name, value in hot_config(activity, templates).items() if name != "stock"
+    }
+    stock = ever = activity.stock
+    changes = await pool.fetch(
+        "SELECT action, before::text AS before, after::text AS after FROM audit WHERE partition = $1 ORDER BY seq",
+        partition,
+    )
+    for change in changes:
+        before = json.loads(change["before"]) if change["before"] else {}
+        after = json.loads(change["after"]) if change["after"] else {}
+        if change["action"] == "set_status":
+            config["status"] = after["status"]
+        elif change["action"] == "change_stock":
+            delta = int(after["stock_left"]) - int(before["stock_left"])
+            stock += delta
+            ever += max(delta, 0)
+        elif change["action"] == "patch_activity":
+            config.update({name: stored(value) for name, value in after.items()})
+    state.users = {
+        row["user_id"]: str(row["n"])
+        for row in await pool.fetch(
+            "SELECT user_id, count(*) AS n FROM claims WHERE activity_id = $1 GROUP BY user_id", activity_id
+        )
+    }
+    state.devices = {
+        row["device_id"]: str(row["n"])
+        for row in await pool.fetch(
+            "SELECT device_id, count(*) AS n FROM claims WHERE activity_id = $1 AND device_id <> ''"
+            " GROUP BY device_id",
+            activity_id,
+        )
+    }
+    taken = sum(int(n) for n in state.users.values())
+    config["stock_left"] = str(stock - taken)
+    config["taken"] = str(taken)
+    state.config = config
+    state.ever_stocked = ever
+    state.highest_unit = int(
+        await pool.fetchval(
+            "SELECT coalesce(max(ordinal), 0) FROM claims WHERE activity_id = $1", activity_id
+        )
+    )
+    if activity.eligibility and activity.eligibility.users:
+        state.allow = set(activity.eligibility.users)
+    state.records = {
+        row["redis_key"]: (f"{row['body_hash']}|{row['answer']}", int(row["expires_at"]))
+        for row in await pool.fetch(
+            "SELECT redis_key, body_hash, answer, expires_at FROM idempotency_records"
+            " WHERE partition = $1 AND expires_at > $2",
+            partition,
+            now,
+        )
+    }
+    state.undelivered = [
+        Undelivered(row["claim_id"], row["user_id"], activity_id, row["answer"])
+        for row in await pool.fetch(
+            "SELECT c.claim_id, c.user_id, c.answer FROM claims c WHERE c.activity_id = $1"
+            " AND NOT EXISTS (SELECT 1 FROM coupons k WHERE k.claim_id = c.claim_id) ORDER BY c.claim_id",
+            activity_id,
+        )
+    ]
+    return state
+
+
+def coupon_record(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """A coupon as deliver (and later checkout scripts) keep it in the wallet's hash."""
+    return {
+        "user": row["user_id"],
+        "activity": row["activity_id"],
+        "template": row["template_id"],
+        "claim": row["claim_id"],
+        "valid_from": row["valid_from"],
+        "valid_until": row["valid_until"],
+        "status": row["status"],
+        "version": row["version"],
+    }
+
+
+async def _wallet(pool: asyncpg.Pool, partition: str, mark: int) -> WalletState:
+    state = WalletState(partition, mark)
+    rows = await pool.fetch(
+        "SELECT coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from, valid_until"
+        " FROM coupons WHERE partition = $1 ORDER BY coupon_id",
+        partition,
+    )
+    for row in rows:
+        state.coupons[row["coupon_id"]] = coupon_record(row)
+        state.indexes.setdefault(row["user_id"], []).append(row["coupon_id"])
+    return state
+
+
+async def _blocklist(pool: asyncpg.Pool, partition: str, mark: int) -> BlocklistState:
+    state = BlocklistState(partition, mark)
+    for row in await pool.fetch(
+        "SELECT kind, id, added_at, by FROM blocklist WHERE present ORDER BY kind, id"
+    ):
+        (state.users if row["kind"] == "user" else state.devices).add(row["id"])
+        state.entries[f"{row['kind']}:{row['id']}"] = {"added_at": row["added_at"], "by": row["by"]}
+    return state
+
+
+def encode(value: object) -> str:
+    return msgspec.json.encode(value).decode()

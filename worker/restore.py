@@ -1,0 +1,188 @@
+"""Restore: rebuild Redis state from the ledger, per partition (design.md, "Redis restarts, rollbacks").
+
+For each partition: drain its stream into the ledger (so the ledger holds everything Redis recorded), rebuild
+its state from the ledger (``ledger_state``), write it with the ``restore_*`` scripts, then ``restore_finish``
+levels its seq at or above the ledger's mark and appends a ``restored`` event. Last, claims whose coupons the
+ledger lacks are delivered (the deliver script, idempotent). The fence of every gateway opens by itself once
+no partition is behind.
+
+Restore writes through its own script runner on the control connection: the gateways' runners stay fenced
+while it works. By default it rebuilds a partition only when Redis is behind the ledger there, or holds
+nothing of a partition the ledger has state for; ``force`` rebuilds it anyway (stop the gateways first: a
+claim racing a rebuild can be overwritten).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from gateway.claims import ClaimService
+from gateway.fence import Fence
+from gateway.ids import new_id
+from gateway.keys import BLOCKLIST, ActivityKeys, KeySpace, Partition, WalletKeys
+from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts import load_scripts
+from worker.drain import drain_partition
+from worker.ledger_state import (
+    ActivityState,
+    BareState,
+    BlocklistState,
+    PartitionState,
+    WalletState,
+    build,
+    encode,
+    mark_of,
+    partitions,
+)
+
+PART_SIZE = 2000  # fields per script call: large partitions go in parts, each one short for Redis
+
+
+@dataclass
+class Restored:
+    partition: str
+    action: str  # "restored" or why it was left alone
+    drained: int = 0
+    seq: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def restore_runner(control: RedisClient) -> ScriptRunner:
+    """Scripts on the control connection, outside the fence the gateways keep closed meanwhile."""
+    return ScriptRunner(control, load_scripts(), Fence(open_=True))
+
+
+def _parts(flat: list[str], size: int = PART_SIZE) -> list[list[str]]:
+    return [flat[i : i + size] for i in range(0, len(flat), size)] or [[]]
+
+
+def _pairs(mapping: dict[str, str]) -> list[str]:
+    return [item for pair in sorted(mapping.items()) for item in pair]
+
+
+async def _needs_restore(control: RedisClient, state: PartitionState) -> str | None:
+    """None when the partition should be rebuilt, else why not."""
+    seq = await control.get(Partition(state.partition).seq)
+    if seq is not None and int(seq) >= state.mark:
+        return "level with the ledger (use --force to rebuild anyway)"
+    if seq is None and state.mark == 0 and not _has_state(state):
+        return "nothing to restore"
+    return None
+
+
+def _has_state(state: PartitionState) -> bool:
+    if isinstance(state, ActivityState):
+        return state.defined
+    if isinstance(state, WalletState):
+        return bool(state.coupons)
+    if isinstance(state, BlocklistState):
+        return bool(state.entries)
+    return False
+
+
+async def _write_activity(runner: ScriptRunner, state: ActivityState) -> dict[str, int]:
+    keys = ActivityKeys(state.partition)
+    script_keys = [keys.config, keys.user_counts, keys.device_counts, keys.allow_list]
+    users, devices, allow = (
+        _parts(_pairs(state.users)),
+        _parts(_pairs(state.devices)),
+        _parts(sorted(state.allow)),
+    )
+    for i in range(max(len(users), len(devices), len(allow))):
+        payload: dict[str, object] = {
+            "users": users[i] if i < len(users) else [],
+            "devices": devices[i] if i < len(devices) else [],
+            "allow": allow[i] if i < len(allow) else [],
+        }
+        if i == 0:
+            payload["config"] = _pairs(state.config) if state.defined else []
+        await runner.run("restore_activity", script_keys, ["reset" if i == 0 else "more", encode(payload)])
+    now = int(time.time())
+    for key, (value, expires_at) in state.records.items():
+        if expires_at > now:
+            await runner.run("restore_record", [key], [value, expires_at])
+    return {"users": len(state.users), "devices": len(state.devices), "records": len(state.records)}
+
+
+async def _write_wallet(runner: ScriptRunner, state: WalletState) -> dict[str, int]:
+    keys = WalletKeys(state.partition)
+    await runner.run("restore_wallet", [keys.coupons, keys.user_index("")], ["reset", "[]"])
+    for user, coupon_ids in sorted(state.indexes.items()):
+        records = [item for cid in coupon_ids for item in (cid, encode(state.coupons[cid]))]
+        await runner.run("restore_wallet", [keys.coupons, keys.user_index(user)], ["user", encode(records)])
+    return {"coupons": len(state.coupons), "users": len(state.indexes)}
+
+
+async def _write_blocklist(runner: ScriptRunner, state: BlocklistState) -> dict[str, int]:
+    keys = BLOCKLIST
+    entries = _parts([item for name in sorted(state.entries) for item in (name, encode(state.entries[name]))])
+    users, devices = _parts(sorted(state.users)), _parts(sorted(state.devices))
+    for i in range(max(len(entries), len(users), len(devices))):
+        payload = {
+            "users": users[i] if i < len(users) else [],
+            "devices": devices[i] if i < len(devices) else [],
+            "entries": entries[i] if i < len(entries) else [],
+        }
+        await runner.run(
+            "restore_blocklist",
+            [keys.users, keys.devices, keys.entries, keys.version],
+            ["reset" if i == 0 else "more", encode(payload)],
+        )
+    return {"entries": len(state.entries)}
+
+
+async def _write(runner: ScriptRunner, state: PartitionState) -> dict[str, int]:
+    if isinstance(state, ActivityState):
+        return await _write_activity(runner, state)
+    if isinstance(state, WalletState):
+        return await _write_wallet(runner, state)
+    if isinstance(state, BlocklistState):
+        return await _write_blocklist(runner, state)
+    assert isinstance(state, BareState)
+    return {}
+
+
+async def restore(
+    control: RedisClient,
+    pool: asyncpg.Pool,
+    keyspace: KeySpace,
+    *,
+    named: list[str] | None = None,
+    force: bool = False,
+    operator: str = "restore",
+    idempotency_ttl: int = 90_000,
+) -> list[Restored]:
+    runner = restore_runner(control)
+    await runner.load_all()
+    done: list[Restored] = []
+    undelivered = []
+    kinds = await partitions(pool, named)
+    # Activities before wallets does not matter for correctness; delivering the undelivered comes last, after
+    # every wallet it may write to is rebuilt.
+    for partition, kind in kinds.items():
+        drained = await drain_partition(control, pool, partition)
+        now = int(time.time())
+        state = await build(pool, partition, kind, now)
+        why_not = None if force else await _needs_restore(control, state)
+        if why_not is not None:
+            done.append(Restored(partition, why_not, drained=drained.entries))
+            continue
+        counts = await _write(runner, state)
+        mark = await mark_of(pool, partition)  # the drain may have raised it
+        keys = Partition(partition)
+        reply = await runner.run(
+            "restore_finish",
+            [keys.seq, keys.events],
+            [now, new_id(), operator, mark, encode({"at_least": mark, **counts})],
+        )
+        done.append(Restored(partition, "restored", drained.entries, int(reply[1]), counts))
+        if isinstance(state, ActivityState):
+            undelivered.extend(state.undelivered)
+    claims = ClaimService(runner, keyspace, idempotency_ttl)
+    now = int(time.time())
+    for claim in undelivered:
+        await claims.deliver(claim.user_id, claim.activity_id, claim.answer, now=now)
+    return done
