@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.ids import new_id
@@ -29,10 +30,17 @@ class ClaimResult:
 
 
 class ClaimService:
-    def __init__(self, runner: ScriptRunner, keyspace: KeySpace, idempotency_ttl: int) -> None:
+    def __init__(
+        self,
+        runner: ScriptRunner,
+        keyspace: KeySpace,
+        idempotency_ttl: int,
+        shed: Callable[[], None] | None = None,
+    ) -> None:
         self.runner = runner
         self.keyspace = keyspace
         self.idempotency_ttl = idempotency_ttl
+        self.shed = shed  # raises overloaded while the gateway sheds load
 
     async def claim(
         self,
@@ -51,6 +59,8 @@ class ClaimService:
 
         ``body`` is the request's identity for idempotency when it is not just the channel (a grant call's).
         """
+        if self.shed is not None:
+            self.shed()
         act = self.keyspace.activity(activity_id)
         # A claim's key is the user's; a grant's key is the operator's, per user granted.
         scope = f"{operator}\x1f{who.user_id}" if mode == "grant" else who.user_id

@@ -17,6 +17,7 @@ from gateway.claims import ClaimService
 from gateway.fence import Fence
 from gateway.grants import GrantService
 from gateway.keys import BLOCKLIST, KeySpace
+from gateway.load import LoadWatch
 from gateway.redis_client import RedisClient, ScriptRunner, connect
 from gateway.scripts import load_scripts
 from gateway.settings import Settings
@@ -62,6 +63,7 @@ class Services:
     pool: asyncpg.Pool
     keyspace: KeySpace
     blocklist: Blocklist
+    load: LoadWatch
     claims: ClaimService
     admin: AdminService
     grants: GrantService
@@ -88,13 +90,15 @@ class Services:
         )
         keyspace = KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
         blocklist = Blocklist()
-        claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds)
+        load = LoadWatch(settings.shed, keyspace)
+        claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds, shed=load.check)
         services = cls(
             settings=settings,
             redis=redis,
             pool=pool,
             keyspace=keyspace,
             blocklist=blocklist,
+            load=load,
             claims=claims,
             admin=AdminService(pool, redis.runner, keyspace),
             grants=GrantService(
@@ -115,6 +119,7 @@ class Services:
                     services.blocklist.keep_fresh(redis.control, settings.claim.blocklist_refresh_seconds)
                 ),
                 asyncio.create_task(ledger_check.watch(redis.control, pool, redis.fence)),
+                asyncio.create_task(load.keep_measuring(redis.control, pool)),
             ]
         return services
 

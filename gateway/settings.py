@@ -40,6 +40,12 @@ class ClaimSettings(msgspec.Struct, frozen=True):
     blocklist_refresh_seconds: float = 1.0
 
 
+class ShedSettings(msgspec.Struct, frozen=True):
+    lag: int = 100_000  # stream entries not yet persisted, over all streams, past which claims are shed
+    memory: float = 0.9  # fraction of Redis's maxmemory past which claims are shed
+    check_seconds: float = 0.5  # how often the gateway measures both
+
+
 class WorkerSettings(msgspec.Struct, frozen=True):
     name: str = "worker"  # its consumer name; each worker needs its own (default: host and pid)
     batch_size: int = 500
@@ -55,6 +61,7 @@ class Settings(msgspec.Struct, frozen=True):
     auth: AuthSettings
     claim: ClaimSettings = ClaimSettings()
     worker: WorkerSettings = WorkerSettings()
+    shed: ShedSettings = ShedSettings()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -80,6 +87,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
     if value <= 0:
         raise SettingsError(f"{PREFIX}{name} must be positive, got {value}")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value > 1:
+        raise SettingsError(f"{PREFIX}{name} must be a fraction between 0 and 1, got {value}")
     return value
 
 
@@ -152,5 +166,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             claim_idle_ms=_int(env, "WORKER_CLAIM_IDLE_MS", 30_000),
             trim_seconds=_float(env, "WORKER_TRIM_SECONDS", 10.0),
             dead_after=_int(env, "WORKER_DEAD_AFTER", 3),
+        ),
+        shed=ShedSettings(
+            lag=_int(env, "SHED_LAG", 100_000),
+            memory=_fraction(env, "SHED_MEMORY", 0.9),
+            check_seconds=_float(env, "LOAD_CHECK_SECONDS", 0.5),
         ),
     )

@@ -131,3 +131,11 @@ async def persisted_claims(pool: asyncpg.Pool, activity_id: str) -> int:
     """Packs of this activity the ledger holds (claims, grants, redeemed codes)."""
     count: int = await pool.fetchval("SELECT count(*) FROM claims WHERE activity_id = $1", activity_id)
     return count
+
+
+async def conflicts(pool: asyncpg.Pool, activity_id: str | None = None) -> int:
+    """Entries the ledger's checks refused: all of them, or one activity's."""
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM conflicts WHERE $1::text IS NULL OR activity = $1", activity_id
+    )
+    return count

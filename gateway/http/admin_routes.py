@@ -6,17 +6,27 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response, get, patch, post
 from litestar.params import FromPath
+from redis.exceptions import RedisError
 
 from gateway import store
 from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, Template, TemplateIn
 from gateway.grants import GrantBody
 from gateway.http import auth, bodies
-from gateway.http.answers import ActivityPage, ActivityRecord, ActivityStats, GrantResults, TemplatePage
+from gateway.http.answers import (
+    ActivityPage,
+    ActivityRecord,
+    ActivityStats,
+    GrantResults,
+    LedgerStats,
+    TemplatePage,
+)
 from gateway.http.errors import JSON
 from gateway.http.openapi import documented
+from gateway.load import dead_letter_count, stream_lags
 from gateway.outcomes import DomainError, Outcome
 
 ADMIN_BODY_LIMIT = 1024 * 1024
@@ -223,13 +233,51 @@ async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[
     hot = await services.admin.live_state(activity, int(time.time()))
     claimed = int(hot["taken"])
     persisted = await store.persisted_claims(services.pool, activity.id)
+    [lag] = await stream_lags(services.client, [services.keyspace.activity(activity.id).events])
     return _json(
         {
             "stock_left": int(hot["stock_left"]),
             "claimed": claimed,
             "persisted": persisted,
             "face_value_out": claimed * activity.face_per_pack,
+            "lag": lag.total,
+            "conflicts": await store.conflicts(services.pool, activity.id),
         }
+    )
+
+
+@get("/v1/admin/stats", opt=documented(answer=LedgerStats, scripts=True))
+async def ledger_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Persistence and load: lag, Redis memory, shedding, conflicts, dead letters and the fence, measured now."""
+    auth.operator(request)
+    bodies.only_query(request, frozenset())
+    services = auth.services(request)
+    try:
+        load = await services.load.measure(services.client, services.pool)
+        streams = await services.load.streams(services.pool)
+        dead = await dead_letter_count(services.client, streams)
+    except RedisError:
+        raise DomainError(Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=1) from None
+    try:
+        conflicts = await store.conflicts(services.pool)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DomainError(
+            Outcome.OVERLOADED, "Postgres is unreachable; retry shortly.", retry_after=1
+        ) from exc
+    settings = services.settings.shed
+    return _json(
+        LedgerStats(
+            lag=load.lag,
+            lag_limit=settings.lag,
+            memory_used=load.memory_used,
+            memory_max=load.memory_max,
+            memory_limit=settings.memory,
+            shedding=services.load.shedding,
+            conflicts=conflicts,
+            dead_letters=dead,
+            fence="open" if services.fence.is_open else f"closed: {services.fence.reason}",
+            measured_at=load.measured_at,
+        )
     )
 
 
@@ -246,4 +294,5 @@ ROUTES = [
     change_stock,
     grant,
     activity_stats,
+    ledger_stats,
 ]

@@ -42,6 +42,23 @@ class ActivityStats(msgspec.Struct, forbid_unknown_fields=True):
     claimed: int
     persisted: int
     face_value_out: int
+    lag: int  # this activity's events not yet persisted (its stream: undelivered + unacknowledged)
+    conflicts: int  # entries of this activity the ledger's checks refused (table conflicts)
+
+
+class LedgerStats(msgspec.Struct, forbid_unknown_fields=True):
+    """``GET /v1/admin/stats``: the whole deployment's persistence and load figures."""
+
+    lag: int  # stream entries not yet persisted, over every stream (as last measured for shedding)
+    lag_limit: int
+    memory_used: int  # Redis bytes
+    memory_max: int  # Redis maxmemory (0: none)
+    memory_limit: float  # the fraction of maxmemory past which claims are shed
+    shedding: str  # why claims are shed now; "" when they are not
+    conflicts: int  # entries the ledger's checks refused, kept in table conflicts
+    dead_letters: int  # entries in the dead-letter streams, waiting for a fix and `claimgate replay-dead`
+    fence: str  # "open", or why state changes are paused
+    measured_at: float
 
 
 class BlocklistItem(msgspec.Struct, forbid_unknown_fields=True):

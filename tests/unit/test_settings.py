@@ -36,6 +36,11 @@ def test_reads_every_setting() -> None:
         ("CLAIMGATE_WALLET_BUCKETS", "0"),
         ("CLAIMGATE_IDEMPOTENCY_TTL", "3600"),
         ("CLAIMGATE_BLOCKLIST_REFRESH", "-1"),
+        ("CLAIMGATE_SHED_LAG", "lots"),
+        ("CLAIMGATE_SHED_LAG", "0"),
+        ("CLAIMGATE_SHED_MEMORY", "1.5"),
+        ("CLAIMGATE_SHED_MEMORY", "0"),
+        ("CLAIMGATE_LOAD_CHECK_SECONDS", "-2"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(name: str, value: str) -> None:

@@ -1,0 +1,145 @@
+"""Backpressure: how far the ledger is behind Redis and how full Redis is, measured in the background; past a
+configured lag or memory use, claims and grants are shed with ``overloaded`` and ``Retry-After`` instead of
+running Redis out of memory (design.md: Redis runs with ``maxmemory`` and ``noeviction``).
+
+The lag is the number of stream entries not yet persisted: for each stream, entries not yet delivered to its
+consumer group plus entries delivered and not acknowledged (``XINFO GROUPS``: ``lag`` + ``pending``). It is
+measured over every registered stream, read from Postgres each time; while Postgres is away the last list is
+kept (and the fixed wallet, code and blocklist streams are always measured), which is exactly when
+the lag grows. The claim path reads only the last verdict: no Redis call of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from gateway.background import cancel_requested
+from gateway.keys import BLOCKLIST, KeySpace, Partition, partition_of_stream
+from gateway.outcomes import DomainError, Outcome
+from gateway.redis_client import RedisClient
+from gateway.settings import ShedSettings
+from gateway.store import registered_streams
+
+log = logging.getLogger(__name__)
+SHED_RETRY_AFTER = 2
+REGISTRY_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass
+class StreamLag:
+    stream: str
+    undelivered: int
+    pending: int
+
+    @property
+    def total(self) -> int:
+        return self.undelivered + self.pending
+
+
+async def stream_lags(client: RedisClient, streams: list[str]) -> list[StreamLag]:
+    """Each stream's entries not yet persisted by its group; a stream or group not there yet counts 0."""
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xinfo_groups(stream)
+        pipe.xlen(stream)
+    replies = await pipe.execute(raise_on_error=False)
+    lags = []
+    for i, stream in enumerate(streams):
+        groups, length = replies[2 * i], replies[2 * i + 1]
+        if isinstance(groups, Exception) or isinstance(length, Exception):
+            continue
+        group = next((g for g in groups if g.get("name") == stream), None)
+        if group is None:
+            lags.append(StreamLag(stream, int(length or 0), 0))
+            continue
+        # lag is nil when Redis cannot tell (entries deleted in the range): count the whole stream then.
+        undelivered = group.get("lag")
+        lags.append(
+            StreamLag(stream, int(length) if undelivered is None else int(undelivered), int(group["pending"]))
+        )
+    return lags
+
+
+async def dead_letter_count(client: RedisClient, streams: list[str]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xlen(Partition(partition_of_stream(stream)).dead_letters)
+    return sum(int(n) for n in await pipe.execute())
+
+
+@dataclass
+class Load:
+    lag: int = 0
+    memory_used: int = 0
+    memory_max: int = 0  # 0: Redis has no maxmemory
+    measured_at: float = 0.0
+
+    @property
+    def memory_fraction(self) -> float:
+        return self.memory_used / self.memory_max if self.memory_max else 0.0
+
+
+@dataclass
+class LoadWatch:
+    settings: ShedSettings
+    keyspace: KeySpace
+    load: Load = field(default_factory=Load)
+    shedding: str = ""  # why claims are shed now; "" when they are not
+    _streams: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """On the claim path: the last verdict, no I/O."""
+        if self.shedding:
+            raise DomainError(
+                Outcome.OVERLOADED,
+                f"Shedding load: {self.shedding}; retry shortly.",
+                retry_after=SHED_RETRY_AFTER,
+            )
+
+    def fixed_streams(self) -> list[str]:
+        fixed = self.keyspace.wallet_partitions() + self.keyspace.code_partitions() + [BLOCKLIST]
+        return [p.events for p in fixed]
+
+    async def streams(self, pool: asyncpg.Pool) -> list[str]:
+        try:
+            async with asyncio.timeout(REGISTRY_TIMEOUT_SECONDS):
+                self._streams = await registered_streams(pool)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.debug("stream registry unreadable, keeping the last list: %r", exc)
+        return sorted(set(self._streams) | set(self.fixed_streams()))
+
+    async def measure(self, client: RedisClient, pool: asyncpg.Pool) -> Load:
+        lags = await stream_lags(client, await self.streams(pool))
+        memory: Any = await client.info("memory")
+        if "used_memory" not in memory:  # a cluster client answers per node
+            nodes = list(memory.values())
+            used = sum(int(n["used_memory"]) for n in nodes)
+            most = sum(int(n["maxmemory"]) for n in nodes)
+        else:
+            used, most = int(memory["used_memory"]), int(memory["maxmemory"])
+        self.load = Load(sum(lag.total for lag in lags), used, most, time.time())
+        self.shedding = self.verdict(self.load)
+        return self.load
+
+    def verdict(self, load: Load) -> str:
+        if load.lag > self.settings.lag:
+            return f"{load.lag} events wait to be persisted (limit {self.settings.lag})"
+        if load.memory_max and load.memory_fraction > self.settings.memory:
+            return (
+                f"Redis memory at {load.memory_fraction:.0%} of maxmemory (limit {self.settings.memory:.0%})"
+            )
+        return ""
+
+    async def keep_measuring(self, client: RedisClient, pool: asyncpg.Pool) -> None:
+        while not cancel_requested():
+            try:
+                await self.measure(client, pool)
+            except Exception as exc:  # Redis away: claims fail on their own; keep the last verdict
+                log.warning("load measurement failed: %s", exc)
+            await asyncio.sleep(self.settings.check_seconds)
