@@ -116,12 +116,21 @@ class ScriptRunner:
         *,
         control: RedisClient | None = None,
         max_in_flight: int = 64,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self.client = client
         self.control = control or client
         self.scripts = scripts
         self.fence = fence
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        if wait_replicas and isinstance(client, RedisCluster):
+            raise ValueError(
+                "WAIT after each write needs a single-node client; on a cluster use appendfsync always"
+            )
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.wait_shortfalls = 0  # writes acknowledged by fewer replicas than asked, within the timeout
 
     async def load_all(self) -> None:
         for script in self.scripts.values():
@@ -173,11 +182,33 @@ class ScriptRunner:
         return reply
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
+        call = self._evalsha_then_wait if self.wait_replicas and not script.read_only else self._evalsha_once
         try:
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            return await call(script, keys, args)
         except NoScriptError:
             await self.client.script_load(script.source)
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            return await call(script, keys, args)
+
+    async def _evalsha_once(
+        self, script: Script, keys: Sequence[str], args: Sequence[str | int | bytes]
+    ) -> Any:
+        return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _evalsha_then_wait(
+        self, script: Script, keys: Sequence[str], args: Sequence[str | int | bytes]
+    ) -> Any:
+        """The safe setting with replicas: the script and ``WAIT`` on one connection, so the answer leaves only
+        once the write reached ``wait_replicas`` replicas or the timeout passed. A shortfall is counted, not
+        refused: the write is done on the primary (and in its AOF), and a keyed retry would replay it."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+        reply, acknowledged = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(acknowledged, Exception) or int(acknowledged) < self.wait_replicas:
+            self.wait_shortfalls += 1
+        return reply
 
     def fence_error(self) -> DomainError:
         try:

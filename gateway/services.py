@@ -14,6 +14,7 @@ from gateway.admin import AdminService
 from gateway.background import stop_tasks
 from gateway.blocklist import Blocklist
 from gateway.claims import ClaimService
+from gateway.durability import redis_persistence, shortfall
 from gateway.fence import Fence
 from gateway.grants import GrantService
 from gateway.keys import BLOCKLIST, KeySpace
@@ -41,7 +42,15 @@ class Clients:
         size = settings.redis.max_connections
         control = await connect(settings.redis.url, max_connections=8)
         scripts = await connect(settings.redis.url, max_connections=size, guard=fence)
-        runner = ScriptRunner(scripts, load_scripts(), fence, control=control, max_in_flight=size)
+        runner = ScriptRunner(
+            scripts,
+            load_scripts(),
+            fence,
+            control=control,
+            max_in_flight=size,
+            wait_replicas=settings.redis.wait_replicas,
+            wait_timeout_ms=settings.redis.wait_timeout_ms,
+        )
         await runner.load_all()
         return cls(scripts, control, fence, runner)
 
@@ -113,6 +122,10 @@ class Services:
             await services.blocklist.refresh(redis.control)
         with contextlib.suppress(Exception):
             await ledger_check.check(redis.control, pool, redis.fence)
+        with contextlib.suppress(Exception):
+            problem = shortfall(settings.redis, await redis_persistence(redis.control))
+            if problem:
+                log.warning("durability: %s", problem)
         if background:
             services.tasks = [
                 asyncio.create_task(

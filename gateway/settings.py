@@ -16,11 +16,17 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+DURABILITY = ("fast", "safe")
+
+
 class RedisSettings(msgspec.Struct, frozen=True):
     url: str
     wallet_buckets: int = 64
     code_buckets: int = 64
     max_connections: int = 64
+    durability: str = "fast"  # fast: AOF everysec; safe: appendfsync always, or WAIT on replicas (README)
+    wait_replicas: int = 0  # replicas each write must reach before its answer (single-node Redis only)
+    wait_timeout_ms: int = 100
 
 
 class PostgresSettings(msgspec.Struct, frozen=True):
@@ -97,6 +103,13 @@ def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(PREFIX + name) or choices[0]
+    if raw not in choices:
+        raise SettingsError(f"{PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _required(env: Mapping[str, str], name: str) -> str:
     raw = env.get(PREFIX + name, "").strip()
     if not raw:
@@ -144,6 +157,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             wallet_buckets=_int(env, "WALLET_BUCKETS", 64),
             code_buckets=_int(env, "CODE_BUCKETS", 64),
             max_connections=_int(env, "REDIS_MAX_CONNECTIONS", 64),
+            durability=_choice(env, "DURABILITY", DURABILITY),
+            wait_replicas=_int(env, "WAIT_REPLICAS", 0, minimum=0),
+            wait_timeout_ms=_int(env, "WAIT_TIMEOUT_MS", 100),
         ),
         postgres=PostgresSettings(
             url=database_url,

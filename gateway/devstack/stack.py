@@ -67,7 +67,8 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
     stack = Stack(workdir, pidfile, env)
     try:
         if not env.get(PREFIX + "REDIS_URL"):
-            stack.valkey = start_valkey(workdir / "valkey", appendonly=True, pidfile=pidfile)
+            fsync = "always" if env.get(PREFIX + "DURABILITY") == "safe" else "everysec"
+            stack.valkey = start_valkey(workdir / "valkey", appendonly=True, appendfsync=fsync, pidfile=pidfile)
             env[PREFIX + "REDIS_URL"] = stack.valkey.url
         if not env.get(PREFIX + "DATABASE_URL"):
             stack.postgres = start_postgres(workdir / "postgres", pidfile=pidfile)

@@ -81,9 +81,17 @@ class Health(msgspec.Struct):
     status: str
 
 
+class Durability(msgspec.Struct, omit_defaults=True):
+    setting: str  # fast or safe (CLAIMGATE_DURABILITY)
+    wait_replicas: int
+    redis: str  # what Redis runs: "appendonly yes, appendfsync everysec", or unknown
+    problem: str | None = None  # Redis runs weaker than the setting asks, and what that can cost
+
+
 class Readiness(msgspec.Struct, omit_defaults=True):
     status: str
     redis: str
     postgres: str
     fence: str
+    durability: Durability | None = None
     missing: list[str] | None = None

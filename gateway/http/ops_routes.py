@@ -8,6 +8,7 @@ import asyncpg
 import msgspec
 from litestar import Request, Response, get
 
+from gateway.durability import describe
 from gateway.http import auth
 from gateway.http.answers import Health, Readiness
 from gateway.http.errors import JSON
@@ -44,6 +45,8 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         report["postgres"] = f"unreachable: {exc.__class__.__name__}"
     report["fence"] = "open" if services.fence.is_open else f"closed: {services.fence.reason}"
+    if "redis" not in missing:
+        report["durability"] = await describe(services.client, services.settings.redis)
     report["status"] = "ready" if not missing else "not ready"
     if missing:
         report["missing"] = missing

@@ -29,6 +29,13 @@ from tests.conftest import API_KEY, JWT_SECRET, ROOT, SERVICE_KEY
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 _VARIABLE = re.compile(r"\$\{(\w+):\?[^}]*\}")
+_DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def interpolate(value: str) -> str:
+    """What docker compose does with the file's variables, none of them set: required ones get the test's
+    secrets, defaulted ones their default."""
+    return _DEFAULTED.sub(lambda m: m[2], _VARIABLE.sub(lambda m: SECRETS[m[1]], value))
 SECRETS = {
     "CLAIMGATE_JWT_SECRET": JWT_SECRET,
     "CLAIMGATE_API_KEYS": f"alice:{API_KEY}",
@@ -45,7 +52,7 @@ def compose() -> dict[str, Any]:
 def service_env(compose: dict[str, Any], name: str, redis_url: str, database_url: str) -> dict[str, str]:
     env = {}
     for key, value in compose["services"][name]["environment"].items():
-        value = _VARIABLE.sub(lambda m: SECRETS[m[1]], str(value))
+        value = interpolate(str(value))
         value = value.replace("redis://valkey:6379/0", redis_url)
         env[key] = value.replace("postgresql://claimgate:claimgate@postgres:5432/claimgate", database_url)
     return {**os.environ, **env}
@@ -63,7 +70,7 @@ def local_command(command: list[str], port: int | None = None) -> list[str]:
 @pytest.fixture
 def compose_valkey(compose: dict[str, Any], tmp_path: Path) -> Iterator[str]:
     """Valkey started with exactly the compose file's flags (plus a loopback port and a data dir)."""
-    command = compose["services"]["valkey"]["command"]
+    command = [interpolate(part) for part in compose["services"]["valkey"]["command"]]
     assert command[0] == "valkey-server"
     port = free_port()
     process = spawn(
