@@ -1,0 +1,484 @@
+"""The restore_* scripts against real Redis (cluster mode): each reply, and every key each one touches, before
+and after (type, value, expiry)."""
+
+from __future__ import annotations
+
+import json
+import time
+from itertools import count
+from typing import Any
+
+import pytest
+from redis.exceptions import ResponseError
+
+from gateway.keys import BLOCKLIST, KeySpace, Partition, stable_bucket
+from gateway.redis_client import RedisClient, ScriptRunner
+from tests.lua.support import NOW, Snapshot, activity_config, changed, put_activity, snapshot
+
+ACT = KeySpace.activity("act1")
+ACTIVITY_KEYS = [ACT.config, ACT.user_counts, ACT.device_counts, ACT.allow_list]
+BLOCKLIST_KEYS = [BLOCKLIST.users, BLOCKLIST.devices, BLOCKLIST.entries, BLOCKLIST.version]
+KEYSPACE = KeySpace(8, 4)
+
+
+def same_bucket_users() -> tuple[str, str]:
+    """Two user ids whose wallets share one bucket (one slot), so one script may see both."""
+    first = "alice"
+    bucket = stable_bucket(first, KEYSPACE.wallet_buckets)
+    other = next(f"bob{n}" for n in count() if stable_bucket(f"bob{n}", KEYSPACE.wallet_buckets) == bucket)
+    return first, other
+
+
+async def restore_activity(runner: ScriptRunner, step: str, payload: dict[str, Any]) -> list[Any]:
+    return await runner.run("restore_activity", ACTIVITY_KEYS, [step, json.dumps(payload)])
+
+
+async def restore_blocklist(runner: ScriptRunner, step: str, payload: dict[str, Any]) -> list[Any]:
+    return await runner.run("restore_blocklist", BLOCKLIST_KEYS, [step, json.dumps(payload)])
+
+
+async def restore_finish(
+    runner: ScriptRunner,
+    partition: Partition,
+    at_least: int,
+    *,
+    now: int = NOW,
+    event_id: str = "ev-restore",
+    operator: str = "ops",
+    summary: str = '{"at_least":0}',
+) -> list[Any]:
+    return await runner.run(
+        "restore_finish", [partition.seq, partition.events], [now, event_id, operator, at_least, summary]
+    )
+
+
+def record(coupon_id: str, user: str, status: str = "available", version: int = 1) -> dict[str, Any]:
+    return {
+        "user": user,
+        "activity": "act1",
+        "template": "t1",
+        "claim": coupon_id.partition(".")[0],
+        "valid_from": NOW,
+        "valid_until": NOW + 7 * 86_400,
+        "status": status,
+        "version": version,
+    }
+
+
+def no_expiry(found: Snapshot) -> None:
+    for key, (_, _, expires) in found.items():
+        assert expires == -1, f"{key} expires"
+
+
+# --- restore_activity ----------------------------------------------------------------------------------------
+
+
+async def seed_activity(runner: ScriptRunner, client: RedisClient) -> None:
+    """A mirrored activity with counts, an allow-list and a field the ledger does not know (stale)."""
+    assert (await put_activity(runner, "act1", activity_config(stock=9), allow=["old1", "old2"]))[0] == "ok"
+    await client.hset(ACT.config, mapping={"stale": "x", "taken": "4"})
+    await client.hset(ACT.user_counts, mapping={"gone-user": "3", "u1": "9"})
+    await client.hset(ACT.device_counts, mapping={"gone-device": "3"})
+
+
+async def test_activity_reset_replaces_config_counts_and_allow_list(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_activity(runner, redis_client)
+    before = await snapshot(redis_client)
+    config = ["status", "paused", "stock_left", "5", "taken", "3", "name", "sale"]
+
+    reply = await restore_activity(
+        runner,
+        "reset",
+        {"config": config, "users": ["u1", "2", "u2", "1"], "devices": ["d1", "3"], "allow": ["a1", "a2"]},
+    )
+
+    assert reply == ["ok"]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == set(ACTIVITY_KEYS)
+    assert after[ACT.config] == (
+        "hash",
+        {"status": "paused", "stock_left": "5", "taken": "3", "name": "sale"},
+        -1,
+    )
+    assert after[ACT.user_counts] == ("hash", {"u1": "2", "u2": "1"}, -1)
+    assert after[ACT.device_counts] == ("hash", {"d1": "3"}, -1)
+    assert after[ACT.allow_list] == ("set", ["a1", "a2"], -1)
+    assert after[ACT.seq] == before[ACT.seq]  # seq and the stream are restore_finish's
+    assert after[ACT.events] == before[ACT.events]
+    no_expiry(after)
+
+
+async def test_activity_reset_with_nothing_deletes_the_keys(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_activity(runner, redis_client)
+    before = await snapshot(redis_client)
+
+    assert await restore_activity(
+        runner, "reset", {"config": [], "users": [], "devices": [], "allow": []}
+    ) == ["ok"]
+
+    after = await snapshot(redis_client)
+    assert changed(before, after) == set(ACTIVITY_KEYS)
+    assert set(after) == set(before) - set(ACTIVITY_KEYS)
+
+
+async def test_activity_more_adds_without_removing(runner: ScriptRunner, redis_client: RedisClient) -> None:
+    await seed_activity(runner, redis_client)
+    await restore_activity(
+        runner,
+        "reset",
+        {"config": ["status", "active"], "users": ["u1", "2"], "devices": ["d1", "1"], "allow": ["a1"]},
+    )
+    before = await snapshot(redis_client)
+
+    reply = await restore_activity(
+        runner,
+        "more",
+        {
+            "config": ["status", "ended", "extra", "1"],  # config goes with "reset" only: ignored here
+            "users": ["u2", "1", "u3", "4"],
+            "devices": ["d2", "2"],
+            "allow": ["a2", "a1"],
+        },
+    )
+
+    assert reply == ["ok"]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {ACT.user_counts, ACT.device_counts, ACT.allow_list}
+    assert after[ACT.config] == ("hash", {"status": "active"}, -1)
+    assert after[ACT.user_counts] == ("hash", {"u1": "2", "u2": "1", "u3": "4"}, -1)
+    assert after[ACT.device_counts] == ("hash", {"d1": "1", "d2": "2"}, -1)
+    assert after[ACT.allow_list] == ("set", ["a1", "a2"], -1)
+    no_expiry(after)
+
+
+async def test_activity_more_with_an_empty_payload_changes_nothing(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_activity(runner, redis_client)
+    before = await snapshot(redis_client)
+    assert await restore_activity(runner, "more", {}) == ["ok"]
+    assert await snapshot(redis_client) == before
+
+
+async def test_activity_unknown_step_is_an_error_and_writes_nothing(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_activity(runner, redis_client)
+    before = await snapshot(redis_client)
+    with pytest.raises(ResponseError, match="restore_activity: unknown step bogus"):
+        await restore_activity(runner, "bogus", {"config": ["status", "ended"], "users": ["u9", "1"]})
+    assert await snapshot(redis_client) == before
+
+
+# --- restore_wallet ------------------------------------------------------------------------------------------
+
+
+async def test_wallet_user_replaces_that_users_index_and_keeps_other_users(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    alice, bob = same_bucket_users()
+    wallet = KEYSPACE.wallet(alice)
+    assert KEYSPACE.wallet(bob) == wallet
+    await redis_client.hset(
+        wallet.coupons,
+        mapping={
+            "c0.1": json.dumps(record("c0.1", alice)),  # alice's coupon the ledger no longer lists
+            "c9.1": json.dumps(record("c9.1", bob)),
+        },
+    )
+    await redis_client.zadd(wallet.user_index(alice), {"c0.1": 0, "stale": 0})
+    await redis_client.zadd(wallet.user_index(bob), {"c9.1": 0})
+    await redis_client.set(wallet.seq, 7)
+    before = await snapshot(redis_client)
+    records = [
+        "c1.1",
+        json.dumps(record("c1.1", alice)),
+        "c1.2",
+        json.dumps(record("c1.2", alice, status="used", version=3)),
+    ]
+
+    reply = await runner.run(
+        "restore_wallet", [wallet.coupons, wallet.user_index(alice)], ["user", json.dumps(records)]
+    )
+
+    assert reply == ["ok"]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {wallet.coupons, wallet.user_index(alice)}
+    assert after[wallet.user_index(alice)] == ("zset", [("c1.1", 0.0), ("c1.2", 0.0)], -1)
+    assert after[wallet.user_index(bob)] == ("zset", [("c9.1", 0.0)], -1)  # the other user's index kept
+    coupons = {cid: json.loads(value) for cid, value in after[wallet.coupons][1].items()}
+    assert coupons == {
+        "c0.1": record("c0.1", alice),  # "user" only adds records: emptying the hash is "reset"'s
+        "c1.1": record("c1.1", alice),
+        "c1.2": record("c1.2", alice, status="used", version=3),
+        "c9.1": record("c9.1", bob),
+    }
+    assert after[wallet.coupons][1]["c1.2"] == records[3]  # stored as given
+    assert after[wallet.seq] == ("string", "7", -1)
+    no_expiry(after)
+
+
+async def test_wallet_reset_empties_the_coupons_and_leaves_the_indexes(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    alice, _ = same_bucket_users()
+    wallet = KEYSPACE.wallet(alice)
+    await redis_client.hset(wallet.coupons, mapping={"c0.1": json.dumps(record("c0.1", alice))})
+    await redis_client.zadd(wallet.user_index(alice), {"c0.1": 0})
+    before = await snapshot(redis_client)
+
+    reply = await runner.run("restore_wallet", [wallet.coupons, wallet.user_index("")], ["reset", "[]"])
+
+    assert reply == ["ok"]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {wallet.coupons}
+    assert wallet.coupons not in after
+    assert wallet.user_index("") not in after  # the placeholder index is never created
+    assert after[wallet.user_index(alice)] == before[wallet.user_index(alice)]
+
+
+async def test_wallet_unknown_step_is_an_error_and_writes_nothing(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    alice, _ = same_bucket_users()
+    wallet = KEYSPACE.wallet(alice)
+    await redis_client.hset(wallet.coupons, mapping={"c0.1": json.dumps(record("c0.1", alice))})
+    await redis_client.zadd(wallet.user_index(alice), {"c0.1": 0})
+    before = await snapshot(redis_client)
+    with pytest.raises(ResponseError, match="restore_wallet: unknown step users"):
+        await runner.run(
+            "restore_wallet",
+            [wallet.coupons, wallet.user_index(alice)],
+            ["users", json.dumps(["c1.1", json.dumps(record("c1.1", alice))])],
+        )
+    assert await snapshot(redis_client) == before
+
+
+# --- restore_blocklist ---------------------------------------------------------------------------------------
+
+
+def entry(added_at: int, by: str = "alice") -> str:
+    return json.dumps({"added_at": added_at, "by": by})
+
+
+async def seed_blocklist(client: RedisClient) -> None:
+    await client.sadd(BLOCKLIST.users, "old-user", "u1")
+    await client.sadd(BLOCKLIST.devices, "old-device")
+    await client.hset(
+        BLOCKLIST.entries,
+        mapping={"user:old-user": entry(1), "user:u1": entry(2), "device:old-device": entry(3)},
+    )
+    await client.set(BLOCKLIST.version, 5)
+    await client.set(BLOCKLIST.seq, 12)
+
+
+async def test_blocklist_reset_replaces_and_bumps_the_version(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_blocklist(redis_client)
+    before = await snapshot(redis_client)
+
+    reply = await restore_blocklist(
+        runner,
+        "reset",
+        {
+            "users": ["u1", "u2"],
+            "devices": ["d1"],
+            "entries": ["user:u1", entry(10), "user:u2", entry(11), "device:d1", entry(12, "bob")],
+        },
+    )
+
+    assert reply == ["ok"]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == set(BLOCKLIST_KEYS)
+    assert after[BLOCKLIST.users] == ("set", ["u1", "u2"], -1)
+    assert after[BLOCKLIST.devices] == ("set", ["d1"], -1)
+    assert after[BLOCKLIST.entries] == (
+        "hash",
+        {"user:u1": entry(10), "user:u2": entry(11), "device:d1": entry(12, "bob")},
+        -1,
+    )
+    assert after[BLOCKLIST.version] == ("string", "6", -1)
+    assert after[BLOCKLIST.seq] == ("string", "12", -1)  # seq is restore_finish's
+
+
+async def test_blocklist_more_adds_and_every_call_bumps_the_version(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_blocklist(redis_client)
+    await restore_blocklist(
+        runner, "reset", {"users": ["u1"], "devices": [], "entries": ["user:u1", entry(10)]}
+    )
+    before = await snapshot(redis_client)
+
+    reply = await restore_blocklist(
+        runner,
+        "more",
+        {"users": ["u2"], "devices": ["d2"], "entries": ["user:u2", entry(20), "device:d2", entry(21)]},
+    )
+
+    assert reply == ["ok"]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == set(BLOCKLIST_KEYS)
+    assert after[BLOCKLIST.users] == ("set", ["u1", "u2"], -1)
+    assert after[BLOCKLIST.devices] == ("set", ["d2"], -1)
+    assert after[BLOCKLIST.entries][1] == {"user:u1": entry(10), "user:u2": entry(20), "device:d2": entry(21)}
+    assert after[BLOCKLIST.version] == ("string", "7", -1)  # 5, reset -> 6, more -> 7
+
+    # A call that adds nothing new still bumps the version (every gateway reloads): and changes nothing else.
+    assert await restore_blocklist(runner, "more", {"users": [], "devices": [], "entries": []}) == ["ok"]
+    again = await snapshot(redis_client)
+    assert changed(after, again) == {BLOCKLIST.version}
+    assert again[BLOCKLIST.version] == ("string", "8", -1)
+
+
+async def test_blocklist_reset_on_an_empty_redis_creates_the_version(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    reply = await restore_blocklist(
+        runner, "reset", {"users": [], "devices": ["d1"], "entries": ["device:d1", entry(1)]}
+    )
+    assert reply == ["ok"]
+    after = await snapshot(redis_client)
+    assert after == {
+        BLOCKLIST.devices: ("set", ["d1"], -1),
+        BLOCKLIST.entries: ("hash", {"device:d1": entry(1)}, -1),
+        BLOCKLIST.version: ("string", "1", -1),
+    }
+
+
+async def test_blocklist_unknown_step_is_an_error_and_writes_nothing(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_blocklist(redis_client)
+    before = await snapshot(redis_client)
+    with pytest.raises(ResponseError, match="restore_blocklist: unknown step add"):
+        await restore_blocklist(
+            runner, "add", {"users": ["x"], "devices": [], "entries": ["user:x", entry(1)]}
+        )
+    assert await snapshot(redis_client) == before  # the version is not bumped either
+
+
+# --- restore_record ------------------------------------------------------------------------------------------
+
+
+async def test_record_sets_the_value_with_its_absolute_expiry(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    key = ACT.idempotency("u1", "k1")
+    expires = int(time.time()) + 5_000
+    value = "a" * 32 + '|{"claim_id":"c1","coupons":[]}'
+    before = await snapshot(redis_client)
+
+    assert await runner.run("restore_record", [key], [value, expires]) == ["ok"]
+
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {key}
+    assert after[key] == ("string", value, expires * 1000)  # EXAT: expires exactly then
+    ttl = await redis_client.ttl(key)
+    assert expires - int(time.time()) - 2 <= ttl <= expires - int(time.time()) + 1
+
+
+async def test_record_replaces_a_held_value_and_its_expiry(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    key = ACT.idempotency("u1", "k1")
+    other = ACT.idempotency("u2", "k1")
+    await redis_client.set(key, "b" * 32 + "|old")  # no expiry: restore gives it one
+    await redis_client.set(other, "c" * 32 + "|kept", ex=600)
+    before = await snapshot(redis_client)
+    expires = int(time.time()) + 90_000
+
+    assert await runner.run("restore_record", [key], ["a" * 32 + "|new", expires]) == ["ok"]
+
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {key}
+    assert after[key] == ("string", "a" * 32 + "|new", expires * 1000)
+    assert after[other] == before[other]
+
+
+# --- restore_finish ------------------------------------------------------------------------------------------
+
+
+async def finish_and_check(
+    runner: ScriptRunner, client: RedisClient, partition: Partition, at_least: int, expected_seq: int
+) -> dict[str, Any]:
+    before = await snapshot(client)
+    summary = json.dumps({"at_least": at_least, "users": 2})
+
+    reply = await restore_finish(
+        runner, partition, at_least, event_id="ev-9", operator="ops", summary=summary
+    )
+
+    assert reply == ["ok", expected_seq]
+    after = await snapshot(client)
+    assert changed(before, after) == {partition.seq, partition.events}
+    assert after[partition.seq] == ("string", str(expected_seq), -1)
+    kind, stream, expires = after[partition.events]
+    assert (kind, expires) == ("stream", -1)
+    old = before.get(partition.events, ("stream", {"entries": [], "added": 0}, -1))[1]
+    assert stream["entries"][: len(old["entries"])] == old["entries"]  # nothing removed or rewritten
+    assert len(stream["entries"]) == len(old["entries"]) + 1  # exactly one entry appended
+    assert stream["added"] == old["added"] + 1
+    assert stream["entries"][-1][1] == {
+        "type": "restored",
+        "id": "ev-9",
+        "seq": str(expected_seq),
+        "at": str(NOW),
+        "by": "ops",
+        "after": summary,
+    }
+    assert [g["name"] for g in stream["groups"]] == [partition.events]
+    result: dict[str, Any] = stream
+    return result
+
+
+async def test_finish_keeps_a_seq_above_the_mark_and_adds_one(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await redis_client.set(ACT.seq, 10)
+    stream = await finish_and_check(runner, redis_client, ACT, 5, 11)
+    group = stream["groups"][0]
+    assert (group["consumers"], group["pending"], group["last-delivered-id"]) == (0, 0, "0-0")
+
+
+async def test_finish_raises_a_seq_below_the_mark_then_adds_one(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await redis_client.set(ACT.seq, 3)
+    await finish_and_check(runner, redis_client, ACT, 7, 8)
+
+
+async def test_finish_on_a_level_seq_adds_one(runner: ScriptRunner, redis_client: RedisClient) -> None:
+    await redis_client.set(ACT.seq, 7)
+    await finish_and_check(runner, redis_client, ACT, 7, 8)
+
+
+async def test_finish_on_an_empty_partition_creates_seq_stream_and_group(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    wallet = KEYSPACE.wallet_of_bucket(3)
+    await finish_and_check(runner, redis_client, wallet, 0, 1)
+    assert set(await snapshot(redis_client)) == {wallet.seq, wallet.events}
+
+
+async def test_finish_keeps_an_existing_group_and_its_pending_entries(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    """A stream the worker has read (pending entries, a delivered id): the group is left as it is."""
+    assert (await put_activity(runner, "act1", activity_config()))[0] == "ok"  # seq 1, group made, one entry
+    read: Any = await redis_client.xreadgroup(ACT.events, "w1", {ACT.events: ">"})
+    [(_, [(first_id, _)])] = read
+    stream = await finish_and_check(runner, redis_client, ACT, 4, 5)
+    group = stream["groups"][0]
+    assert (group["consumers"], group["pending"], group["last-delivered-id"]) == (1, 1, first_id)
+
+
+async def test_finish_on_a_blocklist_partition(runner: ScriptRunner, redis_client: RedisClient) -> None:
+    await redis_client.set(BLOCKLIST.version, 4)
+    await finish_and_check(runner, redis_client, BLOCKLIST, 2, 3)
+    assert await redis_client.get(BLOCKLIST.version) == "4"  # the version is restore_blocklist's
