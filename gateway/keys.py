@@ -85,6 +85,14 @@ class WalletKeys(Partition):
     def user_index(self, user_id: str) -> str:
         return f"{self.tag}:u:{user_id}"
 
+    @property
+    def user_index_pattern(self) -> str:
+        """SCAN MATCH for every user index of the bucket (reconcile and restore look for strays)."""
+        return f"{self.tag}:u:*"
+
+    def user_of_index(self, key: str) -> str:
+        return key[len(f"{self.tag}:u:") :]
+
 
 @dataclass(frozen=True, slots=True)
 class CodeKeys(Partition):

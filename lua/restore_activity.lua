@@ -17,8 +17,11 @@ local config_key, users_key, devices_key, allow_key = KEYS[1], KEYS[2], KEYS[3],
 local step, payload = ARGV[1], cjson.decode(ARGV[2])
 
 if step == "reset" then
-  redis.call("DEL", config_key, users_key, devices_key, allow_key)
   local config = payload.config
+  if type(config) ~= "table" then
+    return redis.error_reply("restore_activity: reset needs the config")
+  end
+  redis.call("DEL", config_key, users_key, devices_key, allow_key)
   for i = 1, #config, 2 do
     redis.call("HSET", config_key, config[i], config[i + 1])
   end

@@ -16,12 +16,12 @@ EVENT restored
 local seq_key, events_key = KEYS[1], KEYS[2]
 local now, event_id, operator, at_least, summary = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 
-if tonumber(redis.call("GET", seq_key) or "0") < at_least then
-  redis.call("SET", seq_key, at_least)
-end
 local created = redis.pcall("XGROUP", "CREATE", events_key, events_key, "0", "MKSTREAM")
 if type(created) == "table" and created.err and not string.find(created.err, "BUSYGROUP") then
   return created
+end
+if tonumber(redis.call("GET", seq_key) or "0") < at_least then
+  redis.call("SET", seq_key, at_least)
 end
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",

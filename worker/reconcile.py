@@ -29,7 +29,7 @@ from gateway import store
 from gateway.admin import AdminService
 from gateway.claims import ClaimService
 from gateway.keys import BLOCKLIST, ActivityKeys, KeySpace, Partition, WalletKeys
-from gateway.outcomes import DomainError
+from gateway.outcomes import DomainError, Outcome
 from gateway.redis_client import RedisClient, ScriptRunner
 from worker.drain import drain_partition
 from worker.ledger_state import (
@@ -64,7 +64,10 @@ class Report:
     drained: int = 0
 
     def lines(self) -> list[str]:
-        out = [f"partitions checked: {self.checked}; stream entries drained into the ledger: {self.drained}"]
+        out = [
+            f"partitions checked: {self.checked}; stream entries applied to the ledger (again if already there):"
+            f" {self.drained}"
+        ]
         out += [f"repaired: {line}" for line in self.repaired]
         out += [f"difference: {d.line()}" for d in self.differences]
         out.append(f"differences: {len(self.differences)}")
@@ -129,11 +132,20 @@ async def _activity(client: RedisClient, state: ActivityState) -> list[Differenc
     return found
 
 
+async def indexed_users(client: RedisClient, partition: str) -> set[str]:
+    """Users the bucket holds an index for, whatever the ledger says (a SCAN of the bucket's pattern)."""
+    keys = WalletKeys(partition)
+    return {
+        keys.user_of_index(str(key))
+        async for key in client.scan_iter(match=keys.user_index_pattern, count=1000)
+    }
+
+
 async def _wallet(client: RedisClient, state: WalletState) -> list[Difference]:
     keys = WalletKeys(state.partition)
+    users = sorted(set(state.indexes) | await indexed_users(client, state.partition))
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.coupons)
-    users = sorted(state.indexes)
     for user in users:
         pipe.zrange(keys.user_index(user), 0, -1)
     raw, *indexes = await pipe.execute()
@@ -146,10 +158,11 @@ async def _wallet(client: RedisClient, state: WalletState) -> list[Difference]:
             continue
         found += _compare_map(state.partition, "coupon", f"{keys.coupons} {cid}", mine, theirs)
     for user, index in zip(users, indexes, strict=True):
-        if sorted(index) != state.indexes[user]:
+        expected = state.indexes.get(user)
+        if sorted(index) != (expected or []):
             found.append(
                 Difference(
-                    state.partition, "index", keys.user_index(user), "", sorted(index), state.indexes[user]
+                    state.partition, "index", keys.user_index(user), "", sorted(index) or None, expected
                 )
             )
     return found
@@ -200,25 +213,25 @@ class Reconciler:
     async def run(self, named: list[str] | None = None) -> Report:
         report = Report()
         kinds = await partitions(self.pool, named)
+        for partition in kinds:  # every stream first: a claim's deliver may wait in its wallet's stream
+            report.drained += (await drain_partition(self.control, self.pool, partition)).entries
         for partition, kind in kinds.items():
             report.checked += 1
             for attempt in range(self.attempts):
-                state = await self._state(report, partition, kind)
+                if attempt:
+                    await asyncio.sleep(self.settle_seconds)
+                    await drain_partition(self.control, self.pool, partition)
+                state = await build(self.pool, partition, kind, int(time.time()))
                 repaired = await self._repair(state)
                 if repaired:
                     report.repaired += repaired
-                    state = await self._state(report, partition, kind)
+                    await drain_partition(self.control, self.pool, partition)
+                    state = await build(self.pool, partition, kind, int(time.time()))
                 found = await compare(self.control, state)
                 if not found or attempt == self.attempts - 1:
                     report.differences += found
                     break
-                await asyncio.sleep(self.settle_seconds)
         return report
-
-    async def _state(self, report: Report, partition: str, kind: str) -> PartitionState:
-        drained = await drain_partition(self.control, self.pool, partition)
-        report.drained += drained.entries
-        return await build(self.pool, partition, kind, int(time.time()))
 
     async def _repair(self, state: PartitionState) -> list[str]:
         if not isinstance(state, ActivityState):
@@ -234,18 +247,27 @@ class Reconciler:
                 f"{state.partition} definition mirrored into Redis",
                 lambda: admin.mirror_activity(activity, templates, activity.created_by, int(time.time())),
             )
+        if state.undelivered:
+            # A deliver already in its wallet's stream is not half-done: drain those wallets, then look again.
+            for wallet in sorted({self.keyspace.wallet(c.user_id).tag for c in state.undelivered}):
+                await drain_partition(self.control, self.pool, wallet)
+            state = await build(self.pool, state.partition, "activity", int(time.time()))
+            assert isinstance(state, ActivityState)
         claims = ClaimService(self.runner, self.keyspace, self.idempotency_ttl)
         for claim in state.undelivered:
             done += await _attempt(
                 f"{state.partition} claim {claim.claim_id} delivered to {claim.user_id}",
                 lambda c=claim: claims.deliver(c.user_id, c.activity_id, c.answer, now=int(time.time())),  # type: ignore[misc]
             )
+        for wallet in sorted({self.keyspace.wallet(c.user_id).tag for c in state.undelivered}):
+            await drain_partition(self.control, self.pool, wallet)  # the new deliveries, into the ledger
         return done
 
 
-async def _attempt(what: str, action: Callable[[], Awaitable[object]]) -> list[str]:
+async def _attempt(what: str, action: Callable[[], Awaitable[Outcome]]) -> list[str]:
+    """Run a repair; report it only when it did something (a replay means another hand had done it)."""
     try:
-        await action()
+        outcome = await action()
     except DomainError as refused:  # fenced or overloaded: reported, left for the next run
         return [f"{what}: NOT DONE ({refused.message})"]
-    return [what]
+    return [what] if outcome is Outcome.OK else []

@@ -23,6 +23,7 @@ from gateway.claims import ClaimService
 from gateway.fence import Fence
 from gateway.ids import new_id
 from gateway.keys import BLOCKLIST, ActivityKeys, KeySpace, Partition, WalletKeys
+from gateway.ledger_check import partitions_behind
 from gateway.redis_client import RedisClient, ScriptRunner
 from gateway.scripts import load_scripts
 from worker.drain import drain_partition
@@ -37,6 +38,7 @@ from worker.ledger_state import (
     mark_of,
     partitions,
 )
+from worker.reconcile import indexed_users
 
 PART_SIZE = 2000  # fields per script call: large partitions go in parts, each one short for Redis
 
@@ -110,6 +112,8 @@ async def _write_activity(runner: ScriptRunner, state: ActivityState) -> dict[st
 async def _write_wallet(runner: ScriptRunner, state: WalletState) -> dict[str, int]:
     keys = WalletKeys(state.partition)
     await runner.run("restore_wallet", [keys.coupons, keys.user_index("")], ["reset", "[]"])
+    for user in sorted(await indexed_users(runner.client, state.partition) - set(state.indexes)):
+        await runner.run("restore_wallet", [keys.coupons, keys.user_index(user)], ["drop", "[]"])
     for user, coupon_ids in sorted(state.indexes.items()):
         records = [item for cid in coupon_ids for item in (cid, encode(state.coupons[cid]))]
         await runner.run("restore_wallet", [keys.coupons, keys.user_index(user)], ["user", encode(records)])
@@ -181,8 +185,13 @@ async def restore(
         done.append(Restored(partition, "restored", drained.entries, int(reply[1]), counts))
         if isinstance(state, ActivityState):
             undelivered.extend(state.undelivered)
+    # Deliver only into wallets level with the ledger: a deliver bumps the wallet's seq, and must never lift a
+    # wallet that is still behind over its mark without its restore (the fence would open on a wallet that lacks
+    # coupons). Those are delivered by that wallet's restore or reconcile.
     claims = ClaimService(runner, keyspace, idempotency_ttl)
     now = int(time.time())
+    behind = set(await partitions_behind(control, pool))
     for claim in undelivered:
-        await claims.deliver(claim.user_id, claim.activity_id, claim.answer, now=now)
+        if keyspace.wallet(claim.user_id).tag not in behind:
+            await claims.deliver(claim.user_id, claim.activity_id, claim.answer, now=now)
     return done

@@ -482,3 +482,43 @@ async def test_finish_on_a_blocklist_partition(runner: ScriptRunner, redis_clien
     await redis_client.set(BLOCKLIST.version, 4)
     await finish_and_check(runner, redis_client, BLOCKLIST, 2, 3)
     assert await redis_client.get(BLOCKLIST.version) == "4"  # the version is restore_blocklist's
+
+
+# --- refusals that must write nothing ------------------------------------------------------------------------
+
+
+async def test_wallet_drop_deletes_only_that_index(runner: ScriptRunner, redis_client: RedisClient) -> None:
+    alice, bob = same_bucket_users()
+    wallet = KEYSPACE.wallet(alice)
+    await redis_client.hset(wallet.coupons, "c1.1", json.dumps(record("c1.1", bob)))
+    await redis_client.zadd(wallet.user_index(alice), {"stray.1": 0})
+    await redis_client.zadd(wallet.user_index(bob), {"c1.1": 0})
+    before = await snapshot(redis_client)
+    assert await runner.run("restore_wallet", [wallet.coupons, wallet.user_index(alice)], ["drop", "[]"]) == [
+        "ok"
+    ]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {wallet.user_index(alice)}
+    assert wallet.user_index(alice) not in after
+
+
+async def test_activity_reset_without_a_config_is_refused_before_deleting(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_activity(runner, redis_client)
+    before = await snapshot(redis_client)
+    with pytest.raises(ResponseError, match="reset needs the config"):
+        await restore_activity(runner, "reset", {"users": ["u1", "1"]})
+    assert await snapshot(redis_client) == before
+
+
+async def test_finish_that_cannot_make_the_group_leaves_seq_alone(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    partition = KEYSPACE.wallet_of_bucket(5)
+    await redis_client.set(partition.events, "not a stream")
+    await redis_client.set(partition.seq, "3")
+    before = await snapshot(redis_client)
+    with pytest.raises(ResponseError):
+        await restore_finish(runner, partition, 9)
+    assert await snapshot(redis_client) == before  # seq not raised: the next restore still sees it behind

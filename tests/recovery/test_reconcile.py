@@ -428,13 +428,6 @@ async def test_reconcile_with_grants_and_a_gateway_claim_after_it(consumer: Cons
     assert [ordinal for _, _, ordinal in await claims_rows(consumer)] == [1, 2, 3, 4, 5, 6, 7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/reconcile.py Reconciler._repair: an activity partition is reconciled (and its claims"
-    " re-delivered) before the wallet partitions are drained, so a claim whose `delivered` event is still in"
-    " its wallet stream counts as undelivered; deliver replies `replay` (nothing done) but the report lists"
-    " it as repaired",
-)
 async def test_no_repair_is_reported_for_claims_already_delivered(consumer: Consumer) -> None:
     """Every claim here was delivered by the gateway; only the worker has not run. Nothing needs repair."""
     await build_sale(consumer)
@@ -462,12 +455,6 @@ async def test_reconcile_drains_a_stream_longer_than_one_batch(consumer: Consume
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/reconcile.py _wallet compares only the indexes of users the ledger holds coupons for"
-    " (state.indexes); an index Redis holds for any other user is never read, so a dangling index (e.g. one"
-    " restore_wallet 'reset' leaves behind, since it deletes only the coupons hash) is not reported",
-)
 async def test_a_user_index_the_ledger_does_not_know_is_a_difference(consumer: Consumer) -> None:
     await settled_sale(consumer)
     wallet = KEYS.wallet("ghost")

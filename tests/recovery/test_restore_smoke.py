@@ -54,3 +54,38 @@ async def test_restore_on_an_empty_redis_reproduces_state(consumer: Consumer) ->
         assert refused.outcome is Outcome.LIMIT_REACHED
     else:
         raise AssertionError("u1 is at its limit of 2")
+
+
+async def test_restore_drops_a_stray_index_and_never_delivers_into_a_wallet_still_behind(
+    consumer: Consumer,
+) -> None:
+    activity_id = await make_activity(consumer, stock=10, per_user_limit=2)
+    now = int(time.time())
+    await consumer.claims.claim(activity_id, UserIdentity("u1", "d1"), now=now)
+    await drain(consumer)
+    wallet = KeySpace(8, 4).wallet("u1")
+    stray = f"{wallet.tag}:u:ghost"
+    await consumer.client.zadd(stray, {"ghost.1": 0})
+    await restore(consumer.client, consumer.pool, KeySpace(8, 4), named=[wallet.tag], force=True)
+    assert await consumer.client.exists(stray) == 0
+    assert len(await consumer.client.zrange(wallet.user_index("u1"), 0, -1)) == 2  # the ledger's coupons stay
+
+    # A claim whose coupons neither Redis nor the ledger holds, in a wallet Redis holds behind the ledger.
+    answer = (await consumer.claims.claim(activity_id, UserIdentity("u1", "d2"), now=now)).answer
+    await drain(consumer)
+    claim_id = answer.split('"claim_id":"')[1].split('"')[0]
+    await consumer.pool.execute("DELETE FROM coupons WHERE claim_id = $1", claim_id)
+    await consumer.client.hdel(wallet.coupons, f"{claim_id}.1", f"{claim_id}.2")
+    await consumer.client.zrem(wallet.user_index("u1"), f"{claim_id}.1", f"{claim_id}.2")
+    mark = await consumer.pool.fetchval("SELECT seq FROM partition_marks WHERE partition = $1", wallet.tag)
+    await consumer.client.set(wallet.seq, mark - 1)
+    activity = KeySpace(8, 4).activity(activity_id).tag
+
+    await restore(consumer.client, consumer.pool, KeySpace(8, 4), named=[activity], force=True)
+    assert int(await consumer.client.get(wallet.seq)) == mark - 1  # not lifted by a deliver
+    assert await consumer.client.hexists(wallet.coupons, f"{claim_id}.1") == 0
+
+    await restore(consumer.client, consumer.pool, KeySpace(8, 4), named=[activity, wallet.tag], force=True)
+    assert await consumer.client.hexists(wallet.coupons, f"{claim_id}.1") == 1  # both level: delivered
+    await drain(consumer)
+    assert (await reconciler(consumer).run()).differences == []
