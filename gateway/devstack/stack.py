@@ -68,7 +68,9 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
     try:
         if not env.get(PREFIX + "REDIS_URL"):
             fsync = "always" if env.get(PREFIX + "DURABILITY") == "safe" else "everysec"
-            stack.valkey = start_valkey(workdir / "valkey", appendonly=True, appendfsync=fsync, pidfile=pidfile)
+            stack.valkey = start_valkey(
+                workdir / "valkey", appendonly=True, appendfsync=fsync, pidfile=pidfile
+            )
             env[PREFIX + "REDIS_URL"] = stack.valkey.url
         if not env.get(PREFIX + "DATABASE_URL"):
             stack.postgres = start_postgres(workdir / "postgres", pidfile=pidfile)
