@@ -48,7 +48,11 @@ def _up(args: argparse.Namespace) -> int:
         if args.once:
             return 0
         print("serving; Ctrl-C stops everything", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(
+            signal.SIG_BLOCK, stop_signals
+        )  # delivered to sigwait, not their default action
+        signal.sigwait(stop_signals)
         return 0
     finally:
         stack.stop()

@@ -224,7 +224,10 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 async def start_consumer(settings: Settings, fence: Fence | None = None) -> Consumer:
     redis = await Clients.open(settings, fence)
-    pool = await asyncpg.create_pool(settings.postgres.url, min_size=0, max_size=4, timeout=5)
+    # A batch is acknowledged only after its COMMIT is on disk, whatever the server's default.
+    pool = await asyncpg.create_pool(
+        settings.postgres.url, min_size=0, max_size=4, timeout=5, server_settings={"synchronous_commit": "on"}
+    )
     keyspace = KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
     try:
         await register_fixed_streams(pool, keyspace)

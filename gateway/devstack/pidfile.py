@@ -129,6 +129,22 @@ def marker_matches(pid: int, marker: str) -> bool:
     return re.search(pattern, cmdline_of(pid)) is not None
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes of the process group ``pgid`` (from /proc; zombies left out)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":  # a zombie is ended, only not yet reaped
+            members.append(int(entry.name))
+    return members
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
@@ -139,22 +155,31 @@ def _wait_gone(pid: int, timeout: float) -> bool:
         time.sleep(0.02)
 
 
+def _end_group(pid: int) -> None:
+    """SIGKILL what is left of the process group ``pid`` led (a granian worker whose master was killed -9 keeps
+    serving otherwise). A group id is never reused while the group has a member, so this reaches only those."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def stop_pid(pid: int, timeout: float = 10.0, *, sig: signal.Signals = signal.SIGTERM) -> None:
-    """Send ``sig`` (SIGTERM), wait up to ``timeout`` seconds, then SIGKILL and wait; no error if gone."""
-    if not pid_alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    if _wait_gone(pid, timeout):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if not _wait_gone(pid, 10.0):
-        raise RuntimeError(f"process {pid} survived SIGKILL for 10 s")
+    """Send ``sig`` (SIGTERM), wait up to ``timeout`` seconds, then SIGKILL and wait; no error if gone. What is
+    left of the process group it led (``spawn`` starts each child in its own session: a granian master killed
+    -9 leaves its workers serving) is SIGKILLed too."""
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if not _wait_gone(pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not _wait_gone(pid, 10.0):
+                raise RuntimeError(f"process {pid} survived SIGKILL for 10 s")
+    if group_members(pid):
+        _end_group(pid)
 
 
 def kill_pid(pid: int) -> None:
-    """SIGKILL and wait until it is gone (crash simulation)."""
+    """SIGKILL and wait until it is gone (crash simulation); the process alone, not its group."""
     if not pid_alive(pid):
         return
     with contextlib.suppress(ProcessLookupError):
@@ -251,5 +276,10 @@ class PidFile:
                 elif pid_alive(pid) and marker_matches(pid, entry["marker"]):
                     stop_pid(pid, 5.0, sig=_STOP_SIGNALS.get(entry["kind"], signal.SIGTERM))
                     ended.append(pid)
+                else:  # the leader is gone: children it left in its group (granian's workers) still carry the marker
+                    for orphan in group_members(pid):
+                        if marker_matches(orphan, entry["marker"]):
+                            stop_pid(orphan, 5.0)
+                            ended.append(orphan)
             self._write(kept)
             return ended

@@ -73,7 +73,7 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
             )
             env[PREFIX + "REDIS_URL"] = stack.valkey.url
         if not env.get(PREFIX + "DATABASE_URL"):
-            stack.postgres = start_postgres(workdir / "postgres", pidfile=pidfile)
+            stack.postgres = start_postgres(workdir / "postgres", durable=True, pidfile=pidfile)
             env[PREFIX + "DATABASE_URL"] = stack.postgres.url
         subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True)
         port = gateway_port or free_port()

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,15 @@ import pytest
 import redis
 import redis.exceptions
 
-from gateway.devstack.pidfile import PidFile, free_port, marker_matches, pid_alive, stop_pid
+from gateway.devstack.pidfile import (
+    PidFile,
+    free_port,
+    group_members,
+    marker_matches,
+    pid_alive,
+    spawn,
+    stop_pid,
+)
 from gateway.devstack.postgres import (
     PostgresServer,
     kill_postgres,
@@ -389,3 +398,39 @@ def test_reap_stale_spares_servers_whose_owner_is_alive(tmp_path: Path) -> None:
         for process in (owner, server):
             process.kill()
             process.wait()
+
+
+FORKER = "import os, sys, time\nos.fork()\ntime.sleep(60)\n"  # a leader and its child, both with the marker
+
+
+@pytest.mark.parametrize("end", ["stop_pid", "reap_stale"])
+def test_a_leader_killed_minus_9_leaves_nothing_of_its_group(tmp_path: Path, end: str) -> None:
+    """As a granian master killed -9 would leave its workers serving: stopping it (or reaping the pidfile)
+    ends what is left of its process group."""
+    marker = f"claimgate-group-test-{os.getpid()}-{end}"
+    leader = spawn([sys.executable, "-c", FORKER, marker], tmp_path / "forker.log")
+    try:
+        for _ in range(200):
+            members = group_members(leader.pid)
+            if len(members) == 2:
+                break
+            time.sleep(0.02)
+        [child] = [pid for pid in members if pid != leader.pid]
+        leader.kill()
+        leader.wait()
+        assert pid_alive(child)
+        if end == "stop_pid":
+            stop_pid(leader.pid)
+        else:
+            pidfile = PidFile(tmp_path / "pids.json")
+            pidfile.add(leader.pid, "gateway", marker)
+            assert pidfile.reap_stale() == [child]
+        for _ in range(200):
+            if not pid_alive(child):
+                break
+            time.sleep(0.02)
+        assert not pid_alive(child)
+        assert group_members(leader.pid) == []
+    finally:
+        for pid in group_members(leader.pid):
+            os.kill(pid, signal.SIGKILL)
