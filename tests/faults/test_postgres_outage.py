@@ -1,0 +1,135 @@
+"""Postgres away for a while under claims (killed with SIGKILL, or a fast shutdown), then started again on the
+same port and data directory: claims keep being answered (the claim path never touches Postgres), nothing is
+dead-lettered (Postgres being away is never an entry's fault), and once it is back every acknowledged claim is
+persisted exactly once.
+
+This test runs its own Postgres (so the session's is not disturbed) with the session's Valkey, emptied: a
+fresh ledger has no partition marks, so the fence opens on the empty Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from gateway.devstack.pidfile import PidFile
+from gateway.devstack.postgres import (
+    PostgresServer,
+    kill_postgres,
+    restart_postgres,
+    start_postgres,
+    stop_postgres,
+)
+from gateway.devstack.valkey import ValkeyServer
+from gateway.migrate import migrate
+from tests.faults.support import (
+    Load,
+    Processes,
+    assert_exactly_once,
+    assert_no_server_errors,
+    assert_only_expected_refusals,
+    assert_reconciled,
+    create_sale,
+    finish,
+    plan,
+    process_env,
+    registered_streams,
+    stream_backlog,
+    wait_drained,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.fault, pytest.mark.short_fault]
+OUTAGE_SECONDS = 5.0
+
+
+async def claims_rows(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM claims"))
+    finally:
+        await conn.close()
+
+
+NOISE = ("the database system is starting up", "not yet accepting connections", "Consistent recovery state")
+
+
+async def restart(server: PostgresServer, pidfile: PidFile) -> PostgresServer:
+    """The same data directory on the same port; a failure shows the server's log without the refusals of
+    clients knocking while it recovers (start_postgres's own message shows only the last 30 lines)."""
+    try:
+        return await asyncio.to_thread(restart_postgres, server, pidfile)
+    except RuntimeError as exc:
+        log = server.log_path.read_text(errors="replace").splitlines()
+        lines = [line for line in log if not any(noise in line for noise in NOISE)]
+        raise AssertionError(f"restarting Postgres failed: {exc}\n" + "\n".join(lines[-60:])) from exc
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["sigkill", "fast_shutdown"])
+async def test_postgres_down_for_a_while_under_claims_loses_and_doubles_nothing(
+    how: str,
+    tmp_path: Path,
+    pidfile: PidFile,
+    valkey: ValkeyServer,
+    clean: None,
+    procs: Processes,
+    rdb: Redis,
+) -> None:
+    # durable: a commit the worker acknowledges must survive the postmaster's SIGKILL (as in production).
+    server: PostgresServer = await asyncio.to_thread(
+        start_postgres, tmp_path / "pg", durable=True, pidfile=pidfile
+    )
+    try:
+        await migrate(server.url)
+        # Load shedding past a stream lag is set far above this test's lag: no claim may be shed here.
+        env = process_env(valkey.url, server.url, shed_lag="1000000")
+        gateway = await procs.gateway(env)
+        sale = await create_sale(gateway.url, stock=2700)
+        worker = procs.worker(env, name="worker", worker_claim_idle_ms="1000")
+        streams = await registered_streams(server.url)
+        load = Load(gateway.url, sale.activity_id, plan(2400), concurrency=32, rate=250)  # 3,000 over ~12 s
+        loading: asyncio.Task[Any] = asyncio.create_task(load.run())
+        try:
+            await wait_until("400 acknowledged claims", lambda: len(load.acked) >= 400 or loading.done(), 60)
+            await wait_until("the worker persisting", lambda: claims_rows(server.url), 30)
+            assert not loading.done()
+            if how == "sigkill":
+                await asyncio.to_thread(kill_postgres, server)
+            else:
+                await asyncio.to_thread(stop_postgres, server, pidfile)
+            acked_at_stop = len(load.acked)
+            await asyncio.sleep(OUTAGE_SECONDS)
+            assert worker.alive(), worker.tail()
+            backlog = await stream_backlog(rdb, streams)
+            acked_while_down = len(load.acked) - acked_at_stop
+            server = await restart(server, pidfile)
+            assert not loading.done(), "the load should outlast the outage"
+            await asyncio.wait_for(loading, 120)
+            await wait_drained(rdb, server.url, [worker])
+        finally:
+            await finish(loading)
+        assert procs.stop(worker) == 0, worker.tail()
+        print(
+            load.summary(),
+            f"; {acked_while_down} acknowledged while Postgres was down; backlog then {backlog}",
+        )
+
+        # While Postgres was away claims were answered and piled up in the streams, unpersisted.
+        assert acked_while_down > 500, load.summary()
+        assert backlog.get(f"{sale.tag}:events", (0, 0))[1] > 0, backlog
+        assert "batch not persisted" in worker.text(), worker.tail()
+        # No 5xx at all (the lag stayed under the shedding threshold), only sold-out / limit refusals.
+        assert_no_server_errors(load)
+        assert_only_expected_refusals(load)
+        assert not load.transport_errors, load.summary()
+        # Nothing dead-lettered (assert_exactly_once checks every <tag>:dead stream is empty), each claim once.
+        await assert_exactly_once(rdb, server.url, sale, load)
+        await assert_reconciled(env)
+    finally:
+        procs.stop_all()  # before the server they use
+        await asyncio.to_thread(stop_postgres, server, pidfile)
