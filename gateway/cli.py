@@ -128,7 +128,7 @@ def _replay_dead(_: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _open_ledger_tools(settings: Settings) -> Any:
+def _open_ledger_tools(settings: Settings, *, check_fence: bool) -> Any:
     """Clients (fence checked against the ledger), a Postgres pool and the key space, for reconcile/restore."""
     import asyncpg
 
@@ -139,7 +139,8 @@ def _open_ledger_tools(settings: Settings) -> Any:
     async def open_() -> tuple[Any, Any, Any]:
         clients = await Clients.open(settings)
         pool = await asyncpg.create_pool(settings.postgres.url, min_size=1, max_size=4, timeout=10)
-        await ledger_check.check(clients.control, pool, clients.fence)
+        if check_fence:  # reconcile's repairs go through the fence; restore runs its own scripts past it
+            await ledger_check.check(clients.control, pool, clients.fence)
         return clients, pool, KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
 
     return open_()
@@ -151,7 +152,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def main() -> int:
-        clients, pool, keyspace = await _open_ledger_tools(settings)
+        clients, pool, keyspace = await _open_ledger_tools(settings, check_fence=True)
         try:
             report = await Reconciler(
                 clients.control, clients.runner, pool, keyspace, settings.claim.idempotency_ttl_seconds
@@ -171,7 +172,7 @@ def _restore(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def main() -> int:
-        clients, pool, keyspace = await _open_ledger_tools(settings)
+        clients, pool, keyspace = await _open_ledger_tools(settings, check_fence=False)
         try:
             done = await restore(
                 clients.control,

@@ -16,7 +16,7 @@ from redis.asyncio import RedisCluster
 from gateway.background import cancel_requested
 from gateway.fence import Fence
 from gateway.keys import Partition
-from gateway.redis_client import RedisClient
+from gateway.redis_client import RedisClient, drop_idle_connections
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,15 @@ async def partitions_behind(client: RedisClient, pool: asyncpg.Pool) -> list[str
     return [row["partition"] for row, seq in zip(marks, seqs, strict=True) if int(seq or 0) < row["seq"]]
 
 
-async def check(client: RedisClient, pool: asyncpg.Pool, fence: Fence) -> None:
-    """``client`` is a control client (no run-id guard): this is what clears the guard."""
+async def check(
+    client: RedisClient, pool: asyncpg.Pool, fence: Fence, *, scripts: RedisClient | None = None
+) -> None:
+    """``client`` is a control client (no run-id guard): this is what clears the guard. ``scripts``, the
+    script client, drops its idle connections when the fence opens on a Redis that restarted."""
     run_ids = await redis_run_ids(client)
     if fence.is_open and run_ids <= fence.verified:
         return
+    restarted = bool(fence.verified) and not run_ids <= fence.verified
     fence.close(f"Redis {', '.join(sorted(run_ids))} not yet checked against the ledger")
     try:
         behind = await partitions_behind(client, pool)
@@ -59,14 +63,23 @@ async def check(client: RedisClient, pool: asyncpg.Pool, fence: Fence) -> None:
         fence.close(f"Redis is behind the ledger in {len(behind)} partition(s): {shown}; run restore")
         log.error("fence stays closed: %s", fence.reason)
         return
+    if restarted and scripts is not None:
+        await drop_idle_connections(scripts)
     fence.open(run_ids)
 
 
-async def watch(client: RedisClient, pool: asyncpg.Pool, fence: Fence, interval: float = 1.0) -> None:
+async def watch(
+    client: RedisClient,
+    pool: asyncpg.Pool,
+    fence: Fence,
+    interval: float = 1.0,
+    *,
+    scripts: RedisClient | None = None,
+) -> None:
     """Re-check whenever Redis's run id changes; keeps the fence closed until the check passes."""
     while not cancel_requested():
         try:
-            await check(client, pool, fence)
+            await check(client, pool, fence, scripts=scripts)
         except Exception as exc:  # Redis unreachable: scripts fail on their own; check again next round
             log.warning("fence check failed: %s", exc)
         await asyncio.sleep(interval)

@@ -96,6 +96,15 @@ async def connect(url: str, *, max_connections: int = 64, guard: Fence | None = 
     return client
 
 
+async def drop_idle_connections(client: RedisClient) -> None:
+    """Disconnect the pool's idle connections (they reconnect on next use): after Redis restarted, each still
+    holds a socket to the dead server, and the script client does not retry a call that met one."""
+    if isinstance(client, RedisCluster):
+        await asyncio.gather(*(node.disconnect_free_connections() for node in client.get_nodes()))
+    else:
+        await client.connection_pool.disconnect(inuse_connections=False)
+
+
 def check_one_slot(script: Script, keys: Sequence[str]) -> None:
     if len(keys) != len(script.keys):
         raise CrossSlotCall(f"{script.name} takes {len(script.keys)} keys, got {len(keys)}")

@@ -131,7 +131,9 @@ class Services:
                 asyncio.create_task(
                     services.blocklist.keep_fresh(redis.control, settings.claim.blocklist_refresh_seconds)
                 ),
-                asyncio.create_task(ledger_check.watch(redis.control, pool, redis.fence)),
+                asyncio.create_task(
+                    ledger_check.watch(redis.control, pool, redis.fence, scripts=redis.scripts)
+                ),
                 asyncio.create_task(load.keep_measuring(redis.control, pool)),
             ]
         return services

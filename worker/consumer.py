@@ -240,7 +240,11 @@ async def start_consumer(settings: Settings, fence: Fence | None = None) -> Cons
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     consumer = await start_consumer(settings)
-    watcher = asyncio.create_task(ledger_check.watch(consumer.client, consumer.pool, consumer.redis.fence))
+    watcher = asyncio.create_task(
+        ledger_check.watch(
+            consumer.client, consumer.pool, consumer.redis.fence, scripts=consumer.redis.scripts
+        )
+    )
     try:
         await consumer.run(stop)
     finally:

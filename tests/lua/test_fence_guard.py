@@ -219,3 +219,32 @@ async def test_a_lost_reply_is_never_sent_again(own_valkey: ValkeyServer, own_se
         await pool.close()
         await proxy.stop()
         await direct.close()
+
+
+async def test_after_a_restart_the_fence_opens_with_no_stale_connection_left(
+    request: pytest.FixtureRequest, clients: Clients, own_settings: Settings, pidfile: PidFile
+) -> None:
+    """The watcher notices the new run id before any claim does; when it opens the fence it drops the script
+    client's idle connections, so no claim meets a socket to the dead server."""
+    pool = await asyncpg.create_pool(own_settings.postgres.url, min_size=1, max_size=2)
+    try:
+        await ledger_check.check(clients.control, pool, clients.fence)
+        await mirror(clients, "g4", stock=100)
+        users = [f"w{i}" for i in range(8)]
+        assert await asyncio.gather(*(claim(clients, "g4", u) for u in users)) == ["ok"] * 8  # 8 pooled conns
+
+        box = request.node.valkey_box
+        box[0] = restart_valkey(box[0], pidfile)
+        for _ in range(3):  # the control client's own pooled connection may fail once, as in the watcher
+            try:
+                await ledger_check.check(clients.control, pool, clients.fence, scripts=clients.scripts)
+                break
+            except RedisConnectionError:
+                continue
+        assert clients.fence.is_open
+        again = await asyncio.gather(
+            *(claim(clients, "g4", f"{u}-again") for u in users), return_exceptions=True
+        )
+        assert again == ["ok"] * 8
+    finally:
+        await pool.close()
