@@ -36,6 +36,8 @@ def interpolate(value: str) -> str:
     """What docker compose does with the file's variables, none of them set: required ones get the test's
     secrets, defaulted ones their default."""
     return _DEFAULTED.sub(lambda m: m[2], _VARIABLE.sub(lambda m: SECRETS[m[1]], value))
+
+
 SECRETS = {
     "CLAIMGATE_JWT_SECRET": JWT_SECRET,
     "CLAIMGATE_API_KEYS": f"alice:{API_KEY}",

@@ -1,5 +1,5 @@
-"""The fault harness: real gateway and worker processes against the test servers, a bounded claim loader over
-HTTP, and the exactly-once check that ends every fault test.
+"""The fault harness: real gateway and worker processes against the test servers, the ``claimgate`` commands, a
+bounded claim loader over HTTP, reads of the ledger and of Redis, and the checks that end every fault test.
 
 Every process is started in its own session (its pid is its process group's id), recorded in the session's
 pidfile (a killed session's leftovers are ended by the next one) and stopped by its own pid: SIGTERM, then
@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ import msgspec
 from redis.asyncio import Redis
 
 from gateway.devstack.pidfile import PidFile, free_port
-from gateway.keys import KeySpace, Partition, partition_of_stream
-from tests.conftest import API_KEY, ROOT, settings_env
+from gateway.keys import KeySpace, Partition, idempotency_digest, partition_of_stream
+from tests.conftest import API_KEY, LEDGER_TABLES, ROOT, settings_env
 from tests.helpers import token
 
 CLAIMGATE = [sys.executable, "-m", "gateway.cli"]
@@ -38,6 +38,7 @@ WALLET_BUCKETS, CODE_BUCKETS = 8, 4  # as tests.conftest.settings_env sets them
 KEYS = KeySpace(WALLET_BUCKETS, CODE_BUCKETS)
 READY_SECONDS = 30.0
 DRAIN_SECONDS = 90.0
+COMMAND_SECONDS = 120.0
 EXPECTED_REFUSALS = frozenset({(409, "sold_out"), (409, "limit_reached")})
 
 
@@ -53,6 +54,20 @@ def with_settings(env: Mapping[str, str], **extra: str) -> dict[str, str]:
     changed = dict(env)
     changed.update({f"CLAIMGATE_{k.upper()}": v for k, v in extra.items()})
     return changed
+
+
+async def query(database_url: str, sql: str, *args: Any) -> list[Any]:
+    """One statement on a connection of its own; its rows."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def truncate_ledger(database_url: str) -> None:
+    """Empty the ledger (for a test that pairs it with a Redis of its own, empty at start)."""
+    await query(database_url, f"TRUNCATE {LEDGER_TABLES}")
 
 
 # --- processes ---------------------------------------------------------------------------------------------
@@ -151,10 +166,11 @@ class Processes:
         return self.start("gateway", name, command, env, f"--port {port}")
 
     async def gateway(self, env: Mapping[str, str], port: int | None = None, name: str = "gw") -> Gateway:
+        """A gateway on ``port`` (a free one by default), once /readyz answers 200 with the fence open."""
         port = port or free_port()
         proc = self.gateway_process(env, port, name)
         gateway = Gateway(f"http://127.0.0.1:{port}", port, proc)
-        await wait_ready(gateway)
+        await wait_readiness(gateway, fence_open, "the gateway ready, fence open")
         return gateway
 
     def stop(self, proc: Proc, timeout: float = 10.0) -> int:
@@ -181,25 +197,90 @@ class Gateway:
     proc: Proc
 
 
-async def wait_ready(gateway: Gateway, within: float = READY_SECONDS) -> None:
-    """GET /readyz answers 200 with the fence open."""
+async def readiness(gateway: Gateway) -> dict[str, Any]:
+    """GET /readyz: its JSON answer with ``http_status`` added (a 200 must be JSON; another answer that is not
+    is kept as ``body``)."""
+    async with httpx.AsyncClient(timeout=3) as http:
+        reply = await http.get(f"{gateway.url}/readyz")
+    try:
+        found: dict[str, Any] = reply.json()
+    except ValueError:
+        assert reply.status_code != 200, f"/readyz answered 200 without JSON: {reply.text[:200]!r}"
+        found = {"body": reply.text}
+    found["http_status"] = reply.status_code
+    return found
+
+
+def fence_open(found: Mapping[str, Any]) -> bool:
+    return found.get("http_status") == 200 and found.get("fence") == "open"
+
+
+async def wait_readiness(
+    gateway: Gateway, predicate: Callable[[dict[str, Any]], bool], what: str, within: float = READY_SECONDS
+) -> dict[str, Any]:
+    """Poll ``/readyz`` until ``predicate`` holds for its answer; that answer. The gateway must stay up."""
     deadline = time.monotonic() + within
-    last = ""
-    async with httpx.AsyncClient(timeout=2) as http:
-        while time.monotonic() < deadline:
-            if not gateway.proc.alive():
-                raise AssertionError(
-                    f"the gateway exited with {gateway.proc.returncode}\n{gateway.proc.tail()}"
-                )
-            try:
-                reply = await http.get(f"{gateway.url}/readyz")
-                if reply.status_code == 200 and reply.json().get("fence") == "open":
-                    return
-                last = reply.text
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"the gateway was not ready within {within}s: {last}\n{gateway.proc.tail()}")
+    last: object = None
+    while time.monotonic() < deadline:
+        if not gateway.proc.alive():
+            raise AssertionError(f"the gateway exited with {gateway.proc.returncode}\n{gateway.proc.tail()}")
+        try:
+            found = await readiness(gateway)
+            if predicate(found):
+                return found
+            last = found
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not {what} within {within}s; last /readyz: {last}\n{gateway.proc.tail()}")
+
+
+@dataclass(frozen=True)
+class Ran:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def differences(self) -> list[str]:
+        """What ``claimgate reconcile`` found different."""
+        return [
+            line.removeprefix("difference: ")
+            for line in self.output.splitlines()
+            if line.startswith("difference: ")
+        ]
+
+    @property
+    def repaired(self) -> list[str]:
+        return [line for line in self.output.splitlines() if line.startswith("repaired: ")]
+
+
+async def claimgate(env: Mapping[str, str], *args: str, within: float = COMMAND_SECONDS) -> Ran:
+    """``claimgate <args>`` as a process, bounded in time (``within`` seconds); its exit status and output."""
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*CLAIMGATE, *args],
+        env=dict(env),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=within,
+    )
+    return Ran(result.returncode, result.stdout, result.stderr)
+
+
+async def assert_reconciled(env: Mapping[str, str]) -> Ran:
+    """``claimgate reconcile`` finds no difference between Redis and the ledger (exit 0; 1 = differences), and
+    nothing half-done to finish (after a full drain there is none)."""
+    found = await claimgate(env, "reconcile")
+    assert found.code == 0, f"claimgate reconcile exited with {found.code}:\n{found.output}"
+    assert not found.repaired, found.output
+    return found
 
 
 # --- the sale ----------------------------------------------------------------------------------------------
@@ -254,7 +335,7 @@ async def create_sale(base_url: str, *, stock: int, per_user_limit: int = 2, pac
 class Request:
     user: str
     device: str
-    key: str  # the Idempotency-Key when the load is keyed
+    key: str  # the Idempotency-Key when the load is keyed: a retry gets the first success's answer
 
 
 def plan(users: int, *, prefix: str = "u") -> list[Request]:
@@ -267,124 +348,243 @@ def plan(users: int, *, prefix: str = "u") -> list[Request]:
     return requests
 
 
-@dataclass(frozen=True)
-class Acked:
-    user: str
-    device: str
-    body: str  # the 201 body as sent
+def attempts(users: Sequence[str], rounds: int, prefix: str) -> list[Request]:
+    """Each user claims ``rounds`` times (round after round), each attempt under its own key."""
+    return [Request(user, f"d-{user}", f"{prefix}{n}-{user}") for n in range(rounds) for user in users]
 
 
 @dataclass(frozen=True)
-class Refusal:
-    user: str
+class Answer:
+    """One HTTP answer to a claim request."""
+
+    request: Request
     status: int
-    body: str
+    body: str  # as sent
+    code: str  # the JSON body's "error" ("" for a 201)
+    message: str
+    claim_id: str  # of a 201
     retry_after: str | None
+    sent_at: float  # monotonic
+    answered_at: float
+    phase: str
+    after_error: bool  # the request was sent again after a transport error
 
-    @property
-    def code(self) -> str:
+    @classmethod
+    def of(
+        cls, request: Request, reply: httpx.Response, phase: str, sent_at: float, after_error: bool
+    ) -> Answer:
+        code, claim_id, message = "", "", ""
         try:
-            decoded = msgspec.json.decode(self.body)
+            body = msgspec.json.decode(reply.content)
         except msgspec.DecodeError:
-            return f"<not JSON: {self.body[:80]!r}>"
-        return str(decoded.get("error")) if isinstance(decoded, dict) else f"<{decoded!r}>"
+            code = f"<not JSON: {reply.text[:80]!r}>"
+        else:
+            if reply.status_code == 201:
+                assert isinstance(body, dict) and isinstance(body.get("claim_id"), str), reply.text
+                claim_id = body["claim_id"]
+            elif isinstance(body, dict):
+                code, message = str(body.get("error")), str(body.get("message"))
+            else:
+                code = f"<{body!r}>"
+        assert reply.status_code != 201 or claim_id, f"a 201 that is not JSON: {reply.text[:200]!r}"
+        return cls(
+            request,
+            reply.status_code,
+            reply.text,
+            code,
+            message,
+            claim_id,
+            reply.headers.get("retry-after"),
+            sent_at,
+            time.monotonic(),
+            phase,
+            after_error,
+        )
 
 
 @dataclass
 class Load:
-    """A bounded claim load: ``requests`` sent with ``concurrency`` in flight, at most ``rate`` per second.
+    """A bounded claim load: ``requests`` sent with ``concurrency`` in flight, at most ``rate`` per second; ``run``
+    may be given more requests later (each answer is tagged with the ``phase`` it was sent in).
 
-    Every 201 answer is an acknowledged claim (``acked``: claim id -> user, device, body); every other answer is
-    recorded with its body. A transport error (no answer: the gateway is away) is counted; with ``retry`` the
-    same request (same Idempotency-Key, so a claim that ran answers as a replay) is sent again until answered,
-    else it is recorded in ``unanswered`` (such a claim may or may not have run)."""
+    Every HTTP answer is kept (``answers``); each request ends in one final answer (``final``), a 201 being an
+    acknowledged claim (``acked``: claim id -> its answer). A transport error (no answer: the gateway is away)
+    is kept; with ``retry`` the same request (same Idempotency-Key, so a claim that ran answers as a replay) is
+    sent again until answered, else it is recorded in ``unanswered`` (such a claim may or may not have run).
+    With ``retry_overloaded`` a 503 ``overloaded`` is sent again after its Retry-After (a client's correct
+    behaviour; the key makes it safe). A request not answered within ``max_seconds`` of its run's start stays
+    in ``unanswered``."""
 
     base_url: str
     activity_id: str
-    requests: list[Request]
+    requests: list[Request] = field(default_factory=list)
     concurrency: int = 32
     rate: float | None = None
     keyed: bool = False
     retry: bool = False
-    acked: dict[str, Acked] = field(default_factory=dict)
-    refusals: list[Refusal] = field(default_factory=list)
-    transport_errors: Counter[str] = field(default_factory=Counter)
+    retry_overloaded: bool = False
+    max_seconds: float = 120.0
+    phase: str = "load"
+    answers: list[Answer] = field(default_factory=list)
+    final: list[Answer] = field(default_factory=list)
+    acked: dict[str, Answer] = field(default_factory=dict)
+    transport_errors: list[httpx.TransportError] = field(default_factory=list)
     unanswered: list[Request] = field(default_factory=list)
-    answered: int = 0
-    acked_after_error: int = 0
     started_at: float = 0.0
     finished_at: float = 0.0
-    _next: int = 0
+    task: asyncio.Task[Load] | None = field(default=None, repr=False)
+    _tokens: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _gate: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set: requests may be sent
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set: no request in flight
+    _in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.keyed or not (self.retry or self.retry_overloaded), "only a keyed request is sent again"
+        self._gate.set()
+        self._idle.set()
 
     @property
-    def done(self) -> bool:
-        return self.finished_at > 0
+    def url(self) -> str:
+        return f"/v1/activities/{self.activity_id}/claim"
 
     @property
     def seconds(self) -> float:
         return (self.finished_at or time.monotonic()) - self.started_at
 
-    def refusal_codes(self) -> Counter[tuple[int, str]]:
-        return Counter((r.status, r.code) for r in self.refusals)
+    @property
+    def refusals(self) -> list[Answer]:
+        return [a for a in self.answers if a.status != 201]
+
+    @property
+    def acked_after_error(self) -> int:
+        return sum(a.after_error for a in self.acked.values())
+
+    def acked_ids(self, phase: str | None = None) -> set[str]:
+        return {cid for cid, a in self.acked.items() if phase is None or a.phase == phase}
+
+    def overloaded(self, phase: str | None = None) -> Counter[str]:
+        """The 503 answers' messages (of one phase), counted."""
+        return Counter(a.message for a in self.answers if a.status == 503 and phase in (None, a.phase))
 
     def summary(self) -> str:
         return (
-            f"{len(self.requests)} requests in {self.seconds:.1f}s: {len(self.acked)} acked, refusals "
-            f"{dict(self.refusal_codes())}, transport errors {dict(self.transport_errors)}, "
-            f"unanswered {len(self.unanswered)}"
+            f"{len(self.requests)} requests in {self.seconds:.1f}s: {len(self.acked)} acked, answers "
+            f"{dict(Counter((a.status, a.code) for a in self.answers))}, transport errors "
+            f"{dict(Counter(type(e).__name__ for e in self.transport_errors))}, unanswered {len(self.unanswered)}"
         )
 
-    async def run(self) -> Load:
-        self.started_at = time.monotonic()
-        await asyncio.gather(*(self._sender() for _ in range(self.concurrency)))
+    def assert_answered(self, *, outage: bool = False) -> None:
+        """Every request answered, and every answer a 201, a refusal the sale explains (409 sold out or past the
+        per-user limit), or (``outage``) a 503 ``overloaded`` with Retry-After."""
+        assert not self.unanswered, f"requests left without a final answer: {self.summary()}"
+        bad = [
+            a
+            for a in self.refusals
+            if (a.status, a.code) not in EXPECTED_REFUSALS
+            and not (outage and a.status == 503 and a.code == "overloaded" and a.retry_after)
+        ]
+        assert not bad, (
+            f"unexpected answers {Counter((a.status, a.code) for a in bad)}: {bad[:3]}; {self.summary()}"
+        )
+
+    def assert_clean(self, *, outage: bool = False) -> None:
+        """No transport error (the gateway stayed up), and ``assert_answered``."""
+        assert not self.transport_errors, f"{self.transport_errors[:3]}; {self.summary()}"
+        self.assert_answered(outage=outage)
+
+    def start(self, requests: Iterable[Request] | None = None) -> asyncio.Task[Load]:
+        """``run`` in the background (``finish`` ends it if the test fails first)."""
+        self.task = asyncio.create_task(self.run(requests))
+        return self.task
+
+    async def wait_acked(self, count: int, within: float = 60.0) -> None:
+        """Until ``count`` claims are acknowledged, or the background run has ended."""
+        task = self.task
+        assert task is not None, "start the load first"
+        await wait_until(
+            f"{count} acknowledged claims", lambda: len(self.acked) >= count or task.done(), within
+        )
+
+    async def run(self, requests: Iterable[Request] | None = None) -> Load:
+        """Send ``requests`` (added to ``self.requests``), or else ``self.requests``; each until its final
+        answer."""
+        batch = list(self.requests) if requests is None else list(requests)
+        if requests is not None:
+            self.requests.extend(batch)
+        started = time.monotonic()
+        self.started_at = self.started_at or started
+        self.finished_at = 0.0
+        pending = iter(enumerate(batch))  # shared by the senders: each request taken by one
+        await asyncio.gather(*(self._sender(pending, started) for _ in range(self.concurrency)))
         self.finished_at = time.monotonic()
         return self
 
-    async def _sender(self) -> None:
+    async def _sender(self, pending: Iterator[tuple[int, Request]], started: float) -> None:
         # A client (one connection) per sender: httpcore's shared pool costs O(connections) per request.
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=15) as http:
-            await self._send_all(http)
+        async with httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=10) as http:
+            for index, request in pending:
+                if self.rate:
+                    delay = started + index / self.rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await self._send(http, request, started + self.max_seconds)
 
-    async def _send_all(self, http: httpx.AsyncClient) -> None:
-        url = f"/v1/activities/{self.activity_id}/claim"
-        while self._next < len(self.requests):
-            index = self._next
-            self._next += 1
-            if self.rate:
-                delay = self.started_at + index / self.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            request = self.requests[index]
-            headers = {"Authorization": f"Bearer {token(request.user, request.device)}"}
-            if self.keyed:
-                headers["Idempotency-Key"] = request.key
-            failed_before = False
-            while True:
-                try:
-                    reply = await http.post(url, headers=headers)
-                except httpx.TransportError as exc:
-                    self.transport_errors[type(exc).__name__] += 1
-                    if self.retry and self.keyed:
-                        failed_before = True
-                        await asyncio.sleep(0.1)
-                        continue
+    def _headers(self, request: Request) -> dict[str, str]:
+        bearer = self._tokens.get((request.user, request.device))
+        if bearer is None:
+            bearer = f"Bearer {token(request.user, request.device)}"
+            self._tokens[request.user, request.device] = bearer
+        headers = {"Authorization": bearer}
+        if self.keyed:
+            headers["Idempotency-Key"] = request.key
+        return headers
+
+    async def _send(self, http: httpx.AsyncClient, request: Request, deadline: float) -> None:
+        after_error = False
+        while True:
+            await self._gate.wait()
+            if time.monotonic() > deadline:
+                self.unanswered.append(request)
+                return
+            self._in_flight += 1  # no await since the gate: a quiesce sees this request
+            self._idle.clear()
+            phase, sent_at = self.phase, time.monotonic()
+            try:
+                reply = await http.post(self.url, headers=self._headers(request))
+            except httpx.TransportError as exc:
+                self.transport_errors.append(exc)
+                if not self.retry:
                     self.unanswered.append(request)
-                    break
-                self._record(request, reply, failed_before)
-                break
+                    return
+                after_error = True
+                await asyncio.sleep(0.1)
+                continue
+            finally:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.set()
+            answer = Answer.of(request, reply, phase, sent_at, after_error)
+            self.answers.append(answer)
+            if self.retry_overloaded and answer.status == 503 and answer.code == "overloaded":
+                await asyncio.sleep(min(float(answer.retry_after or 1), 2.0))
+                continue
+            self.final.append(answer)
+            if answer.claim_id:
+                assert answer.claim_id not in self.acked, f"claim id {answer.claim_id} answered twice"
+                self.acked[answer.claim_id] = answer
+            return
 
-    def _record(self, request: Request, reply: httpx.Response, failed_before: bool) -> None:
-        self.answered += 1
-        if reply.status_code == 201:
-            claim_id = reply.json()["claim_id"]
-            assert claim_id not in self.acked, f"claim id {claim_id} answered twice"
-            self.acked[claim_id] = Acked(request.user, request.device, reply.text)
-            self.acked_after_error += failed_before
-        else:
-            self.refusals.append(
-                Refusal(request.user, reply.status_code, reply.text, reply.headers.get("retry-after"))
-            )
+    @contextlib.asynccontextmanager
+    async def quiesced(self) -> AsyncIterator[None]:
+        """No request in flight inside the block, and none sent: what is acknowledged before it is exactly what
+        Redis ran before it."""
+        self._gate.clear()
+        try:
+            await self._idle.wait()
+            yield
+        finally:
+            self._gate.set()
 
 
 async def finish(task: asyncio.Task[Any]) -> None:
@@ -410,23 +610,15 @@ async def wait_until(what: str, predicate: Any, within: float, interval: float =
         await asyncio.sleep(interval)
 
 
-def assert_no_server_errors(load: Load, *, allow_overloaded: bool = False) -> None:
-    """No 5xx at all, or (``allow_overloaded``) only 503 ``overloaded`` with a Retry-After header."""
-    bad = [
-        r
-        for r in load.refusals
-        if r.status >= 500
-        and not (allow_overloaded and r.status == 503 and r.code == "overloaded" and r.retry_after)
-    ]
-    assert not bad, f"{len(bad)} server errors, e.g. {bad[:3]}; {load.summary()}"
-
-
-def assert_only_expected_refusals(load: Load) -> None:
-    """Every answer other than 201 is a refusal the sale explains: 409 sold out or past the per-user limit."""
-    unexpected = [r for r in load.refusals if (r.status, r.code) not in EXPECTED_REFUSALS]
-    assert not unexpected, (
-        f"unexpected answers {Counter((r.status, r.code) for r in unexpected)}: {unexpected[:3]}"
-    )
+async def poll_during(seconds: float, interval: float, probe: Callable[[], Awaitable[None]]) -> int:
+    """Run ``probe`` every ``interval`` for ``seconds``; how many times it ran."""
+    deadline = time.monotonic() + seconds
+    runs = 0
+    while time.monotonic() < deadline:
+        await probe()
+        runs += 1
+        await asyncio.sleep(interval)
+    return runs
 
 
 # --- streams -----------------------------------------------------------------------------------------------
@@ -435,11 +627,7 @@ def assert_only_expected_refusals(load: Load) -> None:
 async def registered_streams(database_url: str) -> list[str]:
     """The streams registered in the ledger, activity streams first (a ``claimed`` entry is acknowledged only
     after its ``delivered`` entry is in a wallet stream, so reading activity streams first sees every entry)."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch("SELECT stream, kind FROM streams")
-    finally:
-        await conn.close()
+    rows = await query(database_url, "SELECT stream, kind FROM streams")
     return [r["stream"] for r in sorted(rows, key=lambda r: (r["kind"] != "activity", r["stream"]))]
 
 
@@ -470,7 +658,7 @@ def _id(entry_id: str) -> tuple[int, int]:
 
 
 async def wait_drained(
-    redis: Redis, database_url: str, workers: list[Proc], within: float = DRAIN_SECONDS
+    redis: Redis, database_url: str, workers: Sequence[Proc], within: float = DRAIN_SECONDS
 ) -> None:
     """Until every registered stream's group has nothing pending and nothing undelivered, twice in a row."""
     deadline = time.monotonic() + within
@@ -522,7 +710,86 @@ async def pending_entries_of(
     return found
 
 
-# --- the exactly-once check --------------------------------------------------------------------------------
+async def claims_in_stream(redis: Redis, sale: Sale) -> set[str]:
+    """Claim ids of the ``claimed`` entries the activity's stream holds (entries trimmed after they were
+    persisted are in the ledger instead)."""
+    entries = await redis.xrange(KEYS.activity(sale.activity_id).events) or []
+    return {str(fields["claim_id"]) for _, fields in entries if fields and fields.get("type") == "claimed"}
+
+
+# --- the ledger and Redis ----------------------------------------------------------------------------------
+
+
+async def claims_rows(database_url: str) -> int:
+    """How many claims the ledger holds."""
+    return int((await query(database_url, "SELECT count(*) AS n FROM claims"))[0]["n"])
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    claim_id: str
+    user_id: str
+    ordinal: int | None
+
+
+async def ledger_claims(database_url: str, activity_id: str) -> list[ClaimRow]:
+    rows = await query(
+        database_url, "SELECT claim_id, user_id, ordinal FROM claims WHERE activity_id = $1", activity_id
+    )
+    return [ClaimRow(r["claim_id"], r["user_id"], r["ordinal"]) for r in rows]
+
+
+async def ledger_marks(database_url: str) -> dict[str, int]:
+    rows = await query(database_url, "SELECT partition, seq FROM partition_marks")
+    return {r["partition"]: int(r["seq"]) for r in rows}
+
+
+async def ledger_conflicts(database_url: str) -> list[dict[str, Any]]:
+    """The entries the ledger's checks refused."""
+    return [dict(r) for r in await query(database_url, "SELECT partition, entry_id, reason FROM conflicts")]
+
+
+async def seqs_behind(redis: Redis, database_url: str) -> dict[str, tuple[int, int]]:
+    """Partitions whose ``seq`` in Redis is below the ledger's mark: (redis, ledger)."""
+    behind = {}
+    for partition, mark in (await ledger_marks(database_url)).items():
+        seq = int(await redis.get(f"{partition}:seq") or 0)
+        if seq < mark:
+            behind[partition] = (seq, mark)
+    return behind
+
+
+async def idempotency_answers(redis: Redis, sale: Sale, answers: Iterable[Answer]) -> dict[str, str | None]:
+    """For each acknowledged answer, the claim id Redis's idempotency record of its request holds (None when
+    Redis has no record)."""
+    keys = KEYS.activity(sale.activity_id)
+    found: dict[str, str | None] = {}
+    chosen = list(answers)
+    pipe = redis.pipeline(transaction=False)
+    for answer in chosen:
+        pipe.get(f"{keys.tag}:idem:{idempotency_digest(answer.request.user, answer.request.key)}")
+    for answer, record in zip(chosen, await pipe.execute(), strict=True):
+        if record is None:
+            found[answer.claim_id] = None
+            continue
+        body = msgspec.json.decode(record.split("|", 1)[1])
+        found[answer.claim_id] = body["claim_id"]
+    return found
+
+
+async def activity_counts(redis: Redis, sale: Sale) -> tuple[int, int]:
+    """Redis's stock left and units taken of the sale."""
+    config = KEYS.activity(sale.activity_id).config
+    stock_left, taken = (int(str(v)) for v in await redis.hmget(config, ["stock_left", "taken"]))
+    return stock_left, taken
+
+
+async def counts_hash(redis: Redis, key: str) -> dict[str, int]:
+    """A per-user or per-device counts hash, typed."""
+    return {str(k): int(n) for k, n in (await redis.hgetall(key)).items()}
+
+
+# --- the checks --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -572,12 +839,10 @@ async def assert_exactly_once(
         idempotency = await conn.fetchval(
             "SELECT count(*) FROM idempotency_records WHERE partition = $1", sale.tag
         )
-        marks = {
-            r["partition"]: r["seq"] for r in await conn.fetch("SELECT partition, seq FROM partition_marks")
-        }
-        conflicts = await conn.fetch("SELECT partition, entry_id, reason FROM conflicts")
     finally:
         await conn.close()
+    marks = await ledger_marks(database_url)
+    conflicts = await ledger_conflicts(database_url)
 
     # Claims: exactly the acknowledged ones, each once, each as answered.
     claim_ids = [r["claim_id"] for r in claims]
@@ -591,9 +856,7 @@ async def assert_exactly_once(
     )
     assert not extra, f"{len(extra)} claims in Postgres never acknowledged, e.g. {sorted(extra)[:5]}"
     assert len(claims) == len(expected_ids)
-    assert not conflicts, (
-        f"{len(conflicts)} entries the ledger's checks refused, e.g. {[dict(r) for r in conflicts[:3]]}"
-    )
+    assert not conflicts, f"{len(conflicts)} entries the ledger's checks refused, e.g. {conflicts[:3]}"
     # Each claim holds its own unit of the stock: ordinals 1..granted, none twice, none skipped.
     ordinals = sorted(r["ordinal"] for r in claims if r["claim_id"] in acked)
     assert ordinals == list(range(1, len(acked) + 1)), "units (ordinals) are not exactly 1..granted"
@@ -602,7 +865,8 @@ async def assert_exactly_once(
         if answer is None:
             assert row["user_id"] == ledger_only[row["claim_id"]]
             continue
-        assert (row["user_id"], row["device_id"], row["mode"]) == (answer.user, answer.device, "claim"), row
+        request = answer.request
+        assert (row["user_id"], row["device_id"], row["mode"]) == (request.user, request.device, "claim"), row
         assert row["answer"] == answer.body, (row["answer"], answer.body)
 
     # Coupons: pack size per claim, each once, owned as claimed; one coupon event each (version 1, delivered).
@@ -625,13 +889,13 @@ async def assert_exactly_once(
 
     # Redis: the stock taken is the acknowledged claims; per-user and per-device counts match the ledger.
     keys = KEYS.activity(sale.activity_id)
-    stock_left, taken = (int(str(v)) for v in await redis.hmget(keys.config, ["stock_left", "taken"]))
+    stock_left, taken = await activity_counts(redis, sale)
     assert stock_left + len(acked) == sale.stock, (stock_left, len(acked), sale.stock)
     assert taken == len(acked), (taken, len(acked))
-    redis_users = {str(u): int(n) for u, n in (await redis.hgetall(keys.user_counts)).items()}
+    redis_users = await counts_hash(redis, keys.user_counts)
     ledger_users = Counter(r["user_id"] for r in claims if r["claim_id"] not in ledger_only)
     assert redis_users == dict(ledger_users), _diff(redis_users, ledger_users)
-    redis_devices = {str(d): int(n) for d, n in (await redis.hgetall(keys.device_counts)).items()}
+    redis_devices = await counts_hash(redis, keys.device_counts)
     ledger_devices = Counter(r["device_id"] for r in claims if r["claim_id"] not in ledger_only)
     assert redis_devices == dict(ledger_devices), _diff(redis_devices, ledger_devices)
     assert max(ledger_users.values(), default=0) <= sale.per_user_limit
@@ -660,6 +924,43 @@ async def assert_exactly_once(
     return Ledger(len(claims), len(coupons))
 
 
+@dataclass(frozen=True)
+class Consistency:
+    rows: int
+    users: int
+    stock_left: int
+    taken: int
+
+
+async def assert_consistent(redis: Redis, database_url: str, sale: Sale) -> Consistency:
+    """After a full drain, for a sale some of whose acknowledged claims may be lost: no unit sold twice (each
+    claim holds its own ordinal), no oversell, no user above its limit, nothing in ``conflicts``, Redis's stock,
+    taken and per-user counts equal the ledger's, and no partition's seq behind the ledger's mark."""
+    rows = await ledger_claims(database_url, sale.activity_id)
+    ids = [r.claim_id for r in rows]
+    assert len(ids) == len(set(ids)), f"a claim id twice: {[c for c, n in Counter(ids).items() if n > 1][:5]}"
+    ordinals = [r.ordinal for r in rows]
+    assert None not in ordinals, "a claims row without its ordinal"
+    assert len(set(ordinals)) == len(rows), (
+        f"a unit sold twice: {[o for o, n in Counter(ordinals).items() if n > 1][:5]}"
+    )
+    assert len(rows) <= sale.stock, f"oversold: {len(rows)} claims of {sale.stock}"
+    assert all(1 <= o <= sale.stock for o in ordinals if o is not None), "a unit beyond the stock"
+    per_user = Counter(r.user_id for r in rows)
+    over = {u: n for u, n in per_user.items() if n > sale.per_user_limit}
+    assert not over, f"users above their limit of {sale.per_user_limit}: {dict(list(over.items())[:5])}"
+    conflicts = await ledger_conflicts(database_url)
+    assert not conflicts, f"entries the ledger refused: {conflicts[:3]}"
+    stock_left, taken = await activity_counts(redis, sale)
+    assert taken == len(rows), f"Redis taken {taken}, ledger {len(rows)} claims"
+    assert stock_left + taken == sale.stock, (stock_left, taken, sale.stock)
+    redis_users = await counts_hash(redis, KEYS.activity(sale.activity_id).user_counts)
+    assert redis_users == dict(per_user), "per-user counts: " + _diff(redis_users, per_user)
+    behind = await seqs_behind(redis, database_url)
+    assert not behind, f"partitions behind the ledger: {behind}"
+    return Consistency(len(rows), len(per_user), stock_left, taken)
+
+
 def strs(fields: Mapping[Any, Any]) -> dict[str, str]:
     """A hash or entry as the decoding client returns it, typed (redis-py types values as bytes | str)."""
     return {str(k): str(v) for k, v in fields.items()}
@@ -673,44 +974,3 @@ def _diff(redis_side: Mapping[str, int], ledger_side: Mapping[str, int]) -> str:
         if redis_side.get(k) != ledger_side.get(k)
     }
     return f"{len(differ)} differ (redis, ledger): {dict(list(differ.items())[:10])}"
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    code: int
-    output: str
-
-    @property
-    def differences(self) -> list[str]:
-        return [
-            line.removeprefix("difference: ")
-            for line in self.output.splitlines()
-            if line.startswith("difference: ")
-        ]
-
-    @property
-    def repaired(self) -> list[str]:
-        return [line for line in self.output.splitlines() if line.startswith("repaired: ")]
-
-
-async def run_reconcile(env: Mapping[str, str]) -> Reconciled:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [*CLAIMGATE, "reconcile"],
-        env=dict(env),
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return Reconciled(result.returncode, result.stdout + result.stderr)
-
-
-async def assert_reconciled(env: Mapping[str, str]) -> Reconciled:
-    """``claimgate reconcile`` finds no difference between Redis and the ledger (exit 0; 1 = differences), and
-    nothing half-done to finish (after a full drain there is none)."""
-    found = await run_reconcile(env)
-    assert found.code == 0, f"claimgate reconcile exited with {found.code}:\n{found.output}"
-    assert not found.repaired, found.output
-    return found

@@ -5,7 +5,6 @@ Idempotency-Key after the gap get their first answer (a claim that ran before th
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -14,14 +13,11 @@ from tests.faults.support import (
     Load,
     Processes,
     assert_exactly_once,
-    assert_no_server_errors,
-    assert_only_expected_refusals,
     assert_reconciled,
     create_sale,
     finish,
     plan,
     wait_drained,
-    wait_until,
 )
 
 pytestmark = pytest.mark.fault
@@ -36,9 +32,9 @@ async def test_a_gateway_killed_and_restarted_mid_load_loses_no_acknowledged_cla
     sale = await create_sale(gateway.url, stock=2300)
     worker = procs.worker(env, name="worker", worker_claim_idle_ms="1000")
     load = Load(gateway.url, sale.activity_id, plan(2000), concurrency=32, keyed=True, retry=True)
-    loading: asyncio.Task[Any] = asyncio.create_task(load.run())
+    loading = load.start()
     try:
-        await wait_until("700 acknowledged claims", lambda: len(load.acked) >= 700 or loading.done(), 60)
+        await load.wait_acked(700)
         assert not loading.done()
         gateway.proc.kill_group()  # kill -9: the granian parent and its worker process
         assert await gateway.proc.wait_exit(10) is not None
@@ -56,8 +52,7 @@ async def test_a_gateway_killed_and_restarted_mid_load_loses_no_acknowledged_cla
     assert load.transport_errors, "the kill should have been felt by clients"
     for claim_id, answer in before_kill.items():
         assert load.acked[claim_id] == answer
-    assert_no_server_errors(load)
-    assert_only_expected_refusals(load)
+    load.assert_answered()
     ledger = await assert_exactly_once(rdb, database_url, sale, load)
     assert set(before_kill) <= set(load.acked) and ledger.claims == len(load.acked)
     await assert_reconciled(env)

@@ -5,34 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import time
-from typing import Any
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from gateway.ids import new_id
-from tests.conftest import ROOT
 from tests.faults.support import (
-    CLAIMGATE,
     KEYS,
     Load,
     Processes,
     Sale,
     assert_exactly_once,
-    assert_no_server_errors,
-    assert_only_expected_refusals,
     assert_reconciled,
+    claimgate,
     create_sale,
     drain,
     finish,
     plan,
-    run_reconcile,
+    query,
     strs,
     wait_drained,
-    wait_until,
 )
 
 pytestmark = pytest.mark.fault
@@ -90,9 +84,9 @@ async def test_a_poison_entry_among_thousands_is_dead_lettered_then_replayed_onc
     sale = await create_sale(gateway.url, stock=2700)
     worker = procs.worker(env, name="worker", worker_claim_idle_ms="1000")
     load = Load(gateway.url, sale.activity_id, plan(2400), concurrency=32)  # 3,000 claims
-    loading: asyncio.Task[Any] = asyncio.create_task(load.run())
+    loading = load.start()
     try:
-        await wait_until("half the load", lambda: len(load.acked) >= 1300 or loading.done(), 60)
+        await load.wait_acked(1300)
         assert not loading.done()
         poison_claim, poison_entry = await add_poison(rdb, sale)
         await asyncio.wait_for(loading, 120)
@@ -101,9 +95,7 @@ async def test_a_poison_entry_among_thousands_is_dead_lettered_then_replayed_onc
         await finish(loading)
     assert procs.stop(worker) == 0, worker.tail()
     print(load.summary())
-    assert_no_server_errors(load)
-    assert_only_expected_refusals(load)
-    assert not load.transport_errors, load.summary()
+    load.assert_clean()
 
     # Dead-lettered after 3 failures of its own, with the reason; everything else persisted once, nothing
     # pending (checked with the rest by assert_exactly_once).
@@ -123,29 +115,17 @@ async def test_a_poison_entry_among_thousands_is_dead_lettered_then_replayed_onc
 
     try:
         # The fix (here: the schema learns the new mode); replay persists it once and removes it.
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute("ALTER TABLE claims DROP CONSTRAINT claims_mode_check")
-        finally:
-            await conn.close()
+        await query(database_url, "ALTER TABLE claims DROP CONSTRAINT claims_mode_check")
         for expected in ("dead letters replayed: 1; still failing (kept): 0", "dead letters replayed: 0;"):
-            replay = await asyncio.to_thread(
-                subprocess.run,
-                [*CLAIMGATE, "replay-dead"],
-                env=env,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert replay.returncode == 0 and expected in replay.stdout, replay.stdout + replay.stderr
+            replay = await claimgate(env, "replay-dead", within=60)
+            assert replay.code == 0 and expected in replay.stdout, replay.output
         assert await rdb.xlen(keys.dead_letters) == 0
         await drain(procs, env, rdb)  # the wallet's `delivered` event of the replayed claim
         await assert_exactly_once(rdb, database_url, sale, load, ledger_only={poison_claim: POISON_USER})
 
         # Reconcile now sees a claim the ledger holds and Redis never took: exactly that, in the activity's
         # counts (taken, stock left, the poison user's and device's counts), nothing else.
-        found = await run_reconcile(env)
+        found = await claimgate(env, "reconcile")
         tag = re.escape(keys.tag)
         expected_lines = {
             rf"{tag} config: {tag}:act\[stock_left\] redis='{sale.stock - len(load.acked)}' "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -15,15 +14,12 @@ from tests.faults.support import (
     Load,
     Processes,
     assert_exactly_once,
-    assert_no_server_errors,
-    assert_only_expected_refusals,
     assert_reconciled,
     create_sale,
     finish,
     plan,
     registered_streams,
     wait_drained,
-    wait_until,
 )
 
 pytestmark = pytest.mark.fault
@@ -53,13 +49,13 @@ async def test_workers_racing_on_one_group_persist_each_claim_once_without_deadl
     sale = await create_sale(gateway.url, stock=3300)
     workers = [procs.worker(env, name=f"racer-{n}", **RACE) for n in (1, 2)]
     load = Load(gateway.url, sale.activity_id, plan(3000), concurrency=32)
-    loading: asyncio.Task[Any] = asyncio.create_task(load.run())
+    loading = load.start()
     redelivered: set[tuple[str, str]] = set()
     streams = await registered_streams(database_url)
     stop_sampling = asyncio.Event()
     sampling = asyncio.create_task(sample_redeliveries(rdb, streams, redelivered, stop_sampling))
     try:
-        await wait_until("half the load", lambda: len(load.acked) >= 1500 or loading.done(), 60)
+        await load.wait_acked(1500)
         assert not loading.done()
         workers.append(procs.worker(env, name="racer-3", **RACE))
         await asyncio.wait_for(loading, 120)
@@ -87,8 +83,6 @@ async def test_workers_racing_on_one_group_persist_each_claim_once_without_deadl
         retries = log.count("batch not persisted")
         print(f"{worker.name}: {retries} batches retried")
 
-    assert_no_server_errors(load)
-    assert_only_expected_refusals(load)
-    assert not load.transport_errors, load.summary()
+    load.assert_clean()
     await assert_exactly_once(rdb, database_url, sale, load)
     await assert_reconciled(env)

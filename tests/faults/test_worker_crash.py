@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
 
 import asyncpg
 import pytest
@@ -15,15 +14,12 @@ from tests.faults.support import (
     Load,
     Processes,
     assert_exactly_once,
-    assert_no_server_errors,
-    assert_only_expected_refusals,
     assert_reconciled,
     create_sale,
     finish,
     pending_entries_of,
     plan,
     wait_drained,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.fault, pytest.mark.short_fault]
@@ -54,9 +50,9 @@ async def test_a_worker_killed_at_a_crash_point_loses_and_doubles_nothing(
     requests = plan(2000)
     sale = await create_sale(gateway.url, stock=2300)  # the tail of the load sells out
     load = Load(gateway.url, sale.activity_id, requests, concurrency=32)
-    loading: asyncio.Task[Any] = asyncio.create_task(load.run())
+    loading = load.start()
     try:
-        await wait_until("300 acknowledged claims", lambda: len(load.acked) >= 300 or loading.done(), 60)
+        await load.wait_acked(300)
         doomed = procs.worker(env, name="doomed", worker_batch="100", worker_crash_at=f"{point}:3")
         code = await doomed.wait_exit(60)
         assert code == -signal.SIGKILL, f"the worker should have killed itself at {point}\n{doomed.tail()}"
@@ -77,9 +73,7 @@ async def test_a_worker_killed_at_a_crash_point_loses_and_doubles_nothing(
     assert procs.stop(survivor) == 0, survivor.tail()
     assert await pending_entries_of(rdb, "doomed", database_url) == []
 
-    assert_no_server_errors(load)
-    assert_only_expected_refusals(load)
-    assert not load.transport_errors, load.summary()
+    load.assert_clean()
     assert len(load.acked) == sale.stock, load.summary()  # sold out: every pack taken by an answered claim
     print(load.summary())
     await assert_exactly_once(rdb, database_url, sale, load)

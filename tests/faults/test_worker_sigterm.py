@@ -8,7 +8,6 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import asyncpg
 import pytest
@@ -18,9 +17,8 @@ from tests.faults.support import (
     Load,
     Processes,
     assert_exactly_once,
-    assert_no_server_errors,
-    assert_only_expected_refusals,
     assert_reconciled,
+    claims_rows,
     create_sale,
     finish,
     pending_entries_of,
@@ -33,14 +31,6 @@ from tests.faults.support import (
 
 pytestmark = pytest.mark.fault
 STOP_SECONDS = 5.0
-
-
-async def claims_rows(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM claims"))
-    finally:
-        await conn.close()
 
 
 @contextlib.asynccontextmanager
@@ -72,9 +62,9 @@ async def test_a_worker_stopped_with_sigterm_under_load_exits_0_and_loses_nothin
     sale = await create_sale(gateway.url, stock=2300)
     worker = procs.worker(env, name="stopped")
     load = Load(gateway.url, sale.activity_id, plan(2000), concurrency=32)
-    loading: asyncio.Task[Any] = asyncio.create_task(load.run())
+    loading = load.start()
     try:
-        await wait_until("800 acknowledged claims", lambda: len(load.acked) >= 800 or loading.done(), 60)
+        await load.wait_acked(800)
         await wait_until("the worker persisting", lambda: claims_rows(database_url), 30)
         assert not loading.done()
         backlog = await stream_backlog(rdb, await registered_streams(database_url))
@@ -99,8 +89,6 @@ async def test_a_worker_stopped_with_sigterm_under_load_exits_0_and_loses_nothin
     assert procs.stop(finisher) == 0, finisher.tail()
     print(load.summary())
 
-    assert_no_server_errors(load)
-    assert_only_expected_refusals(load)
-    assert not load.transport_errors, load.summary()
+    load.assert_clean()
     await assert_exactly_once(rdb, database_url, sale, load)
     await assert_reconciled(env)
