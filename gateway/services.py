@@ -23,6 +23,7 @@ from gateway.redis_client import RedisClient, ScriptRunner, connect
 from gateway.scripts import load_scripts
 from gateway.settings import Settings
 from gateway.store import register_streams
+from gateway.wallet import WalletService
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Services:
     claims: ClaimService
     admin: AdminService
     grants: GrantService
+    wallet: WalletService
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -113,6 +115,7 @@ class Services:
             grants=GrantService(
                 redis.runner, keyspace, claims, blocklist, settings.claim.idempotency_ttl_seconds
             ),
+            wallet=WalletService(redis.runner, keyspace),
         )
         try:
             await register_fixed_streams(pool, keyspace)

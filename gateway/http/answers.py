@@ -95,3 +95,18 @@ class Readiness(msgspec.Struct, omit_defaults=True):
     fence: str
     durability: Durability | None = None
     missing: list[str] | None = None
+
+
+class WalletItem(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    coupon_id: str
+    template_id: str
+    activity_id: str
+    status: str  # available, locked, redeemed or expired (available past its validity)
+    valid_from: int
+    valid_until: int
+    order_id: str | None = None  # the order holding it (locked, redeemed)
+
+
+class WalletPage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    items: list[WalletItem]
+    next_cursor: str | None = None

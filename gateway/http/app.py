@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 
-from gateway.http import admin_routes, blocklist_routes, claim_routes, ops_routes
+from gateway.http import admin_routes, blocklist_routes, claim_routes, ops_routes, wallet_routes
 from gateway.http.errors import EXCEPTION_HANDLERS
 from gateway.http.openapi import ContractDocument
 from gateway.services import Services
@@ -28,7 +28,9 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             Router(
-                "/", route_handlers=claim_routes.ROUTES, request_max_body_size=claim_routes.USER_BODY_LIMIT
+                "/",
+                route_handlers=[*claim_routes.ROUTES, *wallet_routes.ROUTES],
+                request_max_body_size=claim_routes.USER_BODY_LIMIT,
             ),
             Router(
                 "/",

@@ -1,4 +1,5 @@
-"""Who is calling: a user from a verified token, an operator from an API key."""
+"""Who is calling: a user from a verified token, the order service from a service key (acting for the user it
+names), an operator from an API key."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 
 from litestar import Request
 
+from gateway.http.bodies import invalid_request
 from gateway.outcomes import DomainError, Outcome
 from gateway.services import Services
-from gateway.tokens import UserIdentity, verify_user_token
+from gateway.tokens import ID_PATTERN, UserIdentity, verify_user_token
 
 
 def services(request: Request[Any, Any, Any]) -> Services:
@@ -29,3 +31,31 @@ def operator(request: Request[Any, Any, Any]) -> str:
             if hmac.compare_digest(key.encode(), given.encode()):
                 return name
     raise DomainError(Outcome.UNAUTHORIZED, "A valid X-API-Key is required.")
+
+
+def _is_service(request: Request[Any, Any, Any]) -> bool:
+    """True for a valid ``X-Service-Key``; a wrong one is refused, never taken for a user call."""
+    given = request.headers.get("x-service-key")
+    if given is None:
+        return False
+    if any(
+        hmac.compare_digest(key.encode(), given.encode())
+        for key in services(request).settings.auth.service_keys
+    ):
+        return True
+    raise DomainError(Outcome.UNAUTHORIZED, "The X-Service-Key is not valid.")
+
+
+def acting_user(request: Request[Any, Any, Any], user_id: str | None) -> str:
+    """The user a checkout or wallet call acts for: a user token's own user (a ``user_id`` beside it is refused:
+    a token never acts for anyone else), or the ``user_id`` the order service names with its key."""
+    if _is_service(request):
+        if user_id is None:
+            raise invalid_request("user_id is required with X-Service-Key.", "user_id")
+        if not ID_PATTERN.fullmatch(user_id):
+            raise invalid_request("user_id must be 1-64 characters of [A-Za-z0-9_.:-].", "user_id")
+        return user_id
+    who = user(request)
+    if user_id is not None:
+        raise invalid_request("A user token acts for its own user only: leave user_id out.", "user_id")
+    return who.user_id

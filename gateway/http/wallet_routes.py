@@ -1,0 +1,39 @@
+"""The wallet: ``GET /v1/coupons`` for a user (token) or for the user the order service names (service key)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from litestar import Request, Response, get
+
+from gateway.http import auth, bodies
+from gateway.http.answers import WalletPage
+from gateway.http.errors import JSON
+from gateway.http.openapi import documented
+from gateway.wallet import STATUSES
+
+_QUERY = frozenset({"status", "limit", "cursor", "user_id"})
+_COUPON_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,6}")
+
+
+@get("/v1/coupons", opt=documented(answer=WalletPage, scripts=True))
+async def wallet(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The caller's coupons, newest first: ``?status=`` one of available, locked, redeemed, expired (absent:
+    all), ``limit`` ≤ 100, ``cursor``; a service names the user with ``?user_id=``."""
+    bodies.only_query(request, _QUERY)
+    user_id = auth.acting_user(request, request.query_params.get("user_id"))
+    status = request.query_params.get("status", "")
+    if status and status not in STATUSES:
+        raise bodies.invalid_request(f"status must be one of {', '.join(STATUSES)}.", "status")
+    cursor = request.query_params.get("cursor", "")
+    if cursor and not _COUPON_ID.fullmatch(cursor):
+        raise bodies.invalid_request("cursor is malformed.", "cursor")
+    page = await auth.services(request).wallet.page(
+        user_id, status=status, cursor=cursor, limit=bodies.list_limit(request), now=int(time.time())
+    )
+    return Response(page, media_type=JSON)
+
+
+ROUTES = [wallet]
