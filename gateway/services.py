@@ -23,6 +23,7 @@ from gateway.redis_client import RedisClient, ScriptRunner, connect
 from gateway.scripts import load_scripts
 from gateway.settings import Settings
 from gateway.store import register_streams
+from gateway.terms import TermsCache
 from gateway.wallet import WalletService
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Services:
     admin: AdminService
     grants: GrantService
     wallet: WalletService
+    terms: TermsCache
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -116,6 +118,7 @@ class Services:
                 redis.runner, keyspace, claims, blocklist, settings.claim.idempotency_ttl_seconds
             ),
             wallet=WalletService(redis.runner, keyspace),
+            terms=TermsCache(pool),
         )
         try:
             await register_fixed_streams(pool, keyspace)

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from gateway.keys import KeySpace
 from gateway.redis_client import ScriptRunner
 
 STATUSES = ("available", "locked", "redeemed", "expired")
+PAGE = 100
+
+
+class WalletCoupon(msgspec.Struct):
+    coupon_id: str
+    template_id: str
+    activity_id: str
+    status: str
+    valid_from: int
+    valid_until: int
+    order_id: str | None = None
+
+
+class _Page(msgspec.Struct):
+    items: list[WalletCoupon]
+    next_cursor: str | None = None
 
 
 class WalletService:
@@ -21,3 +39,16 @@ class WalletService:
         )
         tail = f',"next_cursor":"{next_cursor}"}}' if next_cursor else "}"
         return f'{{"items":{items}{tail}'.encode()
+
+    async def coupons(self, user_id: str, *, now: int) -> list[WalletCoupon]:
+        """Every coupon of the user, newest first, with the status each shows now."""
+        found: list[WalletCoupon] = []
+        cursor = ""
+        while True:
+            page = msgspec.json.decode(
+                await self.page(user_id, status="", cursor=cursor, limit=PAGE, now=now), type=_Page
+            )
+            found += page.items
+            if not page.next_cursor:
+                return found
+            cursor = page.next_cursor

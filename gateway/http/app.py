@@ -8,7 +8,14 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 
-from gateway.http import admin_routes, blocklist_routes, claim_routes, ops_routes, wallet_routes
+from gateway.http import (
+    admin_routes,
+    blocklist_routes,
+    checkout_routes,
+    claim_routes,
+    ops_routes,
+    wallet_routes,
+)
 from gateway.http.errors import EXCEPTION_HANDLERS
 from gateway.http.openapi import ContractDocument
 from gateway.services import Services
@@ -36,6 +43,11 @@ def create_app(settings: Settings) -> Litestar:
                 "/",
                 route_handlers=[*admin_routes.ROUTES, *blocklist_routes.ROUTES],
                 request_max_body_size=admin_routes.ADMIN_BODY_LIMIT,
+            ),
+            Router(
+                "/",
+                route_handlers=checkout_routes.ROUTES,
+                request_max_body_size=checkout_routes.CHECKOUT_BODY_LIMIT,
             ),
             *ops_routes.ROUTES,
         ],
