@@ -19,18 +19,16 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from gateway.campaign import Template
+from gateway.campaign import Label, Template
 
 MAX_AMOUNT = 10**12
-Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
-Word = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
 
 
 class Line(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    sku: Sku
-    category: Word
+    sku: Label
+    category: Label  # any word a template's scope can name
     amount: Annotated[int, Meta(ge=0, le=MAX_AMOUNT)]
-    business_line: Word | None = None
+    business_line: Label | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,19 +116,22 @@ class Held:
 
     coupon_id: str
     status: str  # as it shows now: available, locked, redeemed or expired
+    valid_from: int
     valid_until: int
     terms: Terms
 
 
-def quote(coupons: list[Held], lines: list[Line]) -> Quote:
+def quote(coupons: list[Held], lines: list[Line], *, now: int) -> Quote:
+    """Coupons not yet valid (an absolute window that has not opened) are in neither list: the contract's
+    reasons do not name that state, and the coupon is no reason to change the cart."""
     usable: list[tuple[Usable, int]] = []
     unusable: list[Unusable] = []
     for coupon in coupons:
         if coupon.status in ("expired", "locked"):
             unusable.append(Unusable(coupon.coupon_id, coupon.status))
             continue
-        if coupon.status != "available":
-            continue  # redeemed: not the cart's concern
+        if coupon.status != "available" or coupon.valid_from > now:
+            continue  # redeemed, or not yet valid: not the cart's concern
         if not any(coupon.terms.eligible(line) for line in lines):
             unusable.append(Unusable(coupon.coupon_id, "scope"))
             continue

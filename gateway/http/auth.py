@@ -4,6 +4,7 @@ names), an operator from an API key."""
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
@@ -46,16 +47,32 @@ def _is_service(request: Request[Any, Any, Any]) -> bool:
     raise DomainError(Outcome.UNAUTHORIZED, "The X-Service-Key is not valid.")
 
 
-def acting_user(request: Request[Any, Any, Any], user_id: str | None) -> str:
-    """The user a checkout or wallet call acts for: a user token's own user (a ``user_id`` beside it is refused:
-    a token never acts for anyone else), or the ``user_id`` the order service names with its key."""
-    if _is_service(request):
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A verified caller of a checkout or wallet route: a user (its token), or the order service (``user`` None)."""
+
+    user: UserIdentity | None
+
+    def acting_for(self, user_id: str | None) -> str:
+        """The user the call acts for: a token's own user (a ``user_id`` beside it is refused: a token never acts
+        for anyone else), or the ``user_id`` the order service names."""
+        if self.user is not None:
+            if user_id is not None:
+                raise invalid_request(
+                    "A user token acts for its own user only: leave user_id out.", "user_id"
+                )
+            return self.user.user_id
         if user_id is None:
             raise invalid_request("user_id is required with X-Service-Key.", "user_id")
         if not ID_PATTERN.fullmatch(user_id):
             raise invalid_request("user_id must be 1-64 characters of [A-Za-z0-9_.:-].", "user_id")
         return user_id
-    who = user(request)
-    if user_id is not None:
-        raise invalid_request("A user token acts for its own user only: leave user_id out.", "user_id")
-    return who.user_id
+
+
+def caller(request: Request[Any, Any, Any]) -> Caller:
+    """Credentials first, before the request's shape is looked at."""
+    return Caller(None if _is_service(request) else user(request))
+
+
+def acting_user(request: Request[Any, Any, Any], user_id: str | None) -> str:
+    return caller(request).acting_for(user_id)

@@ -14,7 +14,7 @@ from gateway.http.errors import JSON
 from gateway.http.openapi import documented
 from gateway.quote import Held, Line, Quote, quote
 
-CHECKOUT_BODY_LIMIT = 64 * 1024
+CHECKOUT_BODY_LIMIT = 16 * 1024  # product.md: user routes take 16 KiB
 
 
 class QuoteBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -31,19 +31,21 @@ class QuoteBody(msgspec.Struct, forbid_unknown_fields=True):
 async def checkout_quote(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The caller's coupons on this cart: usable ones with their discount and its split over the lines, best
     first; unusable ones with the reason (scope, threshold, expired, locked)."""
+    who = auth.caller(request)
     bodies.only_query(request, frozenset())
     body = await bodies.body(request, QuoteBody)
-    user_id = auth.acting_user(request, body.user_id)
+    user_id = who.acting_for(body.user_id)
     body.check()
     services = auth.services(request)
-    coupons = await services.wallet.coupons(user_id, now=int(time.time()))
+    now = int(time.time())
+    coupons = await services.wallet.coupons(user_id, now=now)
     terms = await services.terms.of({c.template_id for c in coupons})
     held = [
-        Held(c.coupon_id, c.status, c.valid_until, terms[c.template_id])
+        Held(c.coupon_id, c.status, c.valid_from, c.valid_until, terms[c.template_id])
         for c in coupons
         if c.template_id in terms
     ]
-    return Response(msgspec.json.encode(quote(held, body.lines)), media_type=JSON)
+    return Response(msgspec.json.encode(quote(held, body.lines, now=now)), media_type=JSON)
 
 
 ROUTES = [checkout_quote]
