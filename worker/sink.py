@@ -84,12 +84,13 @@ WHERE b.seq < excluded.seq
 """
 
 
-# Operators' events -> the audit action they record (target: the activity).
+# Operators' events -> the audit action they record (target: the activity, or the partition restored).
 AUDITED = {
     "activity_created": "create_activity",
     "status_changed": "set_status",
     "stock_changed": "change_stock",
     "activity_patched": "patch_activity",
+    "restored": "restore",
 }
 
 
@@ -182,20 +183,6 @@ def _add(rows: _Rows, entry: Entry) -> None:
         rows.audit.append(
             (f["id"], entry.partition, seq, at, f["by"], f"blocklist_{f['action']}", "blocklist", "", change)
         )
-    elif kind == "restored":
-        rows.audit.append(
-            (
-                f["id"],
-                entry.partition,
-                entry.seq,
-                int(f["at"]),
-                f["by"],
-                "restore",
-                entry.partition,
-                "",
-                f["after"],
-            )
-        )
     elif kind in AUDITED:
         rows.audit.append(
             (
@@ -205,7 +192,7 @@ def _add(rows: _Rows, entry: Entry) -> None:
                 int(f["at"]),
                 f["by"],
                 AUDITED[kind],
-                f["activity"],
+                f.get("activity") or entry.partition,  # a restore's target is its partition
                 f.get("before", ""),
                 f.get("after", ""),
             )
