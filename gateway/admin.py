@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from redis.exceptions import RedisError
 
 from gateway import store
 from gateway.campaign import (
@@ -120,16 +119,11 @@ class AdminService:
         """The activity's hot config as Redis holds it (the authority for status, window, limits and stock),
         mirroring it first if a crash or an outage left it unmirrored."""
         keys = self.keyspace.activity(activity.id)
-        try:
+        hot = await self.runner.control.hgetall(keys.config)
+        if not hot:
+            templates = await store.templates_by_id(self.pool, [i.template_id for i in activity.pack])
+            await self.mirror_activity(activity, templates, activity.created_by, now)
             hot = await self.runner.control.hgetall(keys.config)
-            if not hot:
-                templates = await store.templates_by_id(self.pool, [i.template_id for i in activity.pack])
-                await self.mirror_activity(activity, templates, activity.created_by, now)
-                hot = await self.runner.control.hgetall(keys.config)
-        except RedisError:
-            raise DomainError(
-                Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=1
-            ) from None
         return {str(k): str(v) for k, v in hot.items()}
 
     async def change_blocklist(self, action: str, change: BlocklistChange, operator: str, now: int) -> int:
@@ -151,12 +145,7 @@ class AdminService:
 
     async def blocklist_entries(self) -> list[BlocklistEntry]:
         """Every entry, newest first (then by kind and id): Redis holds the list the gateways enforce."""
-        try:
-            raw = await self.runner.control.hgetall(BLOCKLIST.entries)
-        except RedisError:
-            raise DomainError(
-                Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=1
-            ) from None
+        raw = await self.runner.control.hgetall(BLOCKLIST.entries)
         entries = []
         for name, value in raw.items():
             kind, _, ident = str(name).partition(":")

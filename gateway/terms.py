@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncpg
 
 from gateway import store
-from gateway.outcomes import DomainError, Outcome
 from gateway.quote import Terms
 
 
@@ -18,12 +17,6 @@ class TermsCache:
     async def of(self, template_ids: set[str]) -> dict[str, Terms]:
         missing = [t for t in template_ids if t not in self._terms]
         if missing:
-            try:
-                found = await store.templates_by_id(self.pool, missing)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                raise DomainError(
-                    Outcome.OVERLOADED, "Template terms are unreadable for now; retry shortly.", retry_after=1
-                ) from None
-            for template_id, template in found.items():
+            for template_id, template in (await store.templates_by_id(self.pool, missing)).items():
                 self._terms[template_id] = Terms.of(template)
         return {t: self._terms[t] for t in template_ids if t in self._terms}

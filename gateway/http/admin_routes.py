@@ -6,11 +6,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import msgspec
 from litestar import Request, Response, get, patch, post
 from litestar.params import FromPath
-from redis.exceptions import RedisError
 
 from gateway import store
 from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, Template, TemplateIn
@@ -252,18 +250,9 @@ async def ledger_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
     auth.operator(request)
     bodies.only_query(request, frozenset())
     services = auth.services(request)
-    try:
-        load = await services.load.measure(services.client, services.pool)
-        streams = await services.load.streams(services.pool)
-        dead = await dead_letter_count(services.client, streams)
-    except RedisError:
-        raise DomainError(Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=1) from None
-    try:
-        conflicts = await store.conflicts(services.pool)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DomainError(
-            Outcome.OVERLOADED, "Postgres is unreachable; retry shortly.", retry_after=1
-        ) from exc
+    load = await services.load.measure(services.client, services.pool)
+    dead = await dead_letter_count(services.client, await services.load.streams(services.pool))
+    conflicts = await store.conflicts(services.pool)
     settings = services.settings.shed
     return _json(
         LedgerStats(

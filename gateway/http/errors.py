@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from redis.exceptions import ClusterDownError, RedisClusterException
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.outcomes import (
     METHOD_NOT_ALLOWED,
@@ -53,6 +57,33 @@ def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response
     return Response(INTERNAL_ERROR, status_code=500, media_type=JSON)
 
 
+# A store that cannot be reached (refused, reset, timed out, a cluster without its nodes) is not a bug of the
+# request: every route answers it as the contract's overloaded, with Retry-After, and nothing was done.
+STORE_UNREACHABLE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    RedisClusterException,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+UNREACHABLE_RETRY_AFTER = 1
+
+
+def on_store_unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.warning("a store is unreachable: %r", exc)
+    return render(
+        DomainError(
+            Outcome.OVERLOADED,
+            "A data store is unreachable; retry shortly.",
+            retry_after=UNREACHABLE_RETRY_AFTER,
+        )
+    )
+
+
 def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Anything else is a bug: log it whole, answer 500 without details."""
     log.exception("unhandled error", exc_info=exc)
@@ -62,6 +93,7 @@ def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
 EXCEPTION_HANDLERS = {
     DomainError: on_domain_error,
     HTTPException: on_http_exception,
+    **dict.fromkeys(STORE_UNREACHABLE, on_store_unreachable),
     Exception: on_unexpected,
 }
 assert all(outcome in STATUS for outcome in Outcome)
