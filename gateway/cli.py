@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -128,22 +130,24 @@ def _replay_dead(_: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _open_ledger_tools(settings: Settings, *, check_fence: bool) -> Any:
-    """Clients (fence checked against the ledger), a Postgres pool and the key space, for reconcile/restore."""
+@contextlib.asynccontextmanager
+async def _ledger_tools(settings: Settings, *, check_fence: bool) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """Clients, a Postgres pool and the key space for reconcile and restore; closed on the way out."""
     import asyncpg
 
     from gateway import ledger_check
     from gateway.keys import KeySpace
     from gateway.services import Clients
 
-    async def open_() -> tuple[Any, Any, Any]:
-        clients = await Clients.open(settings)
-        pool = await asyncpg.create_pool(settings.postgres.url, min_size=1, max_size=4, timeout=10)
+    clients = await Clients.open(settings)
+    pool = await asyncpg.create_pool(settings.postgres.url, min_size=1, max_size=4, timeout=10)
+    try:
         if check_fence:  # reconcile's repairs go through the fence; restore runs its own scripts past it
             await ledger_check.check(clients.control, pool, clients.fence)
-        return clients, pool, KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
-
-    return open_()
+        yield clients, pool, KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
+    finally:
+        await clients.close()
+        await pool.close()
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -152,14 +156,10 @@ def _reconcile(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def main() -> int:
-        clients, pool, keyspace = await _open_ledger_tools(settings, check_fence=True)
-        try:
+        async with _ledger_tools(settings, check_fence=True) as (clients, pool, keyspace):
             report = await Reconciler(
                 clients.control, clients.runner, pool, keyspace, settings.claim.idempotency_ttl_seconds
             ).run(args.partition or None)
-        finally:
-            await clients.close()
-            await pool.close()
         print("\n".join(report.lines()), flush=True)
         return 1 if report.differences else 0
 
@@ -172,8 +172,7 @@ def _restore(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def main() -> int:
-        clients, pool, keyspace = await _open_ledger_tools(settings, check_fence=False)
-        try:
+        async with _ledger_tools(settings, check_fence=False) as (clients, pool, keyspace):
             done = await restore(
                 clients.control,
                 pool,
@@ -183,9 +182,6 @@ def _restore(args: argparse.Namespace) -> int:
                 operator=args.operator,
                 idempotency_ttl=settings.claim.idempotency_ttl_seconds,
             )
-        finally:
-            await clients.close()
-            await pool.close()
         for item in done:
             counts = ", ".join(f"{k} {v}" for k, v in item.counts.items())
             detail = (

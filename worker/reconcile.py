@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,7 +245,7 @@ class Reconciler:
             admin = AdminService(self.pool, self.runner, self.keyspace)
             done += await _attempt(
                 f"{state.partition} definition mirrored into Redis",
-                lambda: admin.mirror_activity(activity, templates, activity.created_by, int(time.time())),
+                admin.mirror_activity(activity, templates, activity.created_by, int(time.time())),
             )
         if state.undelivered:
             # A deliver already in its wallet's stream is not half-done: drain those wallets, then look again.
@@ -257,17 +257,17 @@ class Reconciler:
         for claim in state.undelivered:
             done += await _attempt(
                 f"{state.partition} claim {claim.claim_id} delivered to {claim.user_id}",
-                lambda c=claim: claims.deliver(c.user_id, c.activity_id, c.answer, now=int(time.time())),  # type: ignore[misc]
+                claims.deliver(claim.user_id, claim.activity_id, claim.answer, now=int(time.time())),
             )
         for wallet in sorted({self.keyspace.wallet(c.user_id).tag for c in state.undelivered}):
             await drain_partition(self.control, self.pool, wallet)  # the new deliveries, into the ledger
         return done
 
 
-async def _attempt(what: str, action: Callable[[], Awaitable[Outcome]]) -> list[str]:
-    """Run a repair; report it only when it did something (a replay means another hand had done it)."""
+async def _attempt(what: str, repair: Awaitable[Outcome]) -> list[str]:
+    """Await a repair; report it only when it did something (a replay means another hand had done it)."""
     try:
-        outcome = await action()
+        outcome = await repair
     except DomainError as refused:  # fenced or overloaded: reported, left for the next run
         return [f"{what}: NOT DONE ({refused.message})"]
     return [what] if outcome is Outcome.OK else []

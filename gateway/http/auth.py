@@ -4,6 +4,7 @@ names), an operator from an API key."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +25,23 @@ def user(request: Request[Any, Any, Any]) -> UserIdentity:
     return verify_user_token(request.headers.get("authorization"), services(request).settings.auth.jwt_secret)
 
 
+def _matching(given: str, keys: Iterable[str]) -> str | None:
+    """The configured key ``given`` equals, compared in constant time with every key."""
+    found = None
+    for key in keys:
+        if hmac.compare_digest(key.encode(), given.encode()):
+            found = key
+    return found
+
+
 def operator(request: Request[Any, Any, Any]) -> str:
-    """The operator's name for a valid ``X-API-Key``; compares every key in constant time."""
+    """The operator's name for a valid ``X-API-Key``."""
     given = request.headers.get("x-api-key")
-    if given:
-        for key, name in services(request).settings.auth.api_keys.items():
-            if hmac.compare_digest(key.encode(), given.encode()):
-                return name
-    raise DomainError(Outcome.UNAUTHORIZED, "A valid X-API-Key is required.")
+    api_keys = services(request).settings.auth.api_keys
+    key = _matching(given, api_keys) if given else None
+    if key is None:
+        raise DomainError(Outcome.UNAUTHORIZED, "A valid X-API-Key is required.")
+    return api_keys[key]
 
 
 def _is_service(request: Request[Any, Any, Any]) -> bool:
@@ -39,10 +49,7 @@ def _is_service(request: Request[Any, Any, Any]) -> bool:
     given = request.headers.get("x-service-key")
     if given is None:
         return False
-    if any(
-        hmac.compare_digest(key.encode(), given.encode())
-        for key in services(request).settings.auth.service_keys
-    ):
+    if _matching(given, services(request).settings.auth.service_keys) is not None:
         return True
     raise DomainError(Outcome.UNAUTHORIZED, "The X-Service-Key is not valid.")
 
