@@ -93,6 +93,30 @@ class WalletKeys(Partition):
     def user_of_index(self, key: str) -> str:
         return key[len(f"{self.tag}:u:") :]
 
+    @property
+    def orders(self) -> str:
+        """Order -> the coupon it holds and how (hash field: ``order_field``)."""
+        return f"{self.tag}:orders"
+
+    @property
+    def locks(self) -> str:
+        """Locked coupon ids scored by their deadline: what the sweeper looks at."""
+        return f"{self.tag}:locks"
+
+    @property
+    def counters(self) -> str:
+        """Per-activity checkout figures of the bucket: ``<activity>|locked``, ``|redeemed``, ``|redeemed_value``."""
+        return f"{self.tag}:counters"
+
+    def checkout(self) -> list[str]:
+        """The KEYS every checkout script takes, in its order."""
+        return [self.coupons, self.orders, self.locks, self.counters, self.seq, self.events]
+
+
+def order_field(user_id: str, order_id: str) -> str:
+    """An order's field in its bucket's ``orders`` hash: orders are the user's (``/`` is in neither id)."""
+    return f"{user_id}/{order_id}"
+
 
 @dataclass(frozen=True, slots=True)
 class CodeKeys(Partition):

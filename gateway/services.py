@@ -13,6 +13,7 @@ from gateway import ledger_check
 from gateway.admin import AdminService
 from gateway.background import stop_tasks
 from gateway.blocklist import Blocklist
+from gateway.checkout import CheckoutService
 from gateway.claims import ClaimService
 from gateway.durability import redis_persistence, shortfall
 from gateway.fence import Fence
@@ -80,6 +81,7 @@ class Services:
     grants: GrantService
     wallet: WalletService
     terms: TermsCache
+    checkout: CheckoutService
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -103,6 +105,7 @@ class Services:
         )
         keyspace = KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets)
         blocklist = Blocklist()
+        terms = TermsCache(pool)
         load = LoadWatch(settings.shed, keyspace)
         claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds, shed=load.check)
         services = cls(
@@ -118,7 +121,8 @@ class Services:
                 redis.runner, keyspace, claims, blocklist, settings.claim.idempotency_ttl_seconds
             ),
             wallet=WalletService(redis.runner, keyspace),
-            terms=TermsCache(pool),
+            terms=terms,
+            checkout=CheckoutService(redis.runner, keyspace, terms, settings.checkout.lock_seconds),
         )
         try:
             await register_fixed_streams(pool, keyspace)

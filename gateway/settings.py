@@ -46,6 +46,11 @@ class ClaimSettings(msgspec.Struct, frozen=True):
     blocklist_refresh_seconds: float = 1.0
 
 
+class CheckoutSettings(msgspec.Struct, frozen=True):
+    lock_seconds: int = 900  # how long a checkout lock holds (product.md: 15 minutes by default)
+    code_hash_key: str = ""  # the key codes are hashed with (unset: derived from the JWT secret)
+
+
 class ShedSettings(msgspec.Struct, frozen=True):
     lag: int = 100_000  # stream entries not yet persisted, over all streams, past which claims are shed
     memory: float = 0.9  # fraction of Redis's maxmemory past which claims are shed
@@ -59,6 +64,7 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     claim_idle_ms: int = 30_000
     trim_seconds: float = 10.0  # how often streams are trimmed below what is pending or undelivered
     dead_after: int = 3  # failures of an entry's own before it moves to its dead-letter stream
+    sweep_seconds: float = 5.0  # how often lapsed checkout locks are marked expired (lock_expired events)
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -68,6 +74,7 @@ class Settings(msgspec.Struct, frozen=True):
     claim: ClaimSettings = ClaimSettings()
     worker: WorkerSettings = WorkerSettings()
     shed: ShedSettings = ShedSettings()
+    checkout: CheckoutSettings = CheckoutSettings()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -182,6 +189,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             claim_idle_ms=_int(env, "WORKER_CLAIM_IDLE_MS", 30_000),
             trim_seconds=_float(env, "WORKER_TRIM_SECONDS", 10.0),
             dead_after=_int(env, "WORKER_DEAD_AFTER", 3),
+            sweep_seconds=_float(env, "WORKER_SWEEP_SECONDS", 5.0),
+        ),
+        checkout=CheckoutSettings(
+            lock_seconds=_int(env, "LOCK_SECONDS", 900),
+            code_hash_key=env.get(PREFIX + "CODE_HASH_KEY", ""),
         ),
         shed=ShedSettings(
             lag=_int(env, "SHED_LAG", 100_000),

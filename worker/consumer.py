@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import ledger_check
 from gateway.background import stop_tasks
+from gateway.checkout import LockSweeper
 from gateway.claims import ClaimService
 from gateway.fence import Fence
 from gateway.keys import KeySpace
@@ -73,6 +74,9 @@ class Consumer:
     _autoclaim_at: float = 0.0
     _trimmed_at: float = 0.0
     trimmed: int = 0
+    sweeper: LockSweeper | None = None
+    _swept_at: float = 0.0
+    locks_expired: int = 0
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     dead_lettered: int = 0
     conflicts: int = 0
@@ -172,6 +176,15 @@ class Consumer:
             else:
                 self.failures[key] = count
 
+    async def sweep(self) -> None:
+        """Mark lapsed checkout locks expired; a fenced Redis waits for the next pass."""
+        self._swept_at = time.monotonic()
+        assert self.sweeper is not None
+        try:
+            self.locks_expired += await self.sweeper.sweep(now=int(time.time()))
+        except DomainError as exc:
+            log.warning("lock sweep postponed: %s", exc.message)
+
     async def step(self) -> int:
         """Read, persist, deliver, acknowledge one batch; the number of entries acknowledged."""
         now = time.monotonic()
@@ -182,6 +195,8 @@ class Consumer:
         if now - self._trimmed_at > self.settings.worker.trim_seconds:
             self.trimmed += await trim_streams(self.client, self.streams)
             self._trimmed_at = now
+        if self.sweeper is not None and now - self._swept_at > self.settings.worker.sweep_seconds:
+            await self.sweep()
         entries = await self.read()
         if not entries:
             return 0
@@ -235,7 +250,7 @@ async def start_consumer(settings: Settings, fence: Fence | None = None) -> Cons
     except (OSError, asyncpg.PostgresError) as exc:
         log.warning("Postgres unreachable at start: %r", exc)
     claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds)
-    return Consumer(settings, redis, pool, claims)
+    return Consumer(settings, redis, pool, claims, sweeper=LockSweeper(redis.runner, keyspace))
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:

@@ -34,17 +34,29 @@ WHERE idempotency_records.expires_at < excluded.expires_at
 """
 _UPSERT_COUPONS = """
 INSERT INTO coupons AS c (coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from,
-                          valid_until, updated_at, partition)
+                          valid_until, updated_at, partition, order_id, locked_until, discount)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
-                     $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
+                     $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::bigint[],
+                     $14::bigint[])
 ON CONFLICT (coupon_id) DO UPDATE SET status = excluded.status, version = excluded.version,
-    updated_at = excluded.updated_at
+    updated_at = excluded.updated_at, order_id = excluded.order_id, locked_until = excluded.locked_until,
+    discount = excluded.discount
 WHERE c.version < excluded.version
 """
 _INSERT_COUPON_EVENTS = """
-INSERT INTO coupon_events (coupon_id, version, event_id, type, at, status)
-SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::text[])
+INSERT INTO coupon_events (coupon_id, version, event_id, type, at, status, order_id)
+SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[])
 ON CONFLICT (coupon_id, version) DO NOTHING
+"""
+_UPSERT_ORDERS = """
+INSERT INTO orders AS o (user_id, order_id, coupon_id, status, discount, split, locked_until, returned, version,
+                         partition, updated_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[],
+                     $8::boolean[], $9::int[], $10::text[], $11::bigint[])
+ON CONFLICT (user_id, order_id) DO UPDATE SET coupon_id = excluded.coupon_id, status = excluded.status,
+    discount = excluded.discount, split = excluded.split, locked_until = excluded.locked_until,
+    returned = excluded.returned, version = excluded.version, updated_at = excluded.updated_at
+WHERE o.version < excluded.version
 """
 _INSERT_AUDIT = """
 INSERT INTO audit (event_id, partition, seq, at, operator, action, target, before, after)
@@ -92,6 +104,9 @@ AUDITED = {
     "activity_patched": "patch_activity",
     "restored": "restore",
 }
+# Checkout's transitions, each on one coupon (its version moves, except a refund that returns nothing) and one
+# order (its own version).
+CHECKOUT = frozenset({"locked", "redeemed", "released", "refunded", "lock_expired"})
 
 
 @dataclass
@@ -100,6 +115,7 @@ class _Rows:
     idempotency: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
     coupons: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
     coupon_events: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
+    orders: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
     audit: list[tuple[object, ...]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
     blocklist: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # newest per entry
@@ -163,9 +179,16 @@ def _add(rows: _Rows, entry: Entry) -> None:
                 coupon.valid_until,
                 at,
                 entry.partition,
+                None,
+                None,
+                None,
             )
             rows.coupons.append((entry, row))
-            rows.coupon_events.append((entry, (coupon.coupon_id, version, f["id"], kind, at, "available")))
+            rows.coupon_events.append(
+                (entry, (coupon.coupon_id, version, f["id"], kind, at, "available", None))
+            )
+    elif kind in CHECKOUT:
+        _add_checkout(rows, entry)
     elif kind == "grant_call_recorded":
         rows.idempotency.append(
             (entry, (f["idem"], entry.partition, f["idem_hash"], f["answer"], int(f["idem_expires"])))
@@ -199,6 +222,51 @@ def _add(rows: _Rows, entry: Entry) -> None:
         )
     else:
         raise ValueError(f"unknown event type {kind!r}")
+
+
+def _optional_int(raw: str) -> int | None:
+    return int(raw) if raw else None
+
+
+def _add_checkout(rows: _Rows, entry: Entry) -> None:
+    f = entry.fields
+    at, status, order_id = int(f["at"]), f["status"], f["order"]
+    if f["version"]:
+        held = status in ("locked", "redeemed")
+        version = int(f["version"])
+        coupon = (
+            f["coupon"],
+            f["user"],
+            f["activity"],
+            f["template"],
+            f["claim"],
+            status,
+            version,
+            int(f["valid_from"]),
+            int(f["valid_until"]),
+            at,
+            entry.partition,
+            order_id if held else None,
+            _optional_int(f["locked_until"]),
+            _optional_int(f["discount"]) if held else None,
+        )
+        rows.coupons.append((entry, coupon))
+        rows.coupon_events.append((entry, (f["coupon"], version, f["id"], entry.type, at, status, order_id)))
+    if f["order_status"]:
+        order = (
+            f["user"],
+            order_id,
+            f["coupon"],
+            f["order_status"],
+            int(f["discount"]),
+            f["split"],
+            _optional_int(f["locked_until"]),
+            f["returned"] == "1" if f["returned"] else None,
+            int(f["order_version"]),
+            entry.partition,
+            at,
+        )
+        rows.orders.append((entry, order))
 
 
 class EntryFault(Exception):
@@ -278,13 +346,15 @@ async def _check_versions(conn: asyncpg.Connection, rows: _Rows) -> None:
             rows.reject(entry, f"coupon {row[0]} version {row[1]} already held by event {holder}")
 
 
-def _newest_per_coupon(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
-    """Each coupon's newest row in the batch, in coupon-id order (so two workers never deadlock)."""
-    newest: dict[str, tuple[object, ...]] = {}
+def _newest(rows: list[tuple[object, ...]], key_width: int, version_at: int) -> list[tuple[object, ...]]:
+    """Each row's newest version in the batch (the key: its first ``key_width`` columns), in key order (so two
+    workers never deadlock)."""
+    newest: dict[tuple[str, ...], tuple[object, ...]] = {}
     for row in rows:
-        held = newest.get(str(row[0]))
-        if held is None or int(str(held[6])) < int(str(row[6])):
-            newest[str(row[0])] = row
+        key = tuple(str(part) for part in row[:key_width])
+        held = newest.get(key)
+        if held is None or int(str(held[version_at])) < int(str(row[version_at])):
+            newest[key] = row
     return [newest[k] for k in sorted(newest)]
 
 
@@ -318,14 +388,17 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str
         idempotency = rows.kept(rows.idempotency)
         if idempotency:
             await conn.execute(_UPSERT_IDEMPOTENCY, *_columns(idempotency, 5))
-        coupons = _newest_per_coupon(rows.kept(rows.coupons))
+        coupons = _newest(rows.kept(rows.coupons), 1, 6)
         if coupons:
-            await conn.execute(_UPSERT_COUPONS, *_columns(coupons, 11))
+            await conn.execute(_UPSERT_COUPONS, *_columns(coupons, 14))
         coupon_events = rows.kept(rows.coupon_events)
         if coupon_events:
             await conn.execute(
-                _INSERT_COUPON_EVENTS, *_columns(sorted(coupon_events, key=lambda r: (str(r[0]), r[1])), 6)
+                _INSERT_COUPON_EVENTS, *_columns(sorted(coupon_events, key=lambda r: (str(r[0]), r[1])), 7)
             )
+        orders = _newest(rows.kept(rows.orders), 2, 8)
+        if orders:
+            await conn.execute(_UPSERT_ORDERS, *_columns(orders, 11))
         if rows.audit:
             await conn.execute(_INSERT_AUDIT, *_columns(rows.audit, 9))
         if rows.blocklist:

@@ -12,6 +12,7 @@ from litestar.params import FromPath
 
 from gateway import store
 from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, Template, TemplateIn
+from gateway.checkout import checkout_figures
 from gateway.grants import GrantBody
 from gateway.http import auth, bodies
 from gateway.http.answers import (
@@ -223,7 +224,8 @@ async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> 
 
 @get("/v1/admin/activities/{activity_id:str}/stats", opt=documented(answer=ActivityStats, scripts=True))
 async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
-    """Live figures: packs left and handed out (Redis), packs persisted (the ledger), face value out."""
+    """Live figures: packs left and handed out (Redis), packs persisted (the ledger), face value out; coupons
+    locked and redeemed and the discounts redeemed (Redis, every wallet bucket)."""
     auth.operator(request)
     bodies.only_query(request, frozenset())
     services = auth.services(request)
@@ -232,6 +234,7 @@ async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[
     claimed = int(hot["taken"])
     persisted = await store.persisted_claims(services.pool, activity.id)
     [lag] = await stream_lags(services.client, [services.keyspace.activity(activity.id).events])
+    figures = await checkout_figures(services.client, services.keyspace, activity.id)
     return _json(
         {
             "stock_left": int(hot["stock_left"]),
@@ -240,6 +243,9 @@ async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[
             "face_value_out": claimed * activity.face_per_pack,
             "lag": lag.total,
             "conflicts": await store.conflicts(services.pool, activity.id),
+            "locked": figures.locked,
+            "redeemed": figures.redeemed,
+            "redeemed_value": figures.redeemed_value,
         }
     )
 

@@ -44,6 +44,9 @@ class ActivityStats(msgspec.Struct, forbid_unknown_fields=True):
     face_value_out: int
     lag: int  # this activity's events not yet persisted (its stream: undelivered + unacknowledged)
     conflicts: int  # entries of this activity the ledger's checks refused (table conflicts)
+    locked: int  # coupons locked to orders now
+    redeemed: int  # coupons redeemed
+    redeemed_value: int  # the discounts redeemed coupons gave, in cents
 
 
 class LedgerStats(msgspec.Struct, forbid_unknown_fields=True):

@@ -79,7 +79,3 @@ class Caller:
 def caller(request: Request[Any, Any, Any]) -> Caller:
     """Credentials first, before the request's shape is looked at."""
     return Caller(None if _is_service(request) else user(request))
-
-
-def acting_user(request: Request[Any, Any, Any], user_id: str | None) -> str:
-    return caller(request).acting_for(user_id)

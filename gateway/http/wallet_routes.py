@@ -22,8 +22,9 @@ _COUPON_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,6}")
 async def wallet(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The caller's coupons, newest first: ``?status=`` one of available, locked, redeemed, expired (absent:
     all), ``limit`` ≤ 100, ``cursor``; a service names the user with ``?user_id=``."""
+    who = auth.caller(request)
     bodies.only_query(request, _QUERY)
-    user_id = auth.acting_user(request, request.query_params.get("user_id"))
+    user_id = who.acting_for(request.query_params.get("user_id"))
     status = request.query_params.get("status", "")
     if status and status not in STATUSES:
         raise bodies.invalid_request(f"status must be one of {', '.join(STATUSES)}.", "status")

@@ -1,0 +1,69 @@
+#!lua
+--[[
+redeem: the order is paid; its coupon becomes redeemed. Within the lock's deadline the lock is honoured; after
+it, the redeem succeeds only if the coupon is still free (available, or its lapsed lock) and valid. A repeat
+answers as the first did.
+KEYS[1] coupons   hash   {w:n}:coupons   coupon id -> JSON record (lock.lua)
+KEYS[2] orders    hash   {w:n}:orders    "<user>/<order>" -> JSON order (lock.lua)
+KEYS[3] locks     zset   {w:n}:locks     locked coupon id -> its deadline
+KEYS[4] counters  hash   {w:n}:counters  "<activity>|locked", "|redeemed", "|redeemed_value"
+KEYS[5] seq       string {w:n}:seq       the partition's event sequence
+KEYS[6] events    stream {w:n}:events    the partition's ledger stream
+ARGV[1] now       unix seconds
+ARGV[2] event_id  gateway-made
+ARGV[3] user_id
+ARGV[4] order_id
+REPLY ok answer       answer: {order_id, coupon_id, status: "redeemed"}
+REPLY replay answer   the order was redeemed before
+REPLY not_found          the order never locked a coupon
+REPLY coupon_unavailable the lock lapsed and the coupon was taken, used or expired; or the order was refunded
+EVENT redeemed
+]]
+local coupons_key, orders_key, locks_key, counters_key, seq_key, events_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local now, event_id, user_id, order_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local order_field = user_id .. "/" .. order_id
+
+local order_raw = redis.call("HGET", orders_key, order_field)
+if not order_raw then
+  return {"not_found"}
+end
+local order = cjson.decode(order_raw)
+local answer = string.format('{"order_id":%s,"coupon_id":%s,"status":"redeemed"}',
+  cjson.encode(order_id), cjson.encode(order.coupon))
+if order.status == "redeemed" then
+  return {"replay", answer}
+end
+if order.status == "refunded" then
+  return {"coupon_unavailable"}
+end
+local coupon = cjson.decode(redis.call("HGET", coupons_key, order.coupon))
+local was_locked = coupon.status == "locked"
+local deadline = tonumber(coupon.locked_until or 0)
+local held = was_locked and coupon.order == order_id and deadline > now
+if not held then
+  local free = coupon.status == "available" or (was_locked and deadline <= now)
+  if not free or now < tonumber(coupon.valid_from) or now >= tonumber(coupon.valid_until) then
+    return {"coupon_unavailable"}
+  end
+end
+
+coupon.status, coupon.order, coupon.locked_until, coupon.discount = "redeemed", order_id, nil, order.discount
+coupon.version = coupon.version + 1
+redis.call("HSET", coupons_key, order.coupon, cjson.encode(coupon))
+redis.call("ZREM", locks_key, order.coupon)
+if was_locked then
+  redis.call("HINCRBY", counters_key, coupon.activity .. "|locked", -1)
+end
+redis.call("HINCRBY", counters_key, coupon.activity .. "|redeemed", 1)
+redis.call("HINCRBY", counters_key, coupon.activity .. "|redeemed_value", order.discount)
+order.status, order.locked_until, order.version = "redeemed", nil, order.version + 1
+redis.call("HSET", orders_key, order_field, cjson.encode(order))
+local seq = redis.call("INCR", seq_key)
+redis.call("XADD", events_key, "*",
+  "type", "redeemed", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
+  "coupon", order.coupon, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
+  "valid_until", coupon.valid_until, "status", "redeemed", "version", coupon.version, "order", order_id,
+  "order_status", "redeemed", "order_version", order.version, "discount", order.discount, "split", order.split,
+  "locked_until", "", "returned", "")
+return {"ok", answer}

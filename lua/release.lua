@@ -1,0 +1,69 @@
+#!lua
+--[[
+release: the order was cancelled before payment; the coupon it holds (its lock, lapsed or not) becomes
+available. When the order no longer holds it (the sweeper expired the lock, or another order took the coupon
+since), nothing is written and the answer names the coupon's state. A repeat answers as the first did.
+KEYS[1] coupons   hash   {w:n}:coupons   coupon id -> JSON record (lock.lua)
+KEYS[2] orders    hash   {w:n}:orders    "<user>/<order>" -> JSON order (lock.lua)
+KEYS[3] locks     zset   {w:n}:locks     locked coupon id -> its deadline
+KEYS[4] counters  hash   {w:n}:counters  "<activity>|locked", "|redeemed", "|redeemed_value"
+KEYS[5] seq       string {w:n}:seq       the partition's event sequence
+KEYS[6] events    stream {w:n}:events    the partition's ledger stream
+ARGV[1] now       unix seconds
+ARGV[2] event_id  gateway-made
+ARGV[3] user_id
+ARGV[4] order_id
+REPLY ok answer       answer: {order_id, coupon_id, status}; status available after a release
+REPLY replay answer   released before (status available), or the order no longer holds the coupon (its lock
+                      lapsed): status is the coupon's state (available, locked, redeemed or expired)
+REPLY not_found          the order never locked a coupon
+REPLY coupon_unavailable the order was paid (redeemed or refunded): a refund, not a release
+EVENT released
+]]
+local coupons_key, orders_key, locks_key, counters_key, seq_key, events_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local now, event_id, user_id, order_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local order_field = user_id .. "/" .. order_id
+
+local order_raw = redis.call("HGET", orders_key, order_field)
+if not order_raw then
+  return {"not_found"}
+end
+local order = cjson.decode(order_raw)
+if order.status == "redeemed" or order.status == "refunded" then
+  return {"coupon_unavailable"}
+end
+local function answer(status)
+  return string.format('{"order_id":%s,"coupon_id":%s,"status":"%s"}',
+    cjson.encode(order_id), cjson.encode(order.coupon), status)
+end
+if order.status == "released" then
+  return {"replay", answer("available")}
+end
+local coupon = cjson.decode(redis.call("HGET", coupons_key, order.coupon))
+if order.status ~= "locked" or coupon.status ~= "locked" or coupon.order ~= order_id then
+  local status = coupon.status
+  if status == "locked" and tonumber(coupon.locked_until) <= now then
+    status = "available"
+  end
+  if status == "available" and now >= tonumber(coupon.valid_until) then
+    status = "expired"
+  end
+  return {"replay", answer(status)}
+end
+
+coupon.status, coupon.order, coupon.locked_until, coupon.discount = "available", nil, nil, nil
+coupon.version = coupon.version + 1
+redis.call("HSET", coupons_key, order.coupon, cjson.encode(coupon))
+redis.call("ZREM", locks_key, order.coupon)
+redis.call("HINCRBY", counters_key, coupon.activity .. "|locked", -1)
+order.status, order.locked_until, order.version = "released", nil, order.version + 1
+redis.call("HSET", orders_key, order_field, cjson.encode(order))
+local seq = redis.call("INCR", seq_key)
+redis.call("XADD", events_key, "*",
+  "type", "released", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
+  "coupon", order.coupon, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
+  "valid_until", coupon.valid_until, "status", "available", "version", coupon.version, "order", order_id,
+  "order_status", "released", "order_version", order.version, "discount", order.discount, "split", order.split,
+  "locked_until", "", "returned", "")
+return {"ok", answer("available")}
