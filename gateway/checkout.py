@@ -8,10 +8,12 @@ and the order atomically; the read only picks the terms.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from gateway.ids import new_id
-from gateway.keys import KeySpace
+from gateway.keys import KeySpace, WalletKeys
 from gateway.outcomes import DomainError, Outcome
 from gateway.quote import Line, Share, split, worth
 from gateway.redis_client import RedisClient, ScriptRunner
@@ -63,6 +65,11 @@ def order_view(order_id: str, order: StoredOrder, coupon: StoredCoupon, *, now: 
     return OrderView(order_id, order.coupon, status, order.discount, until)
 
 
+def refund_keys(wallet: WalletKeys) -> list[str]:
+    """A refund touches no lock (a redeemed coupon holds none)."""
+    return [wallet.coupons, wallet.orders, wallet.counters, wallet.seq, wallet.events]
+
+
 class CheckoutService:
     def __init__(
         self, runner: ScriptRunner, keyspace: KeySpace, terms: TermsCache, lock_seconds: int
@@ -96,7 +103,7 @@ class CheckoutService:
         return await self._run("release", user_id, [order_id], now)
 
     async def refund(self, user_id: str, order_id: str, *, now: int) -> str:
-        return await self._run("refund", user_id, [order_id], now)
+        return await self._run("refund", user_id, [order_id], now, keys=refund_keys)
 
     async def order(self, user_id: str, order_id: str, *, now: int) -> OrderView:
         wallet = self.keyspace.wallet(user_id)
@@ -107,10 +114,17 @@ class CheckoutService:
         coupon = msgspec.json.decode(reply[2], type=StoredCoupon)
         return order_view(order_id, order, coupon, now=now)
 
-    async def _run(self, script: str, user_id: str, args: list[str | int], now: int) -> str:
+    async def _run(
+        self,
+        script: str,
+        user_id: str,
+        args: list[str | int],
+        now: int,
+        keys: Callable[[WalletKeys], list[str]] = WalletKeys.checkout,
+    ) -> str:
         """The script's answer JSON (encoded once, by the script), or its refusal."""
         wallet = self.keyspace.wallet(user_id)
-        reply = await self.runner.run(script, wallet.checkout(), [now, new_id(), user_id, *args])
+        reply = await self.runner.run(script, keys(wallet), [now, new_id(), user_id, *args])
         outcome = Outcome(reply[0])
         if outcome not in (Outcome.OK, Outcome.REPLAY):
             raise DomainError(outcome)

@@ -75,6 +75,11 @@ class ActivityKeys(Partition):
         """Placeholder in the same slot for calls without an Idempotency-Key; scripts never touch it."""
         return f"{self.tag}:idem:-"
 
+    @property
+    def code_batches(self) -> str:
+        """Code batch id -> packs reserved from this activity's stock, or ``void``."""
+        return f"{self.tag}:batches"
+
 
 @dataclass(frozen=True, slots=True)
 class WalletKeys(Partition):
@@ -108,6 +113,22 @@ class WalletKeys(Partition):
         """Per-activity checkout figures of the bucket: ``<activity>|locked``, ``|redeemed``, ``|redeemed_value``."""
         return f"{self.tag}:counters"
 
+    def failed_codes_of_user(self, user_id: str) -> str:
+        """The user's code attempts not yet settled or judged invalid_code, scored by time (rolling window)."""
+        return f"{self.tag}:fails:u:{user_id}"
+
+    def failed_codes_of_device(self, device_id: str) -> str:
+        """The same for a device; a device's key lives in the bucket its own id hashes to."""
+        return f"{self.tag}:fails:d:{device_id}"
+
+    def idempotency(self, scope: str, key: str) -> str:
+        """A code redeem's Idempotency-Key record (scoped to the user)."""
+        return f"{self.tag}:idem:{idempotency_digest(scope, key)}"
+
+    @property
+    def no_idempotency(self) -> str:
+        return f"{self.tag}:idem:-"
+
     def checkout(self) -> list[str]:
         """The KEYS every checkout script takes, in its order."""
         return [self.coupons, self.orders, self.locks, self.counters, self.seq, self.events]
@@ -122,7 +143,18 @@ def order_field(user_id: str, order_id: str) -> str:
 class CodeKeys(Partition):
     @property
     def codes(self) -> str:
+        """Code hash -> its batch (and, once redeemed, who redeemed it and the answer)."""
         return f"{self.tag}:codes"
+
+    @property
+    def batches(self) -> str:
+        """Batch id -> what redeeming its codes needs: activity, window copied at creation, pack."""
+        return f"{self.tag}:batches"
+
+    @property
+    def counters(self) -> str:
+        """Activity id -> codes of it redeemed from this bucket."""
+        return f"{self.tag}:counters"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +209,13 @@ class KeySpace:
     def wallet_partitions(self) -> list[Partition]:
         """Wallet buckets: a fixed set per deployment, each with its own stream."""
         return [self.wallet_of_bucket(n) for n in range(self.wallet_buckets)]
+
+    def code_bucket(self, code_hash: str) -> int:
+        """From the code's keyed hash (already uniform): its first 32 bits."""
+        return int(code_hash[:8], 16) % self.code_buckets
+
+    def code(self, code_hash: str) -> CodeKeys:
+        return self.code_of_bucket(self.code_bucket(code_hash))
 
     def code_partitions(self) -> list[Partition]:
         return [self.code_of_bucket(n) for n in range(self.code_buckets)]

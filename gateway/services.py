@@ -15,6 +15,8 @@ from gateway.background import stop_tasks
 from gateway.blocklist import Blocklist
 from gateway.checkout import CheckoutService
 from gateway.claims import ClaimService
+from gateway.code_format import derived_code_key
+from gateway.codes import CodeService
 from gateway.durability import redis_persistence, shortfall
 from gateway.fence import Fence
 from gateway.grants import GrantService
@@ -82,6 +84,7 @@ class Services:
     wallet: WalletService
     terms: TermsCache
     checkout: CheckoutService
+    codes: CodeService
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -123,6 +126,14 @@ class Services:
             wallet=WalletService(redis.runner, keyspace),
             terms=terms,
             checkout=CheckoutService(redis.runner, keyspace, terms, settings.checkout.lock_seconds),
+            codes=CodeService(
+                redis.runner,
+                keyspace,
+                pool,
+                claims,
+                derived_code_key(settings.checkout.code_hash_key, settings.auth.jwt_secret),
+                settings.claim.idempotency_ttl_seconds,
+            ),
         )
         try:
             await register_fixed_streams(pool, keyspace)

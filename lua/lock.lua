@@ -27,8 +27,8 @@ REPLY coupon_unavailable locked by another order, redeemed, expired or not yet v
 REPLY not_applicable     the coupon does not apply to these lines
 EVENT locked
 ]]
-local coupons_key, orders_key, locks_key, counters_key, seq_key, events_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
+local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
 local now, event_id, user_id, order_id, coupon_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local discount, split, lock_seconds = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local order_field = user_id .. "/" .. order_id

@@ -19,8 +19,8 @@ REPLY not_found          the order never locked a coupon
 REPLY coupon_unavailable the lock lapsed and the coupon was taken, used or expired; or the order was refunded
 EVENT redeemed
 ]]
-local coupons_key, orders_key, locks_key, counters_key, seq_key, events_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
+local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
 local now, event_id, user_id, order_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local order_field = user_id .. "/" .. order_id
 

@@ -4,10 +4,9 @@ refund: the paid order was refunded in full. Its coupon is returned (available a
 its validity it stays redeemed and the answer says returned false. A repeat answers as the first did.
 KEYS[1] coupons   hash   {w:n}:coupons   coupon id -> JSON record (lock.lua)
 KEYS[2] orders    hash   {w:n}:orders    "<user>/<order>" -> JSON order (lock.lua)
-KEYS[3] locks     zset   {w:n}:locks     locked coupon id -> its deadline (not touched: a redeemed coupon holds no lock)
-KEYS[4] counters  hash   {w:n}:counters  "<activity>|locked", "|redeemed", "|redeemed_value"
-KEYS[5] seq       string {w:n}:seq       the partition's event sequence
-KEYS[6] events    stream {w:n}:events    the partition's ledger stream
+KEYS[3] counters  hash   {w:n}:counters  "<activity>|locked", "|redeemed", "|redeemed_value"
+KEYS[4] seq       string {w:n}:seq       the partition's event sequence
+KEYS[5] events    stream {w:n}:events    the partition's ledger stream
 ARGV[1] now       unix seconds
 ARGV[2] event_id  gateway-made
 ARGV[3] user_id
@@ -18,7 +17,7 @@ REPLY not_found          the order never locked a coupon
 REPLY coupon_unavailable the order was not paid (its coupon is locked, released or lapsed)
 EVENT refunded       the coupon's version moves only when it is returned ("version" is "" otherwise)
 ]]
-local coupons_key, orders_key, counters_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]
+local coupons_key, orders_key, counters_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, event_id, user_id, order_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local order_field = user_id .. "/" .. order_id
 

@@ -1,8 +1,9 @@
 #!lua
 --[[
 restock: an operator adds (delta > 0) or removes (delta < 0) packs. Never below zero left; adding past the
-budget (packs ever available x face value of a pack > budget) is refused; an ended activity is not changed.
-KEYS[1] config   hash   {a:X}:act     stock_left, taken, status
+budget (packs ever available, code batches' included, x face value of a pack > budget) is refused; an ended
+activity is not changed.
+KEYS[1] config   hash   {a:X}:act     stock_left, taken, reserved (packs held by code batches), status
 KEYS[2] seq      string {a:X}:seq     the partition's event sequence
 KEYS[3] events   stream {a:X}:events  the partition's ledger stream
 ARGV[1] now         unix seconds
@@ -22,18 +23,18 @@ local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local now, event_id, operator, activity_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local delta, face, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 
-local config = redis.call("HMGET", config_key, "status", "stock_left", "taken")
+local config = redis.call("HMGET", config_key, "status", "stock_left", "taken", "reserved")
 if not config[1] then
   return {"not_found"}
 end
 if config[1] == "ended" then
   return {"state_conflict"}
 end
-local left, taken = tonumber(config[2]), tonumber(config[3])
+local left, taken, reserved = tonumber(config[2]), tonumber(config[3]), tonumber(config[4] or "0")
 if left + delta < 0 then
   return {"state_conflict"}
 end
-if delta > 0 and budget and (taken + left + delta) * face > budget then
+if delta > 0 and budget and (taken + reserved + left + delta) * face > budget then
   return {"over_budget"}
 end
 local after = redis.call("HINCRBY", config_key, "stock_left", delta)

@@ -16,8 +16,8 @@ ARGV[3] limit      most locks expired in one pass
 REPLY ok expired seen   how many locks this pass expired, and how many index entries it looked at
 EVENT lock_expired
 ]]
-local coupons_key, orders_key, locks_key, counters_key, seq_key, events_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
+local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
 local now, event_id, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 
 local expired = 0

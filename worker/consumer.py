@@ -52,6 +52,9 @@ TRANSIENT = (
 MAX_BACKOFF_SECONDS = 5.0
 
 
+DELIVERING = frozenset({"claimed", "code_redeemed"})  # events whose coupons the worker delivers
+
+
 async def ensure_group(client: RedisClient, stream: str) -> None:
     """The stream's consumer group (named as the stream), reading from the start so nothing is skipped."""
     try:
@@ -139,7 +142,7 @@ class Consumer:
             *(
                 self.claims.deliver(e.fields["user"], e.fields["activity"], e.fields["answer"], now=now)
                 for e in entries
-                if e.type == "claimed"
+                if e.type in DELIVERING
             )
         )
 

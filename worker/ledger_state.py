@@ -146,18 +146,26 @@ async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> 
             delta = int(after["stock_left"]) - int(before["stock_left"])
             stock += delta
             ever += max(delta, 0)
+        elif change["action"] in ("reserve_codes", "void_codes"):
+            delta = int(after["stock_left"]) - int(before["stock_left"])
+            stock += delta
+            reserved = int(config.get("reserved", "0")) - delta
+            config["reserved"] = str(reserved)
         elif change["action"] == "patch_activity":
             config.update({name: stored(value) for name, value in after.items()})
     state.users = {
         row["user_id"]: str(row["n"])
         for row in await pool.fetch(
-            "SELECT user_id, count(*) AS n FROM claims WHERE activity_id = $1 GROUP BY user_id", activity_id
+            "SELECT user_id, count(*) AS n FROM claims WHERE activity_id = $1 AND mode <> 'code'"
+            " GROUP BY user_id",
+            activity_id,
         )
     }
     state.devices = {
         row["device_id"]: str(row["n"])
         for row in await pool.fetch(
             "SELECT device_id, count(*) AS n FROM claims WHERE activity_id = $1 AND device_id <> ''"
+            " AND mode <> 'code'"
             " GROUP BY device_id",
             activity_id,
         )

@@ -82,6 +82,11 @@ _VERSIONS_HOLDING = """
 SELECT coupon_id, version, event_id FROM coupon_events
 WHERE (coupon_id, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
 """
+_REDEEM_CODES = """
+UPDATE codes AS k SET redeemed_by = u.user_id, claim_id = u.claim_id, redeemed_at = u.at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(code_hash, user_id, claim_id, at)
+WHERE k.code_hash = u.code_hash AND k.redeemed_by IS NULL
+"""
 _UPSERT_MARKS = """
 INSERT INTO partition_marks AS m (partition, seq)
 SELECT * FROM unnest($1::text[], $2::bigint[])
@@ -103,7 +108,11 @@ AUDITED = {
     "stock_changed": "change_stock",
     "activity_patched": "patch_activity",
     "restored": "restore",
+    "codes_reserved": "reserve_codes",
+    "codes_voided": "void_codes",
 }
+# Writes to code buckets whose rows the gateway wrote to Postgres first: only their seq is the ledger's news.
+MARKS_ONLY = frozenset({"codes_stored", "codes_dropped"})
 # Checkout's transitions, each on one coupon (its version moves, except a refund that returns nothing) and one
 # order (its own version).
 CHECKOUT = frozenset({"locked", "redeemed", "released", "refunded", "lock_expired"})
@@ -116,6 +125,7 @@ class _Rows:
     coupons: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
     coupon_events: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
     orders: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
+    redeemed_codes: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
     audit: list[tuple[object, ...]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
     blocklist: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # newest per entry
@@ -189,7 +199,26 @@ def _add(rows: _Rows, entry: Entry) -> None:
             )
     elif kind in CHECKOUT:
         _add_checkout(rows, entry)
-    elif kind == "grant_call_recorded":
+    elif kind == "code_redeemed":
+        decode_answer(f["answer"])
+        at = int(f["at"])
+        claim = (
+            f["claim_id"],
+            f["activity"],
+            f["user"],
+            f["device"],
+            "",
+            "code",
+            None,
+            f["answer"],
+            at,
+            f["id"],
+        )
+        rows.claims.append((entry, (*claim, entry.partition, entry.seq, None)))
+        rows.redeemed_codes.append((entry, (f["code"], f["user"], f["claim_id"], at)))
+    elif kind in MARKS_ONLY:
+        pass
+    elif kind in ("grant_call_recorded", "idempotency_recorded"):
         rows.idempotency.append(
             (entry, (f["idem"], entry.partition, f["idem_hash"], f["answer"], int(f["idem_expires"])))
         )
@@ -396,6 +425,9 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str
             await conn.execute(
                 _INSERT_COUPON_EVENTS, *_columns(sorted(coupon_events, key=lambda r: (str(r[0]), r[1])), 7)
             )
+        redeemed_codes = rows.kept(rows.redeemed_codes)
+        if redeemed_codes:
+            await conn.execute(_REDEEM_CODES, *_columns(sorted(redeemed_codes, key=lambda r: str(r[0])), 4))
         orders = _newest(rows.kept(rows.orders), 2, 8)
         if orders:
             await conn.execute(_UPSERT_ORDERS, *_columns(orders, 11))

@@ -13,6 +13,7 @@ from litestar.params import FromPath
 from gateway import store
 from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, Template, TemplateIn
 from gateway.checkout import checkout_figures
+from gateway.codes import codes_redeemed
 from gateway.grants import GrantBody
 from gateway.http import auth, bodies
 from gateway.http.answers import (
@@ -86,7 +87,7 @@ async def list_activities(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _page(request, store.list_activities, live)
 
 
-async def _activity(request: Request[Any, Any, Any], activity_id: str) -> Activity:
+async def activity_of_path(request: Request[Any, Any, Any], activity_id: str) -> Activity:
     services = auth.services(request)
     activity = (
         await store.get_activity(services.pool, activity_id)
@@ -100,7 +101,7 @@ async def _activity(request: Request[Any, Any, Any], activity_id: str) -> Activi
 
 async def _mirrored(request: Request[Any, Any, Any], activity_id: str) -> Activity:
     """The activity, its Redis mirror repaired first if a crash or an outage left it missing."""
-    activity = await _activity(request, activity_id)
+    activity = await activity_of_path(request, activity_id)
     await auth.services(request).admin.live_state(activity, int(time.time()))
     return activity
 
@@ -126,7 +127,7 @@ async def _live_record(request: Request[Any, Any, Any], activity: Activity) -> d
 async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     auth.operator(request)
     bodies.only_query(request, frozenset())
-    return _json(await _live_record(request, await _activity(request, activity_id)))
+    return _json(await _live_record(request, await activity_of_path(request, activity_id)))
 
 
 @patch(
@@ -224,14 +225,14 @@ async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> 
 
 @get("/v1/admin/activities/{activity_id:str}/stats", opt=documented(answer=ActivityStats, scripts=True))
 async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
-    """Live figures: packs left and handed out (Redis), packs persisted (the ledger), face value out; coupons
-    locked and redeemed and the discounts redeemed (Redis, every wallet bucket)."""
+    """Live figures: packs left and handed out (claims, grants, redeemed codes: Redis), packs persisted (the
+    ledger), face value out; coupons locked and redeemed and the discounts redeemed (Redis, every wallet bucket)."""
     auth.operator(request)
     bodies.only_query(request, frozenset())
     services = auth.services(request)
-    activity = await _activity(request, activity_id)
+    activity = await activity_of_path(request, activity_id)
     hot = await services.admin.live_state(activity, int(time.time()))
-    claimed = int(hot["taken"])
+    claimed = int(hot["taken"]) + await codes_redeemed(services.client, services.keyspace, activity.id)
     persisted = await store.persisted_claims(services.pool, activity.id)
     [lag] = await stream_lags(services.client, [services.keyspace.activity(activity.id).events])
     figures = await checkout_figures(services.client, services.keyspace, activity.id)

@@ -13,6 +13,7 @@ from gateway.http import (
     blocklist_routes,
     checkout_routes,
     claim_routes,
+    code_routes,
     ops_routes,
     wallet_routes,
 )
@@ -36,12 +37,12 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             Router(
                 "/",
-                route_handlers=[*claim_routes.ROUTES, *wallet_routes.ROUTES],
+                route_handlers=[*claim_routes.ROUTES, *wallet_routes.ROUTES, *code_routes.USER_ROUTES],
                 request_max_body_size=claim_routes.USER_BODY_LIMIT,
             ),
             Router(
                 "/",
-                route_handlers=[*admin_routes.ROUTES, *blocklist_routes.ROUTES],
+                route_handlers=[*admin_routes.ROUTES, *blocklist_routes.ROUTES, *code_routes.ADMIN_ROUTES],
                 request_max_body_size=admin_routes.ADMIN_BODY_LIMIT,
             ),
             Router(

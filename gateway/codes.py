@@ -1,0 +1,275 @@
+"""One-time codes: making a batch (Postgres first, then its packs from stock, then the codes into their code
+buckets) and redeeming one (failed-attempt gates, the code's own script, then the wallet)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+
+from gateway import code_format
+from gateway.claims import ClaimService
+from gateway.ids import new_id
+from gateway.keys import KeySpace, WalletKeys
+from gateway.outcomes import DomainError, Outcome
+from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.tokens import UserIdentity
+
+FAILED_ATTEMPTS = 10  # product.md: invalid_code answers allowed per user and per device ...
+FAILED_WINDOW_SECONDS = 3600  # ... within a rolling hour
+PUT_CHUNK = 1000  # code hashes per put_codes call
+PUT_CONCURRENCY = 8
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    batch_id: str
+    codes: list[str]  # as shown: XXXX-XXXX-XXXXX (the only time they exist in plain)
+
+
+@dataclass(frozen=True, slots=True)
+class Redeemed:
+    answer: str  # the claim-shaped answer JSON, encoded once by the script
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """One failed-attempt counter (a user's or a device's) and the idempotency record beside it."""
+
+    wallet: WalletKeys
+    fails: str
+    idem: str
+
+    def keys(self) -> list[str]:
+        return [self.fails, self.idem]
+
+    def settle_keys(self) -> list[str]:
+        return [self.fails, self.idem, self.wallet.seq, self.wallet.events]
+
+
+def batch_record(activity_id: str, starts_at: int, ends_at: int, pack: str) -> str:
+    """What redeeming a batch's codes needs, as put_codes keeps it in each code bucket."""
+    return msgspec.json.encode(
+        {"activity": activity_id, "starts_at": starts_at, "ends_at": ends_at, "pack": pack}
+    ).decode()
+
+
+def body_hash(typed: str) -> str:
+    """A redeem's identity for its Idempotency-Key: the code as typed, without case, spaces or dashes."""
+    cleaned = typed.replace("-", "").replace(" ", "").upper()
+    return hashlib.sha256(b"code\x00" + cleaned.encode()).hexdigest()[:32]
+
+
+class CodeService:
+    def __init__(
+        self,
+        runner: ScriptRunner,
+        keyspace: KeySpace,
+        pool: asyncpg.Pool,
+        claims: ClaimService,
+        hash_key: bytes,
+        idempotency_ttl: int,
+    ) -> None:
+        self.runner = runner
+        self.keyspace = keyspace
+        self.pool = pool
+        self.claims = claims
+        self.hash_key = hash_key
+        self.idempotency_ttl = idempotency_ttl
+
+    # -- batches --------------------------------------------------------------------------------------------
+
+    async def make_batch(
+        self, activity_id: str, hot: dict[str, str], count: int, operator: str, *, now: int
+    ) -> Batch:
+        """``hot``: the activity's config as Redis holds it (the authority for its window and pack now)."""
+        plain: set[str] = set()
+        while len(plain) < count:
+            plain.add(code_format.new_code())
+        codes = sorted(plain)
+        hashes = [code_format.code_hash(self.hash_key, code) for code in codes]
+        batch_id = new_id()
+        starts_at, ends_at, pack = int(hot["starts_at"]), int(hot["ends_at"]), hot["pack"]
+        await self._record(batch_id, activity_id, count, (starts_at, ends_at), pack, hashes, operator, now)
+        act = self.keyspace.activity(activity_id)
+        reply = await self.runner.run(
+            "code_batch",
+            [act.config, act.code_batches, act.seq, act.events],
+            [now, new_id(), operator, activity_id, batch_id, count, "reserve"],
+        )
+        if reply[0] not in (Outcome.OK, Outcome.REPLAY):
+            await self._set_state(batch_id, "void")
+            if reply[0] == Outcome.STATE_CONFLICT:
+                raise DomainError(
+                    Outcome.STATE_CONFLICT,
+                    "The activity has ended, or the batch is larger than the stock left.",
+                )
+            raise DomainError(Outcome(reply[0]))
+        batch = batch_record(activity_id, starts_at, ends_at, pack)
+        await self.put_codes(batch_id, batch, hashes, now=now)
+        await self._set_state(batch_id, "ready")
+        return Batch(batch_id, [code_format.shown(code) for code in codes])
+
+    async def put_codes(
+        self, batch_id: str, batch: str, hashes: list[str], *, now: int, drop: bool = False
+    ) -> int:
+        """Write (or drop) a batch's codes in their buckets; idempotent, so a repair can run it again."""
+        by_bucket: dict[int, list[str]] = {}
+        for code_hash in hashes:
+            by_bucket.setdefault(self.keyspace.code_bucket(code_hash), []).append(code_hash)
+        calls = [
+            (bucket, part[i : i + PUT_CHUNK])
+            for bucket, part in sorted(by_bucket.items())
+            for i in range(0, len(part), PUT_CHUNK)
+        ]
+        limit = asyncio.Semaphore(PUT_CONCURRENCY)
+
+        async def put(bucket: int, chunk: list[str]) -> int:
+            keys = self.keyspace.code_of_bucket(bucket)
+            async with limit:
+                reply = await self.runner.run(
+                    "put_codes",
+                    [keys.codes, keys.batches, keys.seq, keys.events],
+                    [now, new_id(), batch_id, batch, "drop" if drop else "put", ",".join(chunk)],
+                )
+            return int(reply[1])
+
+        return sum(await asyncio.gather(*(put(bucket, chunk) for bucket, chunk in calls)))
+
+    async def _record(
+        self,
+        batch_id: str,
+        activity_id: str,
+        count: int,
+        window: tuple[int, int],
+        pack: str,
+        hashes: list[str],
+        operator: str,
+        now: int,
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO code_batches (batch_id, activity_id, count, starts_at, ends_at, pack, state,"
+                " created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'recorded', $7, $8)",
+                batch_id,
+                activity_id,
+                count,
+                *window,
+                pack,
+                operator,
+                now,
+            )
+            await conn.copy_records_to_table(
+                "codes",
+                records=[(h, batch_id, self.keyspace.code(h).tag) for h in hashes],
+                columns=["code_hash", "batch_id", "partition"],
+            )
+
+    async def _set_state(self, batch_id: str, state: str) -> None:
+        await self.pool.execute("UPDATE code_batches SET state = $2 WHERE batch_id = $1", batch_id, state)
+
+    # -- redeeming ------------------------------------------------------------------------------------------
+
+    async def redeem(
+        self, who: UserIdentity, typed: str, *, now: int, idempotency_key: str | None, blocked: bool
+    ) -> Redeemed:
+        attempt = new_id()
+        digest = body_hash(typed)
+        user_wallet = self.keyspace.wallet(who.user_id)
+        device_wallet = self.keyspace.wallet(who.device_id)
+        user_gate = Gate(
+            user_wallet,
+            user_wallet.failed_codes_of_user(who.user_id),
+            user_wallet.idempotency(who.user_id, idempotency_key)
+            if idempotency_key
+            else user_wallet.no_idempotency,
+        )
+        device_gate = Gate(
+            device_wallet, device_wallet.failed_codes_of_device(who.device_id), device_wallet.no_idempotency
+        )
+        limits = [FAILED_ATTEMPTS, FAILED_WINDOW_SECONDS]
+        user_reply, device_reply = await asyncio.gather(
+            self.runner.run(
+                "code_gate", user_gate.keys(), [now, attempt, *limits, idempotency_key or "", digest]
+            ),
+            self.runner.run("code_gate", device_gate.keys(), [now, attempt, *limits, "", digest]),
+        )
+        user_outcome, device_outcome = Outcome(user_reply[0]), Outcome(device_reply[0])
+        if user_outcome is not Outcome.OK or device_outcome is not Outcome.OK:
+            await asyncio.gather(
+                *(
+                    self._settle(keys, attempt, now=now)
+                    for keys, outcome in ((user_gate, user_outcome), (device_gate, device_outcome))
+                    if outcome is Outcome.OK
+                )
+            )
+            limited = [int(r[1]) for r in (user_reply, device_reply) if r[0] == Outcome.RATE_LIMITED]
+            if limited:
+                raise DomainError(Outcome.RATE_LIMITED, retry_after=max(limited))
+            if user_outcome is Outcome.REPLAY:
+                return Redeemed(user_reply[1])
+            raise DomainError(user_outcome)
+
+        code = code_format.canonical(typed)
+        if code is None:
+            raise DomainError(Outcome.INVALID_CODE)  # a typo: counted, never reaches Redis
+        code_hash = code_format.code_hash(self.hash_key, code)
+        keys = self.keyspace.code(code_hash)
+        reply = await self.runner.run(
+            "redeem_code",
+            [keys.codes, keys.batches, keys.counters, keys.seq, keys.events],
+            [now, new_id(), code_hash, who.user_id, who.device_id, "1" if blocked else "0", new_id()],
+        )
+        outcome = Outcome(reply[0])
+        if outcome is Outcome.INVALID_CODE:
+            raise DomainError(outcome)
+        succeeded = outcome in (Outcome.OK, Outcome.REPLAY)
+        if succeeded:
+            try:
+                await self.claims.deliver(who.user_id, reply[2], reply[1], now=now)
+            except DomainError as exc:
+                log.warning("deliver deferred to the worker for a code of %s: %s", reply[2], exc.message)
+        await asyncio.gather(
+            self._settle(
+                user_gate,
+                attempt,
+                now=now,
+                idempotency_key=idempotency_key if succeeded else None,
+                digest=digest,
+                answer=reply[1] if succeeded else "",
+            ),
+            self._settle(device_gate, attempt, now=now),
+        )
+        if not succeeded:
+            raise DomainError(outcome)
+        return Redeemed(reply[1])
+
+    async def _settle(
+        self,
+        gate: Gate,
+        attempt: str,
+        *,
+        now: int,
+        idempotency_key: str | None = None,
+        digest: str = "",
+        answer: str = "",
+    ) -> None:
+        """Take the attempt back (the answer was not invalid_code); keep a keyed success's answer."""
+        await self.runner.run(
+            "code_settle",
+            gate.settle_keys(),
+            [now, new_id(), attempt, idempotency_key or "", digest, self.idempotency_ttl, answer],
+        )
+
+
+async def codes_redeemed(client: RedisClient, keyspace: KeySpace, activity_id: str) -> int:
+    """Codes of the activity redeemed, summed over every code bucket."""
+    pipe = client.pipeline(transaction=False)
+    for bucket in range(keyspace.code_buckets):
+        pipe.hget(keyspace.code_of_bucket(bucket).counters, activity_id)
+    return sum(int(value or 0) for value in await pipe.execute())

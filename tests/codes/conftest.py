@@ -1,0 +1,1 @@
+from tests.http.conftest import raw_redis, services  # noqa: F401  (the HTTP tests' fixtures)
