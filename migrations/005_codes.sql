@@ -8,6 +8,7 @@ CREATE TABLE code_batches (
     ends_at      bigint NOT NULL,
     pack         text NOT NULL,  -- the pack as the redeem script reads it
     state        text NOT NULL CHECK (state IN ('recorded', 'ready', 'void')),
+    reserved     boolean NOT NULL DEFAULT false,  -- its packs left the stock (the codes_reserved event)
     created_by   text NOT NULL,
     created_at   bigint NOT NULL
 );

@@ -87,6 +87,12 @@ UPDATE codes AS k SET redeemed_by = u.user_id, claim_id = u.claim_id, redeemed_a
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(code_hash, user_id, claim_id, at)
 WHERE k.code_hash = u.code_hash AND k.redeemed_by IS NULL
 """
+_BATCH_CHANGES = """
+UPDATE code_batches AS b SET reserved = b.reserved OR u.reserved,
+    state = CASE WHEN u.voided THEN 'void' ELSE b.state END
+FROM unnest($1::text[], $2::boolean[], $3::boolean[]) AS u(batch_id, reserved, voided)
+WHERE b.batch_id = u.batch_id
+"""
 _UPSERT_MARKS = """
 INSERT INTO partition_marks AS m (partition, seq)
 SELECT * FROM unnest($1::text[], $2::bigint[])
@@ -126,6 +132,9 @@ class _Rows:
     coupon_events: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
     orders: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
     redeemed_codes: list[tuple[Entry, tuple[object, ...]]] = field(default_factory=list)
+    batch_changes: dict[str, tuple[bool, bool]] = field(
+        default_factory=dict
+    )  # batch id -> (reserved, voided)
     audit: list[tuple[object, ...]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
     blocklist: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # newest per entry
@@ -236,6 +245,12 @@ def _add(rows: _Rows, entry: Entry) -> None:
             (f["id"], entry.partition, seq, at, f["by"], f"blocklist_{f['action']}", "blocklist", "", change)
         )
     elif kind in AUDITED:
+        if kind in ("codes_reserved", "codes_voided"):
+            reserved, voided = rows.batch_changes.get(f["batch"], (False, False))
+            rows.batch_changes[f["batch"]] = (
+                reserved or kind == "codes_reserved",
+                voided or kind == "codes_voided",
+            )
         rows.audit.append(
             (
                 f["id"],
@@ -428,6 +443,14 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str
         redeemed_codes = rows.kept(rows.redeemed_codes)
         if redeemed_codes:
             await conn.execute(_REDEEM_CODES, *_columns(sorted(redeemed_codes, key=lambda r: str(r[0])), 4))
+        if rows.batch_changes:
+            changed = sorted(rows.batch_changes)
+            await conn.execute(
+                _BATCH_CHANGES,
+                changed,
+                [rows.batch_changes[b][0] for b in changed],
+                [rows.batch_changes[b][1] for b in changed],
+            )
         orders = _newest(rows.kept(rows.orders), 2, 8)
         if orders:
             await conn.execute(_UPSERT_ORDERS, *_columns(orders, 11))
