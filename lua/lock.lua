@@ -23,7 +23,8 @@ ARGV[8] lock_seconds  how long the lock holds
 REPLY ok answer       answer: {order_id, coupon_id, discount, split, locked_until}
 REPLY replay answer   this order already holds this coupon's lock: its answer
 REPLY not_found          no such coupon in the user's wallet
-REPLY coupon_unavailable locked by another order, redeemed, expired or not yet valid; or the order holds another
+REPLY coupon_unavailable locked by another order, redeemed, expired or not yet valid; the order was paid (redeemed
+                         or refunded); or the order holds another
 REPLY not_applicable     the coupon does not apply to these lines
 EVENT locked
 ]]
@@ -56,8 +57,8 @@ local order_raw = redis.call("HGET", orders_key, order_field)
 if order_raw then
   order = cjson.decode(order_raw)
   order_version = order.version
-  if order.status == "redeemed" then
-    return {"coupon_unavailable"}
+  if order.status == "redeemed" or order.status == "refunded" then
+    return {"coupon_unavailable"}  -- a paid order keeps the coupon it was paid with
   end
   if order.status == "locked" then
     if order.coupon == coupon_id then

@@ -13,7 +13,8 @@ ARGV[1] now       unix seconds
 ARGV[2] event_id  gateway-made
 ARGV[3] user_id
 ARGV[4] order_id
-REPLY ok answer       answer: {order_id, coupon_id, status}; status available after a release
+REPLY ok answer       answer: {order_id, coupon_id, status}; status available after a release (expired when
+                      the coupon's validity passed meanwhile)
 REPLY replay answer   released before (status available), or the order no longer holds the coupon (its lock
                       lapsed): status is the coupon's state (available, locked, redeemed or expired)
 REPLY not_found          the order never locked a coupon
@@ -66,4 +67,4 @@ redis.call("XADD", events_key, "*",
   "valid_until", coupon.valid_until, "status", "available", "version", coupon.version, "order", order_id,
   "order_status", "released", "order_version", order.version, "discount", order.discount, "split", order.split,
   "locked_until", "", "returned", "")
-return {"ok", answer("available")}
+return {"ok", answer(now >= tonumber(coupon.valid_until) and "expired" or "available")}
