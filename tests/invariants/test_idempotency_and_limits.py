@@ -93,5 +93,6 @@ async def test_many_users_never_pass_the_stock_and_stats_match_the_ledger(
     await persist(settings)
     stats = (await client.get(f"/v1/admin/activities/{aid}/stats", headers=ADMIN)).json()
     assert stats == {
-        "stock_left": 0, "claimed": 37, "persisted": 37, "face_value_out": 37 * 500, "lag": 0, "conflicts": 0
+        "stock_left": 0, "claimed": 37, "persisted": 37, "face_value_out": 37 * 500, "lag": 0, "conflicts": 0,
+        "locked": 0, "redeemed": 0, "redeemed_value": 0,
     }  # fmt: skip
