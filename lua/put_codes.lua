@@ -1,7 +1,8 @@
 #!lua
 --[[
 put_codes: write a batch's codes (their keyed hashes) into one code bucket with what redeeming needs (the
-activity, the window copied when the batch was made, the pack), or drop a voided batch's unredeemed codes.
+activity, the window copied when the batch was made, the pack), or drop a voided batch's unredeemed codes (only
+codes of that batch).
 Idempotent: a code already present is left as it is.
 KEYS[1] codes    hash   {c:n}:codes    code hash -> JSON {batch} (+ user, claim, answer, at once redeemed)
 KEYS[2] batches  hash   {c:n}:batches  batch id -> JSON {activity, starts_at, ends_at, pack}
@@ -27,7 +28,8 @@ for code_hash in string.gmatch(ARGV[6], "[^,]+") do
     changed = changed + redis.call("HSETNX", codes_key, code_hash, record)
   else
     local held = redis.call("HGET", codes_key, code_hash)
-    if held and cjson.decode(held).user == nil then
+    local code = held and cjson.decode(held)
+    if code and code.batch == batch_id and code.user == nil then
       changed = changed + redis.call("HDEL", codes_key, code_hash)
     end
   end
