@@ -398,7 +398,9 @@ async def test_a_refund_within_validity_returns_the_coupon(
         raw_redis, try_act(client, RELEASE, "alice", "o-1"), 409, "coupon_unavailable"
     )
     # A refunded order keeps its place: it locks nothing again, and a repeat refund still answers the first.
-    await refused_without_writing(raw_redis, try_lock(client, "alice", "o-1", coupon), 409, "coupon_unavailable")
+    await refused_without_writing(
+        raw_redis, try_lock(client, "alice", "o-1", coupon), 409, "coupon_unavailable"
+    )
     # The returned coupon serves a new order.
     await lock(client, "alice", "o-2", coupon)
     assert (await act(client, REDEEM, "alice", "o-2"))["status"] == "redeemed"

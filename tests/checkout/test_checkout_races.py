@@ -1,17 +1,15 @@
 """Checkout under concurrency: one coupon raced by 50 orders, one order raced by 50 coupons, and 50 redeems of
-one order at once. The calls run concurrently through the in-process app (``asyncio.gather`` over the test
-client, as tests/invariants/test_races.py does): the lock route reads the coupon before its script runs, so
-the requests interleave at that await and only the scripts' atomicity keeps one coupon to one order."""
+one order at once, against a real gateway process so the requests are truly in flight together (the lock route
+reads the coupon before its script runs: only the scripts' atomicity keeps one coupon to one order)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import json
-from typing import Any
 
 import httpx
-from litestar.testing import AsyncTestClient
+import pytest
 from redis.asyncio import Redis
 
 from gateway.keys import order_field
@@ -30,6 +28,8 @@ from tests.helpers import bearer
 from tests.http.support import assert_refusal
 from tests.http.test_quote import CART
 
+pytestmark = pytest.mark.slow
+
 RACERS = 50
 
 
@@ -38,14 +38,14 @@ def refusal_codes(replies: list[httpx.Response]) -> collections.Counter[str]:
 
 
 async def test_fifty_orders_racing_for_one_coupon_leave_one_lock(
-    client: AsyncTestClient[Any], raw_redis: Redis, settings: Settings
+    http: httpx.AsyncClient, raw_redis: Redis, settings: Settings
 ) -> None:
-    activity, (coupon,) = await claim_pack(client, "alice")
+    activity, (coupon,) = await claim_pack(http, "alice")
     headers = bearer("alice")
     orders = [f"o-{n}" for n in range(RACERS)]
     replies = await asyncio.gather(
         *(
-            client.post(LOCK, json={"order_id": order, "coupon_id": coupon, "lines": CART}, headers=headers)
+            http.post(LOCK, json={"order_id": order, "coupon_id": coupon, "lines": CART}, headers=headers)
             for order in orders
         )
     )
@@ -77,11 +77,11 @@ async def test_fifty_orders_racing_for_one_coupon_leave_one_lock(
     orders_held = await raw_redis.hgetall(wallet.orders)
     assert list(orders_held) == [order_field("alice", winner).encode()]
     assert await event_types(raw_redis, settings, "alice") == ["locked"]
-    assert await figures(client, activity) == {"locked": 1, "redeemed": 0, "redeemed_value": 0}
+    assert await figures(http, activity) == {"locked": 1, "redeemed": 0, "redeemed_value": 0}
     # Every loser's order is unknown; the winner's view names the lock.
     loser = next(order for order in orders if order != winner)
-    assert_refusal(await client.get(f"/v1/checkout/orders/{loser}", headers=headers), 404, "not_found")
-    view = await client.get(f"/v1/checkout/orders/{winner}", headers=headers)
+    assert_refusal(await http.get(f"/v1/checkout/orders/{loser}", headers=headers), 404, "not_found")
+    view = await http.get(f"/v1/checkout/orders/{winner}", headers=headers)
     assert view.status_code == 200, view.text
     assert view.json() == {
         "order_id": winner,
@@ -93,14 +93,14 @@ async def test_fifty_orders_racing_for_one_coupon_leave_one_lock(
 
 
 async def test_fifty_coupons_racing_for_one_order_leave_one_lock(
-    client: AsyncTestClient[Any], raw_redis: Redis, settings: Settings
+    http: httpx.AsyncClient, raw_redis: Redis, settings: Settings
 ) -> None:
     """One coupon per order: 50 of the user's coupons locked to the same order at once, one wins."""
-    activity, coupons = await claim_pack(client, "alice", count=RACERS)
+    activity, coupons = await claim_pack(http, "alice", count=RACERS)
     headers = bearer("alice")
     replies = await asyncio.gather(
         *(
-            client.post(LOCK, json={"order_id": "o-1", "coupon_id": coupon, "lines": CART}, headers=headers)
+            http.post(LOCK, json={"order_id": "o-1", "coupon_id": coupon, "lines": CART}, headers=headers)
             for coupon in coupons
         )
     )
@@ -116,22 +116,22 @@ async def test_fifty_coupons_racing_for_one_order_leave_one_lock(
     order = json.loads(raw)
     assert order["coupon"] == winners[0] and order["status"] == "locked"
     assert await event_types(raw_redis, settings, "alice") == ["locked"]
-    assert await figures(client, activity) == {"locked": 1, "redeemed": 0, "redeemed_value": 0}
+    assert await figures(http, activity) == {"locked": 1, "redeemed": 0, "redeemed_value": 0}
 
 
 async def test_fifty_redeems_of_one_order_answer_alike_and_count_once(
-    client: AsyncTestClient[Any], raw_redis: Redis, settings: Settings
+    http: httpx.AsyncClient, raw_redis: Redis, settings: Settings
 ) -> None:
-    activity, (coupon,) = await claim_pack(client, "alice")
-    await lock(client, "alice", "o-1", coupon)
+    activity, (coupon,) = await claim_pack(http, "alice")
+    await lock(http, "alice", "o-1", coupon)
     headers = bearer("alice")
     replies = await asyncio.gather(
-        *(client.post(REDEEM, json={"order_id": "o-1"}, headers=headers) for _ in range(RACERS))
+        *(http.post(REDEEM, json={"order_id": "o-1"}, headers=headers) for _ in range(RACERS))
     )
     assert collections.Counter(r.status_code for r in replies) == {200: RACERS}, [r.text for r in replies]
     assert {r.content for r in replies} == {replies[0].content}
     assert replies[0].json() == {"order_id": "o-1", "coupon_id": coupon, "status": "redeemed"}
-    assert await figures(client, activity) == {"locked": 0, "redeemed": 1, "redeemed_value": 1000}
+    assert await figures(http, activity) == {"locked": 0, "redeemed": 1, "redeemed_value": 1000}
     assert await event_types(raw_redis, settings, "alice") == ["locked", "redeemed"]
     wallet = wallet_keys(settings, "alice")
     assert await raw_redis.zcard(wallet.locks) == 0

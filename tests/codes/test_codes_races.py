@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,12 +14,10 @@ import httpx
 import pytest
 
 from gateway.code_format import new_code, shown
-from gateway.devstack.pidfile import PidFile
-from gateway.devstack.valkey import ValkeyServer
 from gateway.keys import KeySpace
 from gateway.redis_client import RedisClient
 from gateway.settings import Settings
-from tests.faults.support import Gateway, Processes, create_sale, process_env
+from tests.faults.support import Gateway, create_sale
 from tests.helpers import ADMIN, bearer
 from tests.http.support import assert_refusal
 from tests.worker.conftest import persist
@@ -32,28 +28,6 @@ REDEEM = "/v1/codes/redeem"
 RACERS = 50
 GUESSES = 100
 FAILED_LIMIT = 10
-
-
-@pytest.fixture
-def procs(tmp_path: Path, pidfile: PidFile) -> Iterator[Processes]:
-    started = Processes(tmp_path, pidfile)
-    try:
-        yield started
-    finally:
-        started.stop_all()
-
-
-@pytest.fixture
-async def gateway(procs: Processes, valkey: ValkeyServer, migrated: str, clean: None) -> Gateway:
-    """A gateway process on the emptied session servers, ready with its fence open."""
-    return await procs.gateway(process_env(valkey.url, migrated))
-
-
-@pytest.fixture
-async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=2 * GUESSES, max_keepalive_connections=2 * GUESSES)
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30, limits=limits) as client:
-        yield client
 
 
 async def make_codes(http: httpx.AsyncClient, activity_id: str, count: int) -> list[str]:
