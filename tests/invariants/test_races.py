@@ -1,5 +1,6 @@
 """The two races of the acceptance: no oversell, no user or device past its limit, and the wallet and the
-ledger holding exactly the granted coupons afterwards."""
+ledger holding exactly the granted coupons afterwards. Against a real gateway process, so the 1,200 claims are
+truly in flight together (the in-process test client serves one request at a time)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import asyncio
 import collections
 from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from gateway.keys import KeySpace
 from gateway.redis_client import RedisClient
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 USERS, DEVICES, CLAIMS_EACH = 300, 100, 4
 
 
-async def crowd_claims(client: AsyncTestClient[Any], activity_id: str) -> list[tuple[str, str, Any]]:
+async def crowd_claims(http: httpx.AsyncClient, activity_id: str) -> list[tuple[str, str, Any]]:
     """300 users on 100 devices, each user sending 4 claims at once; (user, device, reply) for each."""
     calls = []
     for i in range(USERS):
@@ -30,20 +31,20 @@ async def crowd_claims(client: AsyncTestClient[Any], activity_id: str) -> list[t
         headers = bearer(user, device)
         calls += [(user, device, headers)] * CLAIMS_EACH
     replies = await asyncio.gather(
-        *(client.post(f"/v1/activities/{activity_id}/claim", headers=h) for _, _, h in calls)
+        *(http.post(f"/v1/activities/{activity_id}/claim", headers=h) for _, _, h in calls)
     )
     return [(u, d, r) for (u, d, _), r in zip(calls, replies, strict=True)]
 
 
 async def check_race(
-    client: AsyncTestClient[Any],
+    http: httpx.AsyncClient,
     redis_client: RedisClient,
     settings: Settings,
     activity_id: str,
     *,
     expect_granted: int,
 ) -> collections.Counter[str]:
-    results = await crowd_claims(client, activity_id)
+    results = await crowd_claims(http, activity_id)
     statuses = collections.Counter(r.status_code for _, _, r in results)
     assert set(statuses) <= {201, 409}, statuses  # granted, sold out or limit reached: nothing else
     granted = [(u, d, r.json()) for u, d, r in results if r.status_code == 201]
@@ -92,22 +93,18 @@ async def check_race(
     return per_device
 
 
-async def test_stock_binds(
-    client: AsyncTestClient[Any], redis_client: RedisClient, settings: Settings
-) -> None:
-    template = await create_template(client)
+async def test_stock_binds(http: httpx.AsyncClient, redis_client: RedisClient, settings: Settings) -> None:
+    template = await create_template(http)
     activity = await create_activity(
-        client, template_id=template["id"], stock=100, per_user_limit=2, per_device_limit=3
+        http, template_id=template["id"], stock=100, per_user_limit=2, per_device_limit=3
     )
-    await check_race(client, redis_client, settings, activity["id"], expect_granted=100)
+    await check_race(http, redis_client, settings, activity["id"], expect_granted=100)
     keys = KeySpace(8, 4).activity(activity["id"])
     assert await redis_client.hget(keys.config, "stock_left") == "0"
 
 
-async def test_limits_bind(
-    client: AsyncTestClient[Any], redis_client: RedisClient, settings: Settings
-) -> None:
-    activity = await create_activity(client, stock=100_000, per_user_limit=2, per_device_limit=3)
-    per_device = await check_race(client, redis_client, settings, activity["id"], expect_granted=300)
+async def test_limits_bind(http: httpx.AsyncClient, redis_client: RedisClient, settings: Settings) -> None:
+    activity = await create_activity(http, stock=100_000, per_user_limit=2, per_device_limit=3)
+    per_device = await check_race(http, redis_client, settings, activity["id"], expect_granted=300)
     assert set(per_device.values()) == {3}
     assert len(per_device) == DEVICES
