@@ -158,7 +158,12 @@ def _reconcile(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with _ledger_tools(settings, check_fence=True) as (clients, pool, keyspace):
             report = await Reconciler(
-                clients.control, clients.runner, pool, keyspace, settings.claim.idempotency_ttl_seconds
+                clients.control,
+                clients.runner,
+                pool,
+                keyspace,
+                settings.claim.idempotency_ttl_seconds,
+                batch_grace=args.batch_grace,
             ).run(args.partition or None)
         print("\n".join(report.lines()), flush=True)
         return 1 if report.differences else 0
@@ -258,6 +263,12 @@ def parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument(
         "--partition", action="append", help="only this partition, e.g. {a:ID} (repeatable)"
+    )
+    reconcile.add_argument(
+        "--batch-grace",
+        type=int,
+        default=300,
+        help="seconds after which a code batch still not ready is half-done and voided (default 300)",
     )
     reconcile.set_defaults(run=_reconcile)
 

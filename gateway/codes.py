@@ -4,7 +4,6 @@ buckets) and redeeming one (failed-attempt gates, the code's own script, then th
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -59,10 +58,11 @@ def batch_record(activity_id: str, starts_at: int, ends_at: int, pack: str) -> s
     ).decode()
 
 
-def body_hash(typed: str) -> str:
-    """A redeem's identity for its Idempotency-Key: the code as typed, without case, spaces or dashes."""
+def body_hash(hash_key: bytes, typed: str) -> str:
+    """A redeem's identity for its Idempotency-Key: the code in canonical form when it is one (else as typed,
+    without case, spaces or dashes), keyed like the codes themselves, so no unkeyed trace of a code is kept."""
     cleaned = typed.replace("-", "").replace(" ", "").upper()
-    return hashlib.sha256(b"code\x00" + cleaned.encode()).hexdigest()[:32]
+    return code_format.code_hash(hash_key, "body\x00" + (code_format.canonical(cleaned) or cleaned))[:32]
 
 
 class CodeService:
@@ -112,34 +112,23 @@ class CodeService:
             raise DomainError(Outcome(reply[0]))
         batch = batch_record(activity_id, starts_at, ends_at, pack)
         await self.put_codes(batch_id, batch, hashes, now=now)
-        await self._set_state(batch_id, "ready")
+        if not await self._set_ready(batch_id):
+            # Reconcile voided the batch meanwhile (it outlived its grace): its codes must not stay redeemable,
+            # and its packs go back (a replay if reconcile gave them back already). Nobody has seen the codes.
+            await self.put_codes(batch_id, "", hashes, now=now, drop=True)
+            await self.runner.run(
+                "code_batch",
+                [act.config, act.code_batches, act.seq, act.events],
+                [now, new_id(), operator, activity_id, batch_id, count, "void"],
+            )
+            raise DomainError(Outcome.STATE_CONFLICT, "The batch was voided while it was being made.")
         return Batch(batch_id, [code_format.shown(code) for code in codes])
 
     async def put_codes(
         self, batch_id: str, batch: str, hashes: list[str], *, now: int, drop: bool = False
     ) -> int:
         """Write (or drop) a batch's codes in their buckets; idempotent, so a repair can run it again."""
-        by_bucket: dict[int, list[str]] = {}
-        for code_hash in hashes:
-            by_bucket.setdefault(self.keyspace.code_bucket(code_hash), []).append(code_hash)
-        calls = [
-            (bucket, part[i : i + PUT_CHUNK])
-            for bucket, part in sorted(by_bucket.items())
-            for i in range(0, len(part), PUT_CHUNK)
-        ]
-        limit = asyncio.Semaphore(PUT_CONCURRENCY)
-
-        async def put(bucket: int, chunk: list[str]) -> int:
-            keys = self.keyspace.code_of_bucket(bucket)
-            async with limit:
-                reply = await self.runner.run(
-                    "put_codes",
-                    [keys.codes, keys.batches, keys.seq, keys.events],
-                    [now, new_id(), batch_id, batch, "drop" if drop else "put", ",".join(chunk)],
-                )
-            return int(reply[1])
-
-        return sum(await asyncio.gather(*(put(bucket, chunk) for bucket, chunk in calls)))
+        return await put_codes(self.runner, self.keyspace, batch_id, batch, hashes, now=now, drop=drop)
 
     async def _record(
         self,
@@ -173,13 +162,20 @@ class CodeService:
     async def _set_state(self, batch_id: str, state: str) -> None:
         await self.pool.execute("UPDATE code_batches SET state = $2 WHERE batch_id = $1", batch_id, state)
 
+    async def _set_ready(self, batch_id: str) -> bool:
+        """Recorded -> ready; False when the batch is no longer recorded (reconcile voided it)."""
+        done = await self.pool.execute(
+            "UPDATE code_batches SET state = 'ready' WHERE batch_id = $1 AND state = 'recorded'", batch_id
+        )
+        return str(done) == "UPDATE 1"
+
     # -- redeeming ------------------------------------------------------------------------------------------
 
     async def redeem(
         self, who: UserIdentity, typed: str, *, now: int, idempotency_key: str | None, blocked: bool
     ) -> Redeemed:
         attempt = new_id()
-        digest = body_hash(typed)
+        digest = body_hash(self.hash_key, typed)
         user_wallet = self.keyspace.wallet(who.user_id)
         device_wallet = self.keyspace.wallet(who.device_id)
         user_gate = Gate(
@@ -265,6 +261,41 @@ class CodeService:
             gate.settle_keys(),
             [now, new_id(), attempt, idempotency_key or "", digest, self.idempotency_ttl, answer],
         )
+
+
+async def put_codes(
+    runner: ScriptRunner,
+    keyspace: KeySpace,
+    batch_id: str,
+    batch: str,
+    hashes: list[str],
+    *,
+    now: int,
+    drop: bool = False,
+) -> int:
+    """Write (or drop) a batch's codes in their buckets (``put_codes``, PUT_CHUNK hashes a call); idempotent, so
+    a repair can run it again. The codes written (or dropped) now."""
+    by_bucket: dict[int, list[str]] = {}
+    for code_hash in hashes:
+        by_bucket.setdefault(keyspace.code_bucket(code_hash), []).append(code_hash)
+    calls = [
+        (bucket, part[i : i + PUT_CHUNK])
+        for bucket, part in sorted(by_bucket.items())
+        for i in range(0, len(part), PUT_CHUNK)
+    ]
+    limit = asyncio.Semaphore(PUT_CONCURRENCY)
+
+    async def put(bucket: int, chunk: list[str]) -> int:
+        keys = keyspace.code_of_bucket(bucket)
+        async with limit:
+            reply = await runner.run(
+                "put_codes",
+                [keys.codes, keys.batches, keys.seq, keys.events],
+                [now, new_id(), batch_id, batch, "drop" if drop else "put", ",".join(chunk)],
+            )
+        return int(reply[1])
+
+    return sum(await asyncio.gather(*(put(bucket, chunk) for bucket, chunk in calls)))
 
 
 async def codes_redeemed(client: RedisClient, keyspace: KeySpace, activity_id: str) -> int:

@@ -1,19 +1,20 @@
 #!lua
 --[[
 restore_activity: write an activity partition's state as rebuilt from the ledger (restore). "reset" replaces
-the config, the per-user and per-device counts and the allow-list with the payload's; "more" adds further
-counts and allow-list members (a large activity arrives in parts). restore_finish then levels the partition's
-seq and appends the event that records the restore.
+the config, the per-user and per-device counts, the allow-list and the code batches with the payload's; "more"
+adds further counts, allow-list members and batches (a large activity arrives in parts). restore_finish then
+levels the partition's seq and appends the event that records the restore.
 KEYS[1] config   hash   {a:X}:act      the activity's hot config
 KEYS[2] users    hash   {a:X}:users    user id -> packs taken
 KEYS[3] devices  hash   {a:X}:devices  device id -> packs taken
 KEYS[4] allow    set    {a:X}:allow    the users allow-list
+KEYS[5] batches  hash   {a:X}:batches  code batch id -> packs reserved, or "void"
 ARGV[1] step     "reset" or "more"
-ARGV[2] payload  JSON {config: [field, value, ...], users: [id, n, ...], devices: [id, n, ...], allow: [id, ...]}
-                 (values as strings; config only with "reset")
+ARGV[2] payload  JSON {config: [field, value, ...], users: [id, n, ...], devices: [id, n, ...], allow: [id, ...],
+                 batches: [id, n or "void", ...]} (values as strings; config only with "reset")
 REPLY ok
 ]]
-local config_key, users_key, devices_key, allow_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local config_key, users_key, devices_key, allow_key, batches_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local step, payload = ARGV[1], cjson.decode(ARGV[2])
 
 if step == "reset" then
@@ -21,7 +22,7 @@ if step == "reset" then
   if type(config) ~= "table" then
     return redis.error_reply("restore_activity: reset needs the config")
   end
-  redis.call("DEL", config_key, users_key, devices_key, allow_key)
+  redis.call("DEL", config_key, users_key, devices_key, allow_key, batches_key)
   for i = 1, #config, 2 do
     redis.call("HSET", config_key, config[i], config[i + 1])
   end
@@ -29,6 +30,7 @@ elseif step ~= "more" then
   return redis.error_reply("restore_activity: unknown step " .. tostring(step))
 end
 local users, devices, allow = payload.users or {}, payload.devices or {}, payload.allow or {}
+local batches = payload.batches or {}
 for i = 1, #users, 2 do
   redis.call("HSET", users_key, users[i], users[i + 1])
 end
@@ -37,5 +39,8 @@ for i = 1, #devices, 2 do
 end
 for i = 1, #allow do
   redis.call("SADD", allow_key, allow[i])
+end
+for i = 1, #batches, 2 do
+  redis.call("HSET", batches_key, batches[i], batches[i + 1])
 end
 return {"ok"}

@@ -1,7 +1,7 @@
 #!lua
 --[[
 restore_record: write one idempotency record as the ledger holds it (restore), with its expiry.
-KEYS[1] record   string {a:X}:idem:<digest>   "<body hash>|<answer>"
+KEYS[1] record   string {a:X}:idem:<digest>   "<body hash>|<answer>" (or a code redeem's, {w:n}:idem:<digest>)
 ARGV[1] value    "<body hash>|<answer>"
 ARGV[2] expires  unix seconds the record expires at (in the future)
 REPLY ok

@@ -1,24 +1,44 @@
 #!lua
 --[[
-restore_wallet: write a wallet bucket's coupons as rebuilt from the ledger (restore). "reset" empties the
-bucket's coupon hash; "user" writes one user's coupons (records and index, the index replaced); "drop" deletes
-the index of a user the ledger holds no coupon for.
+restore_wallet: write a wallet bucket's state as rebuilt from the ledger (restore). "reset" empties the bucket's
+coupons, orders, locks and counters; "user" writes one user's coupons (records and index, the index replaced);
+"drop" deletes the index of a user the ledger holds no coupon for; "checkout" adds orders, locks and counters
+(a large bucket arrives in parts). Failed code attempts ({w:n}:fails:*) are not ledger state: left alone.
 restore_finish then levels the partition's seq and appends the event that records the restore.
-KEYS[1] coupons  hash   {w:n}:coupons     coupon id -> JSON record (as deliver writes it)
-KEYS[2] index    zset   {w:n}:u:<user>    the user's coupon ids (score 0); with "reset", {w:n}:u: (untouched)
-ARGV[1] step     "reset", "user" or "drop"
-ARGV[2] records  JSON [coupon id, record JSON, ...] ("user"; "[]" otherwise)
+KEYS[1] coupons   hash   {w:n}:coupons     coupon id -> JSON record (lock.lua)
+KEYS[2] index     zset   {w:n}:u:<user>    the user's coupon ids (score 0); {w:n}:u: (untouched) but with
+                                           "user" and "drop"
+KEYS[3] orders    hash   {w:n}:orders      "<user>/<order>" -> JSON order (lock.lua)
+KEYS[4] locks     zset   {w:n}:locks       locked coupon id -> its deadline
+KEYS[5] counters  hash   {w:n}:counters    "<activity>|locked", "|redeemed", "|redeemed_value"
+ARGV[1] step      "reset", "user", "drop" or "checkout"
+ARGV[2] payload   "user": JSON [coupon id, record JSON, ...]; "checkout": JSON {orders: [field, record JSON, ...],
+                  locks: [coupon id, deadline, ...], counters: [field, value, ...]}; "[]" otherwise
 REPLY ok
 ]]
-local coupons_key, index_key = KEYS[1], KEYS[2]
+local coupons_key, index_key, orders_key, locks_key, counters_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local step = ARGV[1]
 
 if step == "reset" then
-  redis.call("DEL", coupons_key)
+  redis.call("DEL", coupons_key, orders_key, locks_key, counters_key)
   return {"ok"}
 end
 if step == "drop" then
   redis.call("DEL", index_key)
+  return {"ok"}
+end
+if step == "checkout" then
+  local payload = cjson.decode(ARGV[2])
+  local orders, locks, counters = payload.orders or {}, payload.locks or {}, payload.counters or {}
+  for i = 1, #orders, 2 do
+    redis.call("HSET", orders_key, orders[i], orders[i + 1])
+  end
+  for i = 1, #locks, 2 do
+    redis.call("ZADD", locks_key, locks[i + 1], locks[i])
+  end
+  for i = 1, #counters, 2 do
+    redis.call("HSET", counters_key, counters[i], counters[i + 1])
+  end
   return {"ok"}
 end
 if step ~= "user" then

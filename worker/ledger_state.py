@@ -2,11 +2,17 @@
 Redis with it.
 
 - activity ``{a:X}``: the config from the definition, then every operator's change in seq order (status,
-  stock, window, limits); taken and per-user / per-device counts from ``claims``; stock left = stock plus the
-  changes minus taken; the allow-list from the definition; unexpired idempotency records;
-- wallet ``{w:n}``: every coupon the ledger holds for the bucket, and each user's index;
+  stock, window, limits, codes reserved); taken and per-user / per-device counts from ``claims``; stock left =
+  stock plus the changes minus taken; the allow-list from the definition; unexpired idempotency records; its
+  code batches (``code_batches``: packs reserved, or ``void``);
+- wallet ``{w:n}``: every coupon the ledger holds for the bucket (with its lock or redemption), each user's
+  index, the orders, the locks, the per-activity checkout counters and unexpired code-redeem idempotency
+  records;
 - blocklist: the entries present;
-- code ``{c:n}``: nothing yet but its seq.
+- code ``{c:n}``: the codes of its ready batches (with the redeemer and answer of each redeemed one), those
+  batches' records and the per-activity redeemed counters.
+
+Not rebuilt, by design: failed code attempts (``{w:n}:fails:*``, rate-limit state without events).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import msgspec
 
 from gateway import store
 from gateway.campaign import hot_config
+from gateway.codes import batch_record
+from gateway.keys import order_field
 
 KINDS = ("activity", "wallet", "code", "blocklist")
 
@@ -55,6 +63,7 @@ class ActivityState:
     allow: set[str] = field(default_factory=set)
     records: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, expires at)
     undelivered: list[Undelivered] = field(default_factory=list)
+    batches: dict[str, str] = field(default_factory=dict)  # code batch id -> packs reserved, or "void"
     ever_stocked: int = 0  # the definition's stock plus every addition
     highest_unit: int = 0  # the highest ordinal a claim holds
 
@@ -65,6 +74,23 @@ class WalletState:
     mark: int
     coupons: dict[str, dict[str, Any]] = field(default_factory=dict)  # coupon id -> record
     indexes: dict[str, list[str]] = field(default_factory=dict)  # user -> coupon ids, sorted
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<user>/<order>" -> record
+    locks: dict[str, int] = field(default_factory=dict)  # locked coupon id -> its deadline
+    counters: dict[str, str] = field(default_factory=dict)  # "<activity>|locked" ... -> figure
+    records: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, expires at)
+
+
+@dataclass
+class CodeState:
+    partition: str
+    mark: int
+    codes: dict[str, dict[str, Any]] = field(default_factory=dict)  # code hash -> record
+    batches: dict[str, str] = field(default_factory=dict)  # batch id -> batch_record JSON (ready batches)
+    counters: dict[str, str] = field(default_factory=dict)  # activity id -> codes redeemed here
+    # Batches with codes here whose state is not ready: what Redis holds of them is not the ledger's to judge
+    # (a batch being made; a voided batch's record, which put_codes' drop leaves) beyond the unredeemed codes
+    # of a voided one, which must be gone.
+    unsettled: dict[str, str] = field(default_factory=dict)  # batch id -> state
 
 
 @dataclass
@@ -78,13 +104,13 @@ class BlocklistState:
 
 @dataclass
 class BareState:
-    """A partition with nothing to rebuild but its seq (code buckets until codes exist)."""
+    """A partition with nothing to rebuild but its seq (a kind the ledger knows nothing more of)."""
 
     partition: str
     mark: int
 
 
-PartitionState = ActivityState | WalletState | BlocklistState | BareState
+PartitionState = ActivityState | WalletState | BlocklistState | CodeState | BareState
 
 
 async def partitions(pool: asyncpg.Pool, named: list[str] | None = None) -> dict[str, str]:
@@ -109,9 +135,11 @@ async def build(pool: asyncpg.Pool, partition: str, kind: str, now: int) -> Part
     if kind == "activity":
         return await _activity(pool, partition, mark, now)
     if kind == "wallet":
-        return await _wallet(pool, partition, mark)
+        return await _wallet(pool, partition, mark, now)
     if kind == "blocklist":
         return await _blocklist(pool, partition, mark)
+    if kind == "code":
+        return await _code(pool, partition, mark)
     return BareState(partition, mark)
 
 
@@ -182,13 +210,13 @@ async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> 
     )
     if activity.eligibility and activity.eligibility.users:
         state.allow = set(activity.eligibility.users)
-    state.records = {
-        row["redis_key"]: (f"{row['body_hash']}|{row['answer']}", int(row["expires_at"]))
+    state.records = await _records(pool, partition, now)
+    state.batches = {
+        row["batch_id"]: "void" if row["voided"] else str(row["count"])
         for row in await pool.fetch(
-            "SELECT redis_key, body_hash, answer, expires_at FROM idempotency_records"
-            " WHERE partition = $1 AND expires_at > $2",
-            partition,
-            now,
+            "SELECT batch_id, count, voided FROM code_batches WHERE activity_id = $1 AND (reserved OR voided)"
+            " ORDER BY batch_id",
+            activity_id,
         )
     }
     state.undelivered = [
@@ -203,8 +231,9 @@ async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> 
 
 
 def coupon_record(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """A coupon as deliver (and later checkout scripts) keep it in the wallet's hash."""
-    return {
+    """A coupon as deliver and the checkout scripts keep it in the wallet's hash: the order and discount while
+    locked or redeemed, the deadline while locked (the sink keeps them only then)."""
+    record = {
         "user": row["user_id"],
         "activity": row["activity_id"],
         "template": row["template_id"],
@@ -214,18 +243,131 @@ def coupon_record(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "version": row["version"],
     }
+    if row["status"] in ("locked", "redeemed"):
+        record["order"] = row["order_id"]
+        record["discount"] = row["discount"]
+    if row["status"] == "locked":
+        record["locked_until"] = row["locked_until"]
+    return record
 
 
-async def _wallet(pool: asyncpg.Pool, partition: str, mark: int) -> WalletState:
+def order_record(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """An order as the checkout scripts keep it in the wallet's orders hash: the deadline only while locked,
+    ``returned`` only once refunded."""
+    record = {
+        "coupon": row["coupon_id"],
+        "status": row["status"],
+        "discount": row["discount"],
+        "split": row["split"],
+        "version": row["version"],
+    }
+    if row["status"] == "locked":
+        record["locked_until"] = row["locked_until"]
+    if row["status"] == "refunded":
+        record["returned"] = row["returned"]
+    return record
+
+
+async def _wallet(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> WalletState:
     state = WalletState(partition, mark)
     rows = await pool.fetch(
-        "SELECT coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from, valid_until"
-        " FROM coupons WHERE partition = $1 ORDER BY coupon_id",
+        "SELECT coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from, valid_until,"
+        " order_id, locked_until, discount FROM coupons WHERE partition = $1 ORDER BY coupon_id",
         partition,
     )
     for row in rows:
         state.coupons[row["coupon_id"]] = coupon_record(row)
         state.indexes.setdefault(row["user_id"], []).append(row["coupon_id"])
+        if row["status"] == "locked":
+            state.locks[row["coupon_id"]] = int(row["locked_until"])
+    state.orders = {
+        order_field(row["user_id"], row["order_id"]): order_record(row)
+        for row in await pool.fetch(
+            "SELECT user_id, order_id, coupon_id, status, discount, split, locked_until, returned, version"
+            " FROM orders WHERE partition = $1 ORDER BY user_id, order_id",
+            partition,
+        )
+    }
+    state.counters = await _checkout_counters(pool, partition)
+    state.records = await _records(pool, partition, now)
+    return state
+
+
+async def _checkout_counters(pool: asyncpg.Pool, partition: str) -> dict[str, str]:
+    """``<activity>|locked`` = coupons locked, ``|redeemed`` = coupons redeemed, ``|redeemed_value`` = their
+    discounts. The scripts only add to a field, so it exists (perhaps "0") once its first change happened:
+    ``|locked`` after the activity's first lock in the bucket, the other two after its first redeem."""
+    figures = {
+        row["activity_id"]: row
+        for row in await pool.fetch(
+            "SELECT activity_id, count(*) FILTER (WHERE status = 'locked') AS locked,"
+            " count(*) FILTER (WHERE status = 'redeemed') AS redeemed,"
+            " coalesce(sum(discount) FILTER (WHERE status = 'redeemed'), 0)::bigint AS redeemed_value"
+            " FROM coupons WHERE partition = $1 GROUP BY activity_id",
+            partition,
+        )
+    }
+    counters: dict[str, str] = {}
+    for row in await pool.fetch(
+        "SELECT DISTINCT c.activity_id, e.type FROM coupon_events e JOIN coupons c USING (coupon_id)"
+        " WHERE c.partition = $1 AND e.type IN ('locked', 'redeemed') ORDER BY 1, 2",
+        partition,
+    ):
+        activity, figure = row["activity_id"], figures[row["activity_id"]]
+        if row["type"] == "locked":
+            counters[f"{activity}|locked"] = str(figure["locked"])
+        else:
+            counters[f"{activity}|redeemed"] = str(figure["redeemed"])
+            counters[f"{activity}|redeemed_value"] = str(figure["redeemed_value"])
+    return counters
+
+
+async def _records(pool: asyncpg.Pool, partition: str, now: int) -> dict[str, tuple[str, int]]:
+    """The partition's unexpired idempotency records: key -> ("<body hash>|<answer>", expires at)."""
+    return {
+        row["redis_key"]: (f"{row['body_hash']}|{row['answer']}", int(row["expires_at"]))
+        for row in await pool.fetch(
+            "SELECT redis_key, body_hash, answer, expires_at FROM idempotency_records"
+            " WHERE partition = $1 AND expires_at > $2",
+            partition,
+            now,
+        )
+    }
+
+
+async def _code(pool: asyncpg.Pool, partition: str, mark: int) -> CodeState:
+    state = CodeState(partition, mark)
+    batches = await pool.fetch(
+        "SELECT batch_id, activity_id, starts_at, ends_at, pack, state FROM code_batches b"
+        " WHERE EXISTS (SELECT 1 FROM codes k WHERE k.batch_id = b.batch_id AND k.partition = $1)"
+        " ORDER BY batch_id",
+        partition,
+    )
+    for row in batches:
+        if row["state"] == "ready":
+            state.batches[row["batch_id"]] = batch_record(
+                row["activity_id"], row["starts_at"], row["ends_at"], row["pack"]
+            )
+        else:
+            state.unsettled[row["batch_id"]] = row["state"]
+    # A ready batch's codes, and any redeemed code (as redeem_code recorded it, the answer from its claim).
+    for row in await pool.fetch(
+        "SELECT k.code_hash, k.batch_id, k.redeemed_by, k.claim_id, k.redeemed_at, b.activity_id, c.answer"
+        " FROM codes k JOIN code_batches b USING (batch_id) LEFT JOIN claims c ON c.claim_id = k.claim_id"
+        " WHERE k.partition = $1 AND (b.state = 'ready' OR k.redeemed_by IS NOT NULL) ORDER BY k.code_hash",
+        partition,
+    ):
+        record: dict[str, Any] = {"batch": row["batch_id"]}
+        if row["redeemed_by"] is not None:
+            record.update(
+                user=row["redeemed_by"],
+                claim=row["claim_id"],
+                answer=row["answer"],
+                activity=row["activity_id"],
+                at=row["redeemed_at"],
+            )
+            state.counters[row["activity_id"]] = str(int(state.counters.get(row["activity_id"], "0")) + 1)
+        state.codes[row["code_hash"]] = record
     return state
 
 

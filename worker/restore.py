@@ -4,7 +4,8 @@ For each partition: drain its stream into the ledger (so the ledger holds everyt
 its state from the ledger (``ledger_state``), write it with the ``restore_*`` scripts, then ``restore_finish``
 levels its seq at or above the ledger's mark and appends a ``restored`` event. Last, claims whose coupons the
 ledger lacks are delivered (the deliver script, idempotent). The fence of every gateway opens by itself once
-no partition is behind.
+no partition is behind. Failed code attempts (``{w:n}:fails:*``) are rate-limit state, not ledger state: a
+restore starts them afresh.
 
 Restore writes through its own script runner on the control connection: the gateways' runners stay fenced
 while it works. By default it rebuilds a partition only when Redis is behind the ledger there, or holds
@@ -22,7 +23,7 @@ import asyncpg
 from gateway.claims import ClaimService
 from gateway.fence import Fence
 from gateway.ids import new_id
-from gateway.keys import BLOCKLIST, ActivityKeys, KeySpace, Partition, WalletKeys
+from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, KeySpace, Partition, WalletKeys
 from gateway.ledger_check import partitions_behind
 from gateway.redis_client import RedisClient, ScriptRunner
 from gateway.scripts import load_scripts
@@ -31,6 +32,7 @@ from worker.ledger_state import (
     ActivityState,
     BareState,
     BlocklistState,
+    CodeState,
     PartitionState,
     WalletState,
     build,
@@ -79,45 +81,97 @@ def _has_state(state: PartitionState) -> bool:
     if isinstance(state, ActivityState):
         return state.defined
     if isinstance(state, WalletState):
-        return bool(state.coupons)
+        return bool(state.coupons or state.orders or state.records)
     if isinstance(state, BlocklistState):
         return bool(state.entries)
+    if isinstance(state, CodeState):
+        return bool(state.codes or state.batches)
     return False
+
+
+def _in_parts(**lists: list[str]) -> list[dict[str, list[str]]]:
+    """Payloads of at most PART_SIZE items per list, the lists side by side: part i holds each one's i-th part."""
+    parts = {name: _parts(flat) for name, flat in lists.items()}
+    count = max(len(p) for p in parts.values())
+    return [{name: p[i] if i < len(p) else [] for name, p in parts.items()} for i in range(count)]
+
+
+def _nonzero(**counts: int) -> dict[str, int]:
+    return {name: n for name, n in counts.items() if n}
+
+
+async def _write_records(runner: ScriptRunner, records: dict[str, tuple[str, int]]) -> None:
+    now = int(time.time())
+    for key, (value, expires_at) in records.items():
+        if expires_at > now:
+            await runner.run("restore_record", [key], [value, expires_at])
 
 
 async def _write_activity(runner: ScriptRunner, state: ActivityState) -> dict[str, int]:
     keys = ActivityKeys(state.partition)
-    script_keys = [keys.config, keys.user_counts, keys.device_counts, keys.allow_list]
-    users, devices, allow = (
-        _parts(_pairs(state.users)),
-        _parts(_pairs(state.devices)),
-        _parts(sorted(state.allow)),
+    script_keys = [keys.config, keys.user_counts, keys.device_counts, keys.allow_list, keys.code_batches]
+    payloads = _in_parts(
+        users=_pairs(state.users),
+        devices=_pairs(state.devices),
+        allow=sorted(state.allow),
+        batches=_pairs(state.batches),
     )
-    for i in range(max(len(users), len(devices), len(allow))):
-        payload: dict[str, object] = {
-            "users": users[i] if i < len(users) else [],
-            "devices": devices[i] if i < len(devices) else [],
-            "allow": allow[i] if i < len(allow) else [],
-        }
+    for i, part in enumerate(payloads):
+        payload: dict[str, object] = dict(part)
         if i == 0:
             payload["config"] = _pairs(state.config) if state.defined else []
         await runner.run("restore_activity", script_keys, ["reset" if i == 0 else "more", encode(payload)])
-    now = int(time.time())
-    for key, (value, expires_at) in state.records.items():
-        if expires_at > now:
-            await runner.run("restore_record", [key], [value, expires_at])
-    return {"users": len(state.users), "devices": len(state.devices), "records": len(state.records)}
+    await _write_records(runner, state.records)
+    return {
+        "users": len(state.users),
+        "devices": len(state.devices),
+        "records": len(state.records),
+        **_nonzero(batches=len(state.batches)),
+    }
+
+
+def wallet_script_keys(keys: WalletKeys, user: str = "") -> list[str]:
+    """restore_wallet's KEYS: the bucket's checkout keys around one user's index (the placeholder when none)."""
+    return [keys.coupons, keys.user_index(user), keys.orders, keys.locks, keys.counters]
 
 
 async def _write_wallet(runner: ScriptRunner, state: WalletState) -> dict[str, int]:
     keys = WalletKeys(state.partition)
-    await runner.run("restore_wallet", [keys.coupons, keys.user_index("")], ["reset", "[]"])
+    await runner.run("restore_wallet", wallet_script_keys(keys), ["reset", "[]"])
     for user in sorted(await indexed_users(runner.client, state.partition) - set(state.indexes)):
-        await runner.run("restore_wallet", [keys.coupons, keys.user_index(user)], ["drop", "[]"])
+        await runner.run("restore_wallet", wallet_script_keys(keys, user), ["drop", "[]"])
     for user, coupon_ids in sorted(state.indexes.items()):
         records = [item for cid in coupon_ids for item in (cid, encode(state.coupons[cid]))]
-        await runner.run("restore_wallet", [keys.coupons, keys.user_index(user)], ["user", encode(records)])
-    return {"coupons": len(state.coupons), "users": len(state.indexes)}
+        await runner.run("restore_wallet", wallet_script_keys(keys, user), ["user", encode(records)])
+    if state.orders or state.locks or state.counters:
+        for payload in _in_parts(
+            orders=[item for name in sorted(state.orders) for item in (name, encode(state.orders[name]))],
+            locks=[item for cid, until in sorted(state.locks.items()) for item in (cid, str(until))],
+            counters=_pairs(state.counters),
+        ):
+            await runner.run("restore_wallet", wallet_script_keys(keys), ["checkout", encode(payload)])
+    await _write_records(runner, state.records)
+    return {
+        "coupons": len(state.coupons),
+        "users": len(state.indexes),
+        **_nonzero(orders=len(state.orders), locks=len(state.locks), records=len(state.records)),
+    }
+
+
+async def _write_codes(runner: ScriptRunner, state: CodeState) -> dict[str, int]:
+    keys = CodeKeys(state.partition)
+    payloads = _in_parts(
+        codes=[item for code in sorted(state.codes) for item in (code, encode(state.codes[code]))],
+        batches=_pairs(state.batches),
+        counters=_pairs(state.counters),
+    )
+    for i, payload in enumerate(payloads):
+        await runner.run(
+            "restore_codes",
+            [keys.codes, keys.batches, keys.counters],
+            ["reset" if i == 0 else "more", encode(payload)],
+        )
+    return {"codes": len(state.codes), "batches": len(state.batches)}
 
 
 async def _write_blocklist(runner: ScriptRunner, state: BlocklistState) -> dict[str, int]:
@@ -145,6 +199,8 @@ async def _write(runner: ScriptRunner, state: PartitionState) -> dict[str, int]:
         return await _write_wallet(runner, state)
     if isinstance(state, BlocklistState):
         return await _write_blocklist(runner, state)
+    if isinstance(state, CodeState):
+        return await _write_codes(runner, state)
     assert isinstance(state, BareState)
     return {}
 

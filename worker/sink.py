@@ -88,7 +88,7 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(code_hash, us
 WHERE k.code_hash = u.code_hash AND k.redeemed_by IS NULL
 """
 _BATCH_CHANGES = """
-UPDATE code_batches AS b SET reserved = b.reserved OR u.reserved,
+UPDATE code_batches AS b SET reserved = b.reserved OR u.reserved, voided = b.voided OR u.voided,
     state = CASE WHEN u.voided THEN 'void' ELSE b.state END
 FROM unnest($1::text[], $2::boolean[], $3::boolean[]) AS u(batch_id, reserved, voided)
 WHERE b.batch_id = u.batch_id

@@ -11,14 +11,22 @@ from typing import Any
 import pytest
 from redis.exceptions import ResponseError
 
-from gateway.keys import BLOCKLIST, KeySpace, Partition, stable_bucket
+from gateway.codes import batch_record
+from gateway.keys import BLOCKLIST, KeySpace, Partition, WalletKeys, order_field, stable_bucket
 from gateway.redis_client import RedisClient, ScriptRunner
 from tests.lua.support import NOW, Snapshot, activity_config, changed, put_activity, snapshot
 
 ACT = KeySpace.activity("act1")
-ACTIVITY_KEYS = [ACT.config, ACT.user_counts, ACT.device_counts, ACT.allow_list]
+ACTIVITY_KEYS = [ACT.config, ACT.user_counts, ACT.device_counts, ACT.allow_list, ACT.code_batches]
 BLOCKLIST_KEYS = [BLOCKLIST.users, BLOCKLIST.devices, BLOCKLIST.entries, BLOCKLIST.version]
 KEYSPACE = KeySpace(8, 4)
+BUCKET = KeySpace.code_of_bucket(2)
+CODE_KEYS = [BUCKET.codes, BUCKET.batches, BUCKET.counters]
+
+
+def wallet_keys(wallet: WalletKeys, user: str = "") -> list[str]:
+    """restore_wallet's KEYS: coupons, one user's index (the placeholder when none), orders, locks, counters."""
+    return [wallet.coupons, wallet.user_index(user), wallet.orders, wallet.locks, wallet.counters]
 
 
 def same_bucket_users() -> tuple[str, str]:
@@ -79,6 +87,7 @@ async def seed_activity(runner: ScriptRunner, client: RedisClient) -> None:
     await client.hset(ACT.config, mapping={"stale": "x", "taken": "4"})
     await client.hset(ACT.user_counts, mapping={"gone-user": "3", "u1": "9"})
     await client.hset(ACT.device_counts, mapping={"gone-device": "3"})
+    await client.hset(ACT.code_batches, mapping={"gone-batch": "2", "b1": "void"})
 
 
 async def test_activity_reset_replaces_config_counts_and_allow_list(
@@ -91,7 +100,13 @@ async def test_activity_reset_replaces_config_counts_and_allow_list(
     reply = await restore_activity(
         runner,
         "reset",
-        {"config": config, "users": ["u1", "2", "u2", "1"], "devices": ["d1", "3"], "allow": ["a1", "a2"]},
+        {
+            "config": config,
+            "users": ["u1", "2", "u2", "1"],
+            "devices": ["d1", "3"],
+            "allow": ["a1", "a2"],
+            "batches": ["b1", "4", "b2", "void"],
+        },
     )
 
     assert reply == ["ok"]
@@ -105,6 +120,7 @@ async def test_activity_reset_replaces_config_counts_and_allow_list(
     assert after[ACT.user_counts] == ("hash", {"u1": "2", "u2": "1"}, -1)
     assert after[ACT.device_counts] == ("hash", {"d1": "3"}, -1)
     assert after[ACT.allow_list] == ("set", ["a1", "a2"], -1)
+    assert after[ACT.code_batches] == ("hash", {"b1": "4", "b2": "void"}, -1)
     assert after[ACT.seq] == before[ACT.seq]  # seq and the stream are restore_finish's
     assert after[ACT.events] == before[ACT.events]
     no_expiry(after)
@@ -117,7 +133,7 @@ async def test_activity_reset_with_nothing_deletes_the_keys(
     before = await snapshot(redis_client)
 
     assert await restore_activity(
-        runner, "reset", {"config": [], "users": [], "devices": [], "allow": []}
+        runner, "reset", {"config": [], "users": [], "devices": [], "allow": [], "batches": []}
     ) == ["ok"]
 
     after = await snapshot(redis_client)
@@ -130,7 +146,13 @@ async def test_activity_more_adds_without_removing(runner: ScriptRunner, redis_c
     await restore_activity(
         runner,
         "reset",
-        {"config": ["status", "active"], "users": ["u1", "2"], "devices": ["d1", "1"], "allow": ["a1"]},
+        {
+            "config": ["status", "active"],
+            "users": ["u1", "2"],
+            "devices": ["d1", "1"],
+            "allow": ["a1"],
+            "batches": ["b1", "3"],
+        },
     )
     before = await snapshot(redis_client)
 
@@ -142,16 +164,18 @@ async def test_activity_more_adds_without_removing(runner: ScriptRunner, redis_c
             "users": ["u2", "1", "u3", "4"],
             "devices": ["d2", "2"],
             "allow": ["a2", "a1"],
+            "batches": ["b2", "void"],
         },
     )
 
     assert reply == ["ok"]
     after = await snapshot(redis_client)
-    assert changed(before, after) == {ACT.user_counts, ACT.device_counts, ACT.allow_list}
+    assert changed(before, after) == {ACT.user_counts, ACT.device_counts, ACT.allow_list, ACT.code_batches}
     assert after[ACT.config] == ("hash", {"status": "active"}, -1)
     assert after[ACT.user_counts] == ("hash", {"u1": "2", "u2": "1", "u3": "4"}, -1)
     assert after[ACT.device_counts] == ("hash", {"d1": "1", "d2": "2"}, -1)
     assert after[ACT.allow_list] == ("set", ["a1", "a2"], -1)
+    assert after[ACT.code_batches] == ("hash", {"b1": "3", "b2": "void"}, -1)
     no_expiry(after)
 
 
@@ -201,9 +225,7 @@ async def test_wallet_user_replaces_that_users_index_and_keeps_other_users(
         json.dumps(record("c1.2", alice, status="used", version=3)),
     ]
 
-    reply = await runner.run(
-        "restore_wallet", [wallet.coupons, wallet.user_index(alice)], ["user", json.dumps(records)]
-    )
+    reply = await runner.run("restore_wallet", wallet_keys(wallet, alice), ["user", json.dumps(records)])
 
     assert reply == ["ok"]
     after = await snapshot(redis_client)
@@ -222,23 +244,118 @@ async def test_wallet_user_replaces_that_users_index_and_keeps_other_users(
     no_expiry(after)
 
 
-async def test_wallet_reset_empties_the_coupons_and_leaves_the_indexes(
+async def seed_checkout(client: RedisClient, wallet: WalletKeys, user: str) -> None:
+    """An order, its lock and the counters, as the checkout scripts leave them."""
+    await client.hset(
+        wallet.orders, order_field(user, "o-old"), json.dumps(order("c0.1", "locked", NOW + 60))
+    )
+    await client.zadd(wallet.locks, {"c0.1": NOW + 60})
+    await client.hset(wallet.counters, mapping={"act1|locked": "1", "act1|redeemed": "0"})
+
+
+def order(coupon_id: str, status: str, locked_until: int | None = None, version: int = 1) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "coupon": coupon_id,
+        "status": status,
+        "discount": 500,
+        "split": '[{"sku":"s1","amount":500}]',
+        "version": version,
+    }
+    if locked_until is not None:
+        found["locked_until"] = locked_until
+    return found
+
+
+async def test_wallet_reset_empties_coupons_orders_locks_counters_and_leaves_the_indexes(
     runner: ScriptRunner, redis_client: RedisClient
 ) -> None:
     alice, _ = same_bucket_users()
     wallet = KEYSPACE.wallet(alice)
     await redis_client.hset(wallet.coupons, mapping={"c0.1": json.dumps(record("c0.1", alice))})
     await redis_client.zadd(wallet.user_index(alice), {"c0.1": 0})
+    await seed_checkout(redis_client, wallet, alice)
+    fails = wallet.failed_codes_of_user(alice)
+    await redis_client.zadd(fails, {"attempt-1": NOW})  # rate-limit state: not restore's
     before = await snapshot(redis_client)
 
-    reply = await runner.run("restore_wallet", [wallet.coupons, wallet.user_index("")], ["reset", "[]"])
+    reply = await runner.run("restore_wallet", wallet_keys(wallet), ["reset", "[]"])
 
     assert reply == ["ok"]
     after = await snapshot(redis_client)
-    assert changed(before, after) == {wallet.coupons}
-    assert wallet.coupons not in after
+    assert changed(before, after) == {wallet.coupons, wallet.orders, wallet.locks, wallet.counters}
+    assert set(after) == set(before) - {wallet.coupons, wallet.orders, wallet.locks, wallet.counters}
     assert wallet.user_index("") not in after  # the placeholder index is never created
     assert after[wallet.user_index(alice)] == before[wallet.user_index(alice)]
+    assert after[fails] == before[fails]
+
+
+async def test_wallet_checkout_adds_orders_locks_and_counters(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    alice, bob = same_bucket_users()
+    wallet = KEYSPACE.wallet(alice)
+    await redis_client.hset(wallet.coupons, mapping={"c0.1": json.dumps(record("c0.1", alice))})
+    await redis_client.zadd(wallet.user_index(alice), {"c0.1": 0})
+    await seed_checkout(redis_client, wallet, alice)
+    before = await snapshot(redis_client)
+    first = {
+        "orders": [
+            order_field(alice, "o1"),
+            json.dumps(order("c1.1", "locked", NOW + 120, version=3)),
+            order_field(bob, "o1"),
+            json.dumps({**order("c9.1", "refunded", version=3), "returned": False}),
+        ],
+        "locks": ["c1.1", str(NOW + 120)],
+        "counters": ["act1|locked", "2", "act1|redeemed", "1", "act1|redeemed_value", "500"],
+    }
+
+    reply = await runner.run("restore_wallet", wallet_keys(wallet), ["checkout", json.dumps(first)])
+
+    assert reply == ["ok"]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {wallet.orders, wallet.locks, wallet.counters}
+    assert after[wallet.orders] == (
+        "hash",
+        {
+            order_field(alice, "o-old"): before[wallet.orders][1][order_field(alice, "o-old")],  # only adds
+            order_field(alice, "o1"): first["orders"][1],  # stored as given
+            order_field(bob, "o1"): first["orders"][3],
+        },
+        -1,
+    )
+    assert after[wallet.locks] == ("zset", [("c0.1", float(NOW + 60)), ("c1.1", float(NOW + 120))], -1)
+    assert after[wallet.counters] == (
+        "hash",
+        {"act1|locked": "2", "act1|redeemed": "1", "act1|redeemed_value": "500"},
+        -1,
+    )
+    no_expiry(after)
+
+    # A later part adds to the same keys; an empty part changes nothing.
+    second = {"orders": [], "locks": ["c2.1", str(NOW + 5)], "counters": ["act2|locked", "1"]}
+    assert await runner.run("restore_wallet", wallet_keys(wallet), ["checkout", json.dumps(second)]) == ["ok"]
+    again = await snapshot(redis_client)
+    assert changed(after, again) == {wallet.locks, wallet.counters}
+    assert again[wallet.locks][1][-1] == ("c1.1", float(NOW + 120))
+    assert ("c2.1", float(NOW + 5)) in again[wallet.locks][1]
+    assert again[wallet.counters][1]["act2|locked"] == "1"
+    assert await runner.run("restore_wallet", wallet_keys(wallet), ["checkout", "{}"]) == ["ok"]
+    assert await snapshot(redis_client) == again
+
+
+async def test_wallet_user_leaves_the_checkout_keys(runner: ScriptRunner, redis_client: RedisClient) -> None:
+    alice, _ = same_bucket_users()
+    wallet = KEYSPACE.wallet(alice)
+    await seed_checkout(redis_client, wallet, alice)
+    before = await snapshot(redis_client)
+    records = ["c1.1", json.dumps(record("c1.1", alice))]
+
+    assert await runner.run("restore_wallet", wallet_keys(wallet, alice), ["user", json.dumps(records)]) == [
+        "ok"
+    ]
+
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {wallet.coupons, wallet.user_index(alice)}
 
 
 async def test_wallet_unknown_step_is_an_error_and_writes_nothing(
@@ -252,10 +369,136 @@ async def test_wallet_unknown_step_is_an_error_and_writes_nothing(
     with pytest.raises(ResponseError, match="restore_wallet: unknown step users"):
         await runner.run(
             "restore_wallet",
-            [wallet.coupons, wallet.user_index(alice)],
+            wallet_keys(wallet, alice),
             ["users", json.dumps(["c1.1", json.dumps(record("c1.1", alice))])],
         )
     assert await snapshot(redis_client) == before
+
+
+# --- restore_codes -------------------------------------------------------------------------------------------
+
+CODE_A, CODE_B, CODE_C = ("a" * 64, "b" * 64, "c" * 64)
+BATCH_1 = batch_record("act1", NOW - 60, NOW + 3600, '[{"template_id":"t1","count":1,"valid_days":7}]')
+BATCH_2 = batch_record("act2", NOW, NOW + 60, '[{"template_id":"t2","count":2,"valid_days":1}]')
+
+
+def redeemed_code(batch: str, user: str) -> str:
+    return json.dumps(
+        {
+            "batch": batch,
+            "user": user,
+            "claim": "cl1",
+            "answer": '{"claim_id":"cl1","coupons":[]}',
+            "activity": "act1",
+            "at": NOW,
+        }
+    )
+
+
+async def restore_codes(runner: ScriptRunner, step: str, payload: dict[str, Any]) -> list[Any]:
+    return await runner.run("restore_codes", CODE_KEYS, [step, json.dumps(payload)])
+
+
+async def seed_codes(client: RedisClient) -> None:
+    await client.hset(BUCKET.codes, mapping={"f" * 64: '{"batch":"old"}', CODE_A: '{"batch":"b1"}'})
+    await client.hset(BUCKET.batches, mapping={"old": BATCH_2})
+    await client.hset(BUCKET.counters, mapping={"act9": "4"})
+    await client.set(BUCKET.seq, 9)
+
+
+async def test_codes_reset_replaces_codes_batches_and_counters(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_codes(redis_client)
+    other = KEYSPACE.code_of_bucket(3)
+    await redis_client.hset(other.codes, CODE_C, '{"batch":"b1"}')  # another bucket: untouched
+    before = await snapshot(redis_client)
+    payload = {
+        "codes": [CODE_A, '{"batch":"b1"}', CODE_B, redeemed_code("b1", "u1")],
+        "batches": ["b1", BATCH_1],
+        "counters": ["act1", "1"],
+    }
+
+    assert await restore_codes(runner, "reset", payload) == ["ok"]
+
+    after = await snapshot(redis_client)
+    assert changed(before, after) == set(CODE_KEYS)
+    assert after[BUCKET.codes] == ("hash", {CODE_A: '{"batch":"b1"}', CODE_B: redeemed_code("b1", "u1")}, -1)
+    assert after[BUCKET.batches] == ("hash", {"b1": BATCH_1}, -1)
+    assert after[BUCKET.counters] == ("hash", {"act1": "1"}, -1)
+    assert after[BUCKET.seq] == before[BUCKET.seq]  # seq and the stream are restore_finish's
+    assert after[other.codes] == before[other.codes]
+    no_expiry(after)
+
+
+async def test_codes_reset_with_nothing_deletes_the_keys(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_codes(redis_client)
+    before = await snapshot(redis_client)
+    assert await restore_codes(runner, "reset", {"codes": [], "batches": [], "counters": []}) == ["ok"]
+    after = await snapshot(redis_client)
+    assert set(after) == set(before) - set(CODE_KEYS)
+
+
+async def test_codes_more_adds_without_removing(runner: ScriptRunner, redis_client: RedisClient) -> None:
+    await restore_codes(
+        runner, "reset", {"codes": [CODE_A, '{"batch":"b1"}'], "batches": ["b1", BATCH_1], "counters": []}
+    )
+    before = await snapshot(redis_client)
+
+    reply = await restore_codes(
+        runner,
+        "more",
+        {"codes": [CODE_B, redeemed_code("b2", "u2")], "batches": ["b2", BATCH_2], "counters": ["act2", "1"]},
+    )
+
+    assert reply == ["ok"]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == set(CODE_KEYS)
+    assert after[BUCKET.codes][1] == {CODE_A: '{"batch":"b1"}', CODE_B: redeemed_code("b2", "u2")}
+    assert after[BUCKET.batches][1] == {"b1": BATCH_1, "b2": BATCH_2}
+    assert after[BUCKET.counters][1] == {"act2": "1"}
+    assert await restore_codes(runner, "more", {}) == ["ok"]
+    assert await snapshot(redis_client) == after
+
+
+async def test_codes_unknown_step_is_an_error_and_writes_nothing(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    await seed_codes(redis_client)
+    before = await snapshot(redis_client)
+    with pytest.raises(ResponseError, match="restore_codes: unknown step put"):
+        await restore_codes(runner, "put", {"codes": [CODE_B, '{"batch":"b1"}']})
+    assert await snapshot(redis_client) == before
+
+
+async def test_restored_codes_redeem_as_before(runner: ScriptRunner, redis_client: RedisClient) -> None:
+    """What restore_codes writes is what redeem_code reads: a redeemed code answers its redeemer as the first
+    time and anyone else invalid_code; an unredeemed one is redeemed."""
+    pack = '[{"template_id":"t1","count":1,"valid_days":7}]'
+    batch = batch_record("act1", NOW - 60, NOW + 3600, pack)
+    await restore_codes(
+        runner,
+        "reset",
+        {
+            "codes": [CODE_A, '{"batch":"b1"}', CODE_B, redeemed_code("b1", "u1")],
+            "batches": ["b1", batch],
+            "counters": ["act1", "1"],
+        },
+    )
+
+    async def redeem(code: str, user: str) -> list[Any]:
+        return await runner.run(
+            "redeem_code",
+            [BUCKET.codes, BUCKET.batches, BUCKET.counters, BUCKET.seq, BUCKET.events],
+            [NOW, f"ev-{user}", code, user, "d1", "0", f"claim-{user}"],
+        )
+
+    assert await redeem(CODE_B, "u1") == ["replay", '{"claim_id":"cl1","coupons":[]}', "act1"]
+    assert await redeem(CODE_B, "u2") == ["invalid_code"]
+    assert (await redeem(CODE_A, "u2"))[0] == "ok"
+    assert await redis_client.hget(BUCKET.counters, "act1") == "2"
 
 
 # --- restore_blocklist ---------------------------------------------------------------------------------------
@@ -401,6 +644,20 @@ async def test_record_replaces_a_held_value_and_its_expiry(
     assert after[other] == before[other]
 
 
+async def test_record_of_a_code_redeem_in_a_wallet_bucket(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    key = KEYSPACE.wallet("u1").idempotency("u1", "k1")
+    expires = int(time.time()) + 600
+    before = await snapshot(redis_client)
+
+    assert await runner.run("restore_record", [key], ["a" * 32 + "|{}", expires]) == ["ok"]
+
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {key}
+    assert after[key] == ("string", "a" * 32 + "|{}", expires * 1000)
+
+
 # --- restore_finish ------------------------------------------------------------------------------------------
 
 
@@ -494,9 +751,7 @@ async def test_wallet_drop_deletes_only_that_index(runner: ScriptRunner, redis_c
     await redis_client.zadd(wallet.user_index(alice), {"stray.1": 0})
     await redis_client.zadd(wallet.user_index(bob), {"c1.1": 0})
     before = await snapshot(redis_client)
-    assert await runner.run("restore_wallet", [wallet.coupons, wallet.user_index(alice)], ["drop", "[]"]) == [
-        "ok"
-    ]
+    assert await runner.run("restore_wallet", wallet_keys(wallet, alice), ["drop", "[]"]) == ["ok"]
     after = await snapshot(redis_client)
     assert changed(before, after) == {wallet.user_index(alice)}
     assert wallet.user_index(alice) not in after
