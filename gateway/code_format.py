@@ -37,13 +37,18 @@ def shown(code: str) -> str:
     return f"{code[:4]}-{code[4:8]}-{code[8:]}"
 
 
+def cleaned(typed: str) -> str:
+    """What the user typed without case, spaces or dashes."""
+    return typed.replace("-", "").replace(" ", "").upper()
+
+
 def canonical(typed: str) -> str | None:
     """What the user typed, in canonical form; None when it cannot be a code (wrong length or symbols, or a
     check character that does not match)."""
-    cleaned = typed.replace("-", "").replace(" ", "").upper()
-    if len(cleaned) != LENGTH or any(symbol not in _VALUE for symbol in cleaned):
+    symbols = cleaned(typed)
+    if len(symbols) != LENGTH or any(symbol not in _VALUE for symbol in symbols):
         return None
-    code = "".join(ALPHABET[_VALUE[symbol]] for symbol in cleaned)
+    code = "".join(ALPHABET[_VALUE[symbol]] for symbol in symbols)
     return code if check_symbol(code[:DATA_SYMBOLS]) == code[DATA_SYMBOLS] else None
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import msgspec
 
 from gateway import code_format
-from gateway.claims import ClaimService
+from gateway.claims import NO_BODY_HASH, ClaimService
 from gateway.ids import new_id
 from gateway.keys import KeySpace, WalletKeys
 from gateway.outcomes import DomainError, Outcome
@@ -61,8 +62,8 @@ def batch_record(activity_id: str, starts_at: int, ends_at: int, pack: str) -> s
 def body_hash(hash_key: bytes, typed: str) -> str:
     """A redeem's identity for its Idempotency-Key: the code in canonical form when it is one (else as typed,
     without case, spaces or dashes), keyed like the codes themselves, so no unkeyed trace of a code is kept."""
-    cleaned = typed.replace("-", "").replace(" ", "").upper()
-    return code_format.code_hash(hash_key, "body\x00" + (code_format.canonical(cleaned) or cleaned))[:32]
+    typed = code_format.cleaned(typed)
+    return code_format.code_hash(hash_key, "body\x00" + (code_format.canonical(typed) or typed))[:32]
 
 
 class CodeService:
@@ -96,11 +97,8 @@ class CodeService:
         batch_id = new_id()
         starts_at, ends_at, pack = int(hot["starts_at"]), int(hot["ends_at"]), hot["pack"]
         await self._record(batch_id, activity_id, count, (starts_at, ends_at), pack, hashes, operator, now)
-        act = self.keyspace.activity(activity_id)
-        reply = await self.runner.run(
-            "code_batch",
-            [act.config, act.code_batches, act.seq, act.events],
-            [now, new_id(), operator, activity_id, batch_id, count, "reserve"],
+        reply = await code_batch(
+            self.runner, self.keyspace, activity_id, batch_id, count, "reserve", operator=operator, now=now
         )
         if reply[0] not in (Outcome.OK, Outcome.REPLAY):
             await self._set_state(batch_id, "void")
@@ -115,11 +113,8 @@ class CodeService:
         if not await self._set_ready(batch_id):
             # Reconcile voided the batch meanwhile (it outlived its grace): its codes must not stay redeemable,
             # and its packs go back (a replay if reconcile gave them back already). Nobody has seen the codes.
-            await self.put_codes(batch_id, "", hashes, now=now, drop=True)
-            await self.runner.run(
-                "code_batch",
-                [act.config, act.code_batches, act.seq, act.events],
-                [now, new_id(), operator, activity_id, batch_id, count, "void"],
+            await void_batch(
+                self.runner, self.keyspace, activity_id, batch_id, count, hashes, operator=operator, now=now
             )
             raise DomainError(Outcome.STATE_CONFLICT, "The batch was voided while it was being made.")
         return Batch(batch_id, [code_format.shown(code) for code in codes])
@@ -175,7 +170,7 @@ class CodeService:
         self, who: UserIdentity, typed: str, *, now: int, idempotency_key: str | None, blocked: bool
     ) -> Redeemed:
         attempt = new_id()
-        digest = body_hash(self.hash_key, typed)
+        digest = body_hash(self.hash_key, typed) if idempotency_key else NO_BODY_HASH
         user_wallet = self.keyspace.wallet(who.user_id)
         device_wallet = self.keyspace.wallet(who.device_id)
         user_gate = Gate(
@@ -296,6 +291,46 @@ async def put_codes(
         return int(reply[1])
 
     return sum(await asyncio.gather(*(put(bucket, chunk) for bucket, chunk in calls)))
+
+
+async def code_batch(
+    runner: ScriptRunner,
+    keyspace: KeySpace,
+    activity_id: str,
+    batch_id: str,
+    count: int,
+    action: str,
+    *,
+    operator: str,
+    now: int,
+) -> list[Any]:
+    """Reserve a batch's packs from the activity's stock, or void them back (script ``code_batch``)."""
+    act = keyspace.activity(activity_id)
+    return await runner.run(
+        "code_batch",
+        [act.config, act.code_batches, act.seq, act.events],
+        [now, new_id(), operator, activity_id, batch_id, count, action],
+    )
+
+
+async def void_batch(
+    runner: ScriptRunner,
+    keyspace: KeySpace,
+    activity_id: str,
+    batch_id: str,
+    count: int,
+    hashes: list[str],
+    *,
+    operator: str,
+    now: int,
+) -> tuple[int, list[Any]]:
+    """Undo a batch nobody has seen: drop its codes from their buckets, then give its packs back; both
+    idempotent. The codes dropped now, and ``code_batch``'s reply."""
+    dropped = await put_codes(runner, keyspace, batch_id, "", hashes, now=now, drop=True)
+    reply = await code_batch(
+        runner, keyspace, activity_id, batch_id, count, "void", operator=operator, now=now
+    )
+    return dropped, reply
 
 
 async def codes_redeemed(client: RedisClient, keyspace: KeySpace, activity_id: str) -> int:

@@ -34,8 +34,7 @@ import msgspec
 from gateway import store
 from gateway.admin import AdminService
 from gateway.claims import ClaimService
-from gateway.codes import put_codes
-from gateway.ids import new_id
+from gateway.codes import void_batch
 from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, KeySpace, Partition, WalletKeys
 from gateway.outcomes import DomainError, Outcome
 from gateway.redis_client import RedisClient, ScriptRunner
@@ -385,15 +384,18 @@ class Reconciler:
                 "SELECT code_hash FROM codes WHERE batch_id = $1 ORDER BY code_hash", batch_id
             )
         ]
-        keys = ActivityKeys(state.partition)
         try:
-            dropped = await put_codes(self.runner, self.keyspace, batch_id, "", hashes, now=now, drop=True)
-            buckets.update(self.keyspace.code(h).tag for h in hashes)
-            reply = await self.runner.run(
-                "code_batch",
-                [keys.config, keys.code_batches, keys.seq, keys.events],
-                [now, new_id(), REPAIR_OPERATOR, state.activity_id, batch_id, count, "void"],
+            dropped, reply = await void_batch(
+                self.runner,
+                self.keyspace,
+                state.activity_id,
+                batch_id,
+                count,
+                hashes,
+                operator=REPAIR_OPERATOR,
+                now=now,
             )
+            buckets.update(self.keyspace.code(h).tag for h in hashes)
         except DomainError as refused:  # fenced or overloaded: left for the next run (the batch stays void)
             return [f"{what}: NOT DONE ({refused.message})"]
         outcome = Outcome(reply[0])

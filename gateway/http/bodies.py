@@ -15,6 +15,7 @@ _FIELD = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,64}")
 PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+COUPON_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,6}")  # "<claim id>.<place in the pack>"
 MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 20
 

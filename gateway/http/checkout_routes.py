@@ -21,7 +21,7 @@ from gateway.tokens import ID_PATTERN
 CHECKOUT_BODY_LIMIT = 16 * 1024  # product.md: user routes take 16 KiB
 
 OrderId = Annotated[str, Meta(pattern=f"^{ID_PATTERN.pattern}$")]
-CouponId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\.[0-9]{1,6}$")]
+CouponId = Annotated[str, Meta(pattern=f"^{bodies.COUPON_ID.pattern}$")]
 Lines = Annotated[list[Line], Meta(min_length=1, max_length=100)]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -15,7 +14,6 @@ from gateway.http.openapi import documented
 from gateway.wallet import STATUSES
 
 _QUERY = frozenset({"status", "limit", "cursor", "user_id"})
-_COUPON_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,6}")
 
 
 @get("/v1/coupons", opt=documented(answer=WalletPage, scripts=True))
@@ -29,7 +27,7 @@ async def wallet(request: Request[Any, Any, Any]) -> Response[bytes]:
     if status and status not in STATUSES:
         raise bodies.invalid_request(f"status must be one of {', '.join(STATUSES)}.", "status")
     cursor = request.query_params.get("cursor", "")
-    if cursor and not _COUPON_ID.fullmatch(cursor):
+    if cursor and not bodies.COUPON_ID.fullmatch(cursor):
         raise bodies.invalid_request("cursor is malformed.", "cursor")
     page = await auth.services(request).wallet.page(
         user_id, status=status, cursor=cursor, limit=bodies.list_limit(request), now=int(time.time())

@@ -298,6 +298,23 @@ async def test_restock_up_to_the_budget_counting_packs_taken(
     await refused(runner, redis_client, "restock", 1, "over_budget")
 
 
+async def test_restock_counts_packs_reserved_for_codes_toward_the_budget(
+    runner: ScriptRunner, redis_client: RedisClient, make_activity: MakeActivity
+) -> None:
+    # face 500 a pack, budget 6000 = 12 packs ever available; 4 of the 10 go to a code batch
+    await make(make_activity, stock=10, budget=6000, face_per_pack=500)
+    keys = KeySpace.activity("act1")
+    reply = await runner.run(
+        "code_batch",
+        [keys.config, keys.code_batches, keys.seq, keys.events],
+        [NOW, "ev-b", "alice", "act1", "b1", 4, "reserve"],
+    )
+    assert reply == ["ok", 6]
+    # (0 taken + 4 reserved + 6 left + 3) x 500 = 6500 > 6000
+    await refused(runner, redis_client, "restock", 3, "over_budget")
+    assert await change(runner, "restock", 2) == ["ok", 8]
+
+
 async def test_removed_stock_frees_budget(
     runner: ScriptRunner, redis_client: RedisClient, make_activity: MakeActivity
 ) -> None:
