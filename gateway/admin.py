@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -28,10 +29,17 @@ log = logging.getLogger(__name__)
 
 
 class AdminService:
-    def __init__(self, pool: asyncpg.Pool, runner: ScriptRunner, keyspace: KeySpace) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        runner: ScriptRunner,
+        keyspace: KeySpace,
+        changed: Callable[[str], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.runner = runner
         self.keyspace = keyspace
+        self.changed = changed  # told each activity an operator changed (the sold-out marks)
 
     async def create_template(self, body: TemplateIn, operator: str, now: int) -> Template:
         body.check()
@@ -87,9 +95,13 @@ class AdminService:
     ) -> list[Any]:
         """Run one of the operators' change scripts; refusals become the contract's errors."""
         keys = self.keyspace.activity(activity_id)
-        reply = await self.runner.run(
-            script, [keys.config, keys.seq, keys.events], [now, new_id(), operator, activity_id, *arguments]
-        )
+        try:
+            reply = await self.runner.run(
+                script, [keys.config, keys.seq, keys.events], [now, new_id(), operator, activity_id, *arguments]
+            )
+        finally:
+            if self.changed is not None:
+                self.changed(activity_id)
         outcome = Outcome(reply[0])
         if outcome is Outcome.INVALID_REQUEST:
             raise DomainError(outcome, "ends_at: must be after starts_at", extra={"field": "ends_at"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import Connection
@@ -23,6 +23,9 @@ from gateway.fence import Fence
 from gateway.keys import slot_of
 from gateway.outcomes import DomainError, Outcome
 from gateway.scripts import Script
+
+if TYPE_CHECKING:
+    from gateway.pipelined import PipelinedScripts
 
 RedisClient = Redis | RedisCluster
 MEMORY_RETRY_AFTER = 2
@@ -51,13 +54,17 @@ def guarded_connection(fence: Fence) -> type[Connection]:
             await super().on_connect_check_health(check_health)
             await self.send_command("INFO", "server")
             info = await self.read_response()
-            text = info.decode() if isinstance(info, bytes) else str(info)
-            run_id = next((line[7:].strip() for line in text.splitlines() if line.startswith("run_id:")), "")
-            if not fence.trusts(run_id):
-                fence.close(f"Redis {run_id or '?'} is not yet checked against the ledger")
-                raise UncheckedRedis(f"Redis {run_id} not yet checked against the ledger")
+            refuse_unchecked(info.decode() if isinstance(info, bytes) else str(info), fence)
 
     return GuardedConnection
+
+
+def refuse_unchecked(info_server: str, fence: Fence) -> None:
+    """Raise ``UncheckedRedis`` (and close the fence) unless the fence trusts the run id in ``INFO server``."""
+    run_id = next((line[7:].strip() for line in info_server.splitlines() if line.startswith("run_id:")), "")
+    if not fence.trusts(run_id):
+        fence.close(f"Redis {run_id or '?'} is not yet checked against the ledger")
+        raise UncheckedRedis(f"Redis {run_id} not yet checked against the ledger")
 
 
 async def connect(url: str, *, max_connections: int = 64, guard: Fence | None = None) -> RedisClient:
@@ -108,6 +115,11 @@ async def drop_idle_connections(client: RedisClient) -> None:
 def check_one_slot(script: Script, keys: Sequence[str]) -> None:
     if len(keys) != len(script.keys):
         raise CrossSlotCall(f"{script.name} takes {len(script.keys)} keys, got {len(keys)}")
+    tag_end = keys[0].find("}") + 1
+    if keys[0].startswith("{") and tag_end > 2:
+        tag = keys[0][:tag_end]
+        if all(key.startswith(tag) for key in keys):  # one hash tag, one slot: no CRC needed
+            return
     first = slot_of(keys[0])
     for key in keys[1:]:
         if slot_of(key) != first:
@@ -127,8 +139,10 @@ class ScriptRunner:
         max_in_flight: int = 64,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        pipelined: PipelinedScripts | None = None,
     ) -> None:
         self.client = client
+        self.pipelined = pipelined  # when set, plain EVALSHA calls go through it (the gateway's hot path)
         self.control = control or client
         self.scripts = scripts
         self.fence = fence
@@ -157,15 +171,18 @@ class ScriptRunner:
         if not script.read_only:
             self.fence.check()
         check_one_slot(script, keys)
-        try:
-            async with asyncio.timeout(QUEUE_TIMEOUT_SECONDS):
-                await self._in_flight.acquire()
-        except TimeoutError:
-            raise DomainError(
-                Outcome.OVERLOADED,
-                "Too many requests in flight; retry shortly.",
-                retry_after=UNREACHABLE_RETRY_AFTER,
-            ) from None
+        if self._in_flight.locked():
+            try:
+                async with asyncio.timeout(QUEUE_TIMEOUT_SECONDS):
+                    await self._in_flight.acquire()
+            except TimeoutError:
+                raise DomainError(
+                    Outcome.OVERLOADED,
+                    "Too many requests in flight; retry shortly.",
+                    retry_after=UNREACHABLE_RETRY_AFTER,
+                ) from None
+        else:
+            await self._in_flight.acquire()  # a free slot: taken at once, no timer needed
         try:
             reply = await self._evalsha(script, keys, args)
         except (UncheckedRedis, RedisClusterException):
@@ -195,12 +212,17 @@ class ScriptRunner:
         try:
             return await call(script, keys, args)
         except NoScriptError:
-            await self.client.script_load(script.source)
+            if self.pipelined is not None:
+                await self.pipelined.script_load(script.source, keys[0])
+            else:
+                await self.client.script_load(script.source)
             return await call(script, keys, args)
 
     async def _evalsha_once(
         self, script: Script, keys: Sequence[str], args: Sequence[str | int | bytes]
     ) -> Any:
+        if self.pipelined is not None:
+            return await self.pipelined.evalsha(script.sha, keys, args)
         return await self.client.evalsha(script.sha, len(keys), *keys, *args)
 
     async def _evalsha_then_wait(

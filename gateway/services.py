@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 import asyncpg
+from redis.asyncio import RedisCluster
 
 from gateway import ledger_check
 from gateway.admin import AdminService
@@ -22,11 +23,14 @@ from gateway.fence import Fence
 from gateway.grants import GrantService
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.load import LoadWatch
-from gateway.redis_client import RedisClient, ScriptRunner, connect
+from gateway.pipelined import PipelinedScripts
+from gateway.redis_client import SOCKET_TIMEOUT_SECONDS, RedisClient, ScriptRunner, connect
 from gateway.scripts import load_scripts
 from gateway.settings import Settings
+from gateway.sold_out import SoldOutMarks
 from gateway.store import register_streams
 from gateway.terms import TermsCache
+from gateway.tokens import VerifiedTokens
 from gateway.wallet import WalletService
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ class Clients:
     control: RedisClient
     fence: Fence
     runner: ScriptRunner
+    pipelined: PipelinedScripts
 
     @classmethod
     async def open(cls, settings: Settings, fence: Fence | None = None) -> Clients:
@@ -47,6 +52,12 @@ class Clients:
         size = settings.redis.max_connections
         control = await connect(settings.redis.url, max_connections=8)
         scripts = await connect(settings.redis.url, max_connections=size, guard=fence)
+        pipelined = PipelinedScripts(
+            settings.redis.url,
+            fence,
+            cluster=control if isinstance(control, RedisCluster) else None,
+            timeout=SOCKET_TIMEOUT_SECONDS,
+        )
         runner = ScriptRunner(
             scripts,
             load_scripts(),
@@ -55,11 +66,13 @@ class Clients:
             max_in_flight=size,
             wait_replicas=settings.redis.wait_replicas,
             wait_timeout_ms=settings.redis.wait_timeout_ms,
+            pipelined=pipelined,
         )
         await runner.load_all()
-        return cls(scripts, control, fence, runner)
+        return cls(scripts, control, fence, runner, pipelined)
 
     async def close(self) -> None:
+        self.pipelined.close()
         await self.scripts.aclose()
         await self.control.aclose()
 
@@ -85,6 +98,8 @@ class Services:
     terms: TermsCache
     checkout: CheckoutService
     codes: CodeService
+    tokens: VerifiedTokens
+    sold_out: SoldOutMarks
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -111,6 +126,7 @@ class Services:
         terms = TermsCache(pool)
         load = LoadWatch(settings.shed, keyspace)
         claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds, shed=load.check)
+        sold_out = SoldOutMarks()
         services = cls(
             settings=settings,
             redis=redis,
@@ -119,7 +135,7 @@ class Services:
             blocklist=blocklist,
             load=load,
             claims=claims,
-            admin=AdminService(pool, redis.runner, keyspace),
+            admin=AdminService(pool, redis.runner, keyspace, changed=sold_out.clear),
             grants=GrantService(
                 redis.runner, keyspace, claims, blocklist, settings.claim.idempotency_ttl_seconds
             ),
@@ -134,6 +150,8 @@ class Services:
                 derived_code_key(settings.checkout.code_hash_key, settings.auth.jwt_secret),
                 settings.claim.idempotency_ttl_seconds,
             ),
+            tokens=VerifiedTokens(settings.auth.jwt_secret),
+            sold_out=sold_out,
         )
         try:
             await register_fixed_streams(pool, keyspace)
@@ -156,6 +174,7 @@ class Services:
                     ledger_check.watch(redis.control, pool, redis.fence, scripts=redis.scripts)
                 ),
                 asyncio.create_task(load.keep_measuring(redis.control, pool)),
+                asyncio.create_task(sold_out.keep_checking(redis.control, keyspace)),
             ]
         return services
 

@@ -13,7 +13,7 @@ from litestar import Request
 from gateway.http.bodies import invalid_request
 from gateway.outcomes import DomainError, Outcome
 from gateway.services import Services
-from gateway.tokens import ID_PATTERN, UserIdentity, verify_user_token
+from gateway.tokens import ID_PATTERN, UserIdentity
 
 
 def services(request: Request[Any, Any, Any]) -> Services:
@@ -22,7 +22,7 @@ def services(request: Request[Any, Any, Any]) -> Services:
 
 
 def user(request: Request[Any, Any, Any]) -> UserIdentity:
-    return verify_user_token(request.headers.get("authorization"), services(request).settings.auth.jwt_secret)
+    return services(request).tokens.identity(request.headers.get("authorization"))
 
 
 def _matching(given: str, keys: Iterable[str]) -> str | None:

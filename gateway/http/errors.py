@@ -27,20 +27,41 @@ JSON = "application/json"
 INTERNAL_ERROR = b'{"error":"internal","message":"Internal error."}'
 
 
-def render(error: DomainError) -> Response[bytes]:
+def error_parts(error: DomainError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, body and headers of a refusal, for a raw ASGI route (the claim route) and for ``render``."""
     body: dict[str, object] = {"error": error.outcome.value, "message": error.message, **error.extra}
+    headers = [(b"content-type", JSON.encode())]
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    return error.status, msgspec.json.encode(body), headers
+
+
+def render(error: DomainError) -> Response[bytes]:
+    status, body, _ = error_parts(error)
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return Response(msgspec.json.encode(body), status_code=error.status, media_type=JSON, headers=headers)
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
 def on_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
     return render(exc)
 
 
+def no_such_route() -> DomainError:
+    return DomainError(Outcome.NOT_FOUND, "No such route.")
+
+
+def method_not_allowed() -> DomainError:
+    return DomainError(Outcome.INVALID_REQUEST, "Method not allowed on this route.", status=METHOD_NOT_ALLOWED)
+
+
+def payload_too_large() -> DomainError:
+    return DomainError(Outcome.INVALID_REQUEST, "The request body is too large.", status=PAYLOAD_TOO_LARGE)
+
+
 _FRAMEWORK_REFUSALS: dict[int, DomainError] = {
-    404: DomainError(Outcome.NOT_FOUND, "No such route."),
-    405: DomainError(Outcome.INVALID_REQUEST, "Method not allowed on this route.", status=METHOD_NOT_ALLOWED),
-    413: DomainError(Outcome.INVALID_REQUEST, "The request body is too large.", status=PAYLOAD_TOO_LARGE),
+    404: no_such_route(),
+    405: method_not_allowed(),
+    413: payload_too_large(),
     415: DomainError(Outcome.INVALID_REQUEST, "The body must be JSON.", status=UNSUPPORTED_MEDIA_TYPE),
     401: DomainError(Outcome.UNAUTHORIZED),
 }

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.routes import HTTPRoute
+from litestar.routes import ASGIRoute, HTTPRoute
 
 from gateway.outcomes import (
     MESSAGES,
@@ -59,6 +59,12 @@ class Contract:
     scripts: bool = False  # the route runs scripts: overloaded (503) is possible
     idempotency: bool = False  # takes an optional Idempotency-Key header
     extra_statuses: dict[int, str] = field(default_factory=dict)
+    # A raw ASGI route (litestar leaves it out of the document) declares what litestar would have read off it.
+    path: str = ""
+    method: str = ""
+    status_code: int = 200
+    summary: str = ""
+    description: str = ""
 
     def refusal_statuses(self) -> dict[int, list[str]]:
         outcomes = {Outcome.INVALID_REQUEST, Outcome.NOT_FOUND, *self.refusals}
@@ -83,6 +89,11 @@ def documented(**contract: Any) -> dict[str, Any]:
 
 def _contracts(app: Litestar) -> Iterable[tuple[str, str, int, Contract]]:
     for route in app.routes:
+        if isinstance(route, ASGIRoute):
+            contract = route.route_handler.opt.get("contract")
+            if isinstance(contract, Contract) and contract.method:
+                yield contract.path, contract.method, contract.status_code, contract
+            continue
         if not isinstance(route, HTTPRoute):
             continue
         for handler in route.route_handlers:
@@ -106,6 +117,8 @@ def complete(app: Litestar, document: dict[str, Any]) -> dict[str, Any]:
     schemas["Error"] = ERROR_SCHEMA
     error = {"application/json": {"schema": {"$ref": COMPONENTS.format(name="Error")}}}
     for path, method, status, contract in contracts:
+        if contract.method:
+            document["paths"].setdefault(path, {})[method] = _raw_operation(path, contract)
         operation = document["paths"][path][method]
         responses = operation.setdefault("responses", {})
         if contract.idempotency:
@@ -124,6 +137,21 @@ def complete(app: Litestar, document: dict[str, Any]) -> dict[str, Any]:
             )
             responses[str(code)] = {"description": described, "content": error}
     return document
+
+
+def _raw_operation(path: str, contract: Contract) -> dict[str, Any]:
+    """The operation litestar would have written for a raw ASGI route: its summary, id and path parameters."""
+    names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+    return {
+        "summary": contract.summary,
+        "description": contract.description,
+        "operationId": "".join(part.title().replace("_", "") for part in path.split("/") if part.strip("{}"))
+        + contract.summary.replace(" ", ""),
+        "parameters": [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names
+        ],
+        "responses": {},
+    }
 
 
 class ContractDocument(JsonRenderPlugin):

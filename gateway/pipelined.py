@@ -1,0 +1,243 @@
+"""Auto-pipelined script calls: every ``EVALSHA`` a process issues in one event-loop turn leaves in one write on
+one connection per Redis node, and hiredis parses the replies as they arrive.
+
+Why not redis-py here: each of its calls takes a connection from a pool, writes, and waits for its own reply,
+and its per-call Python costs more than the script. On this 2-core machine, 64 calls in flight from one
+process: redis-py 6.0k EVALSHA/s, valkey-glide 9.3k, this 26.4k (``loadtest/bench`` measures the gateway
+with it; style.md's notes agree). Everything else (control reads, admin, the worker) stays on redis-py.
+
+What a connection guarantees, as the script client's pool did (``redis_client.guarded_connection``):
+- a new connection checks the server's run id against the fence before it carries a call;
+- no call is ever sent twice: a connection that breaks fails every call it carried with ``ConnectionError``
+  (the call may or may not have run; a keyed retry gets its first answer);
+- a call unanswered after ``timeout`` seconds breaks its connection (``TimeoutError`` for its calls).
+In cluster mode a call goes to the node owning its slot (from redis-py's cluster map); a ``MOVED`` or ``ASK``
+reply means the script did not run: the map is refreshed and the call sent once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+from urllib.parse import unquote, urlparse
+
+import hiredis
+from redis.asyncio import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.fence import Fence
+from gateway.keys import slot_of
+from gateway.redis_client import refuse_unchecked
+
+Address = tuple[str, int]
+CONNECT_TIMEOUT_SECONDS = 1.0
+MOVED_RETRIES = 2
+
+
+class Moved(ResponseError):
+    """The slot lives on another node (``MOVED``/``ASK``): the call did not run."""
+
+
+def reply_error(message: str) -> ResponseError:
+    """A server's error reply as the redis-py exception the script runner already maps."""
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    if message.startswith("OOM"):
+        return OutOfMemoryError(message)
+    if message.startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
+        return Moved(message)
+    return ResponseError(message)
+
+
+def encode_command(parts: Sequence[str | int | bytes]) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class Link(asyncio.Protocol):
+    """One connection carrying many calls; replies come back in the order the calls were written."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.reader = hiredis.Reader(encoding="utf-8", replyError=ResponseError)
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self.outgoing: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.flush_scheduled = False
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiting = self.waiting
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            if not waiting:  # nothing asked for it: the stream is out of step, never guess
+                self.break_off(RedisConnectionError("Redis sent a reply nothing asked for"))
+                return
+            future, _ = waiting.popleft()
+            if future.done():  # its caller gave up (a cancelled request)
+                continue
+            if isinstance(reply, ResponseError):
+                future.set_exception(reply_error(str(reply)))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.break_off(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
+
+    def break_off(self, error: Exception) -> None:
+        """Fail every call in flight; the link is never used again."""
+        self.closed = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        while self.waiting:
+            future, _ = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+        self.outgoing.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def call(self, command: bytes) -> asyncio.Future[Any]:
+        if self.closed:
+            raise RedisConnectionError("connection to Redis is closed")
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.waiting.append((future, time.monotonic()))
+        self.outgoing.append(command)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_later(self.timeout, self.check_overdue)
+        return future
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.closed or self.transport is None:
+            return
+        self.transport.writelines(self.outgoing)
+        self.outgoing = []
+
+    def check_overdue(self) -> None:
+        self.watchdog = None
+        if not self.waiting:
+            return
+        oldest = self.waiting[0][1]
+        overdue = time.monotonic() - oldest - self.timeout
+        if overdue >= 0:
+            self.break_off(RedisTimeoutError(f"Redis did not answer within {self.timeout}s"))
+            return
+        self.watchdog = self.loop.call_later(-overdue, self.check_overdue)
+
+
+class PipelinedScripts:
+    """``evalsha`` over auto-pipelined links, one per node, each checked against the fence when it connects."""
+
+    def __init__(
+        self, url: str, fence: Fence, *, cluster: RedisCluster | None = None, timeout: float = 2.0
+    ) -> None:
+        parsed = urlparse(url)
+        self.default: Address = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
+        self.username = unquote(parsed.username) if parsed.username else None
+        self.password = unquote(parsed.password) if parsed.password else None
+        self.db = int(parsed.path.lstrip("/") or 0) if cluster is None else 0
+        if parsed.scheme not in ("redis", ""):
+            raise ValueError(f"pipelined script calls support redis:// URLs only, not {parsed.scheme}://")
+        self.fence = fence
+        self.cluster = cluster
+        self.timeout = timeout
+        self.links: dict[Address, Link] = {}
+        self.connecting: dict[Address, asyncio.Lock] = {}
+        self.failures: dict[Address, tuple[float, Exception]] = {}
+
+    async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
+        command = encode_command(("EVALSHA", sha, len(keys), *keys, *args))
+        if self.cluster is not None and not self.cluster.nodes_manager.slots_cache:
+            await self.cluster.nodes_manager.initialize()
+        for attempt in range(MOVED_RETRIES + 1):
+            link = self.links.get(self.address_of(keys[0]))
+            if link is None or link.closed:
+                link = await self.link(self.address_of(keys[0]))
+            try:
+                return await link.call(command)
+            except Moved:
+                if self.cluster is None or attempt == MOVED_RETRIES:
+                    raise
+                await self.cluster.nodes_manager.initialize()
+        raise AssertionError("unreachable")
+
+    async def script_load(self, source: str, key: str) -> str:
+        """Load ``source`` on the node that owns ``key`` (after a ``NOSCRIPT``)."""
+        link = await self.link(self.address_of(key))
+        sha: str = await link.call(encode_command(("SCRIPT", "LOAD", source)))
+        return sha
+
+    def address_of(self, key: str) -> Address:
+        if self.cluster is None:
+            return self.default
+        node = self.cluster.nodes_manager.get_node_from_slot(slot_of(key))
+        return (node.host, int(node.port))
+
+    async def link(self, address: Address) -> Link:
+        """The node's open link, connecting it if need be; calls that waited on a connect that failed fail
+        with it rather than each trying (and timing out) in turn."""
+        waiting_since = time.monotonic()
+        lock = self.connecting.setdefault(address, asyncio.Lock())
+        async with lock:
+            link = self.links.get(address)
+            if link is not None and not link.closed:
+                return link
+            failure = self.failures.get(address)
+            if failure is not None and failure[0] >= waiting_since:
+                raise type(failure[1])(str(failure[1]))
+            try:
+                link = await self.open(address)
+            except Exception as exc:
+                self.failures[address] = (time.monotonic(), exc)
+                raise
+            self.links[address] = link
+            return link
+
+    async def open(self, address: Address) -> Link:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                _, link = await loop.create_connection(lambda: Link(self.timeout), *address)
+                if self.password is not None:
+                    auth = (
+                        ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+                    )
+                    await link.call(encode_command(auth))
+                if self.db:
+                    await link.call(encode_command(("SELECT", self.db)))
+                info: str = await link.call(encode_command(("INFO", "server")))
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(
+                f"cannot connect to Redis at {address[0]}:{address[1]}: {exc!r}"
+            ) from exc
+        try:
+            refuse_unchecked(info, self.fence)
+        except Exception:
+            link.break_off(RedisConnectionError("closed: Redis not yet checked"))
+            raise
+        return link
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.break_off(RedisConnectionError("closed by the gateway"))
+        self.links.clear()

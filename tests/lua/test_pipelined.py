@@ -1,0 +1,135 @@
+"""The auto-pipelined script transport against the session's Valkey (cluster mode): replies reach their own
+callers, errors map to the exceptions the runner handles, a broken or silent connection fails what it carried and
+the next call reconnects, and a server the fence does not trust carries nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.fence import Fence
+from gateway.keys import KeySpace
+from gateway.pipelined import PipelinedScripts
+from gateway.redis_client import RedisClient, ScriptRunner, UncheckedRedis
+from gateway.scripts import load_scripts
+from gateway.settings import Settings
+
+ECHO = "return {ARGV[1], KEYS[1]}"
+FAIL = "return redis.error_reply('NOPE ' .. ARGV[1])"
+
+
+async def run_id(client: RedisClient) -> str:
+    info = await client.info("server")
+    return str(info["run_id"])
+
+
+@pytest.fixture
+async def transport(settings: Settings, redis_client: RedisClient) -> AsyncIterator[PipelinedScripts]:
+    fence = Fence()
+    fence.open([await run_id(redis_client)])
+    cluster = redis_client if isinstance(redis_client, RedisCluster) else None
+    scripts = PipelinedScripts(settings.redis.url, fence, cluster=cluster, timeout=0.5)
+    yield scripts
+    scripts.close()
+
+
+async def test_many_calls_in_one_turn_each_get_their_own_reply(
+    transport: PipelinedScripts, redis_client: RedisClient
+) -> None:
+    sha = await redis_client.script_load(ECHO)
+    keys = [f"{{w:{n % 7}}}:k" for n in range(600)]
+    replies = await asyncio.gather(*(transport.evalsha(sha, [key], [str(n)]) for n, key in enumerate(keys)))
+    assert replies == [[str(n), key] for n, key in enumerate(keys)]
+    assert len(transport.links) == 1  # one node owns every slot: one connection carried all 600
+
+
+async def test_error_replies_map_and_leave_the_connection_usable(
+    transport: PipelinedScripts, redis_client: RedisClient
+) -> None:
+    failing = await redis_client.script_load(FAIL)
+    with pytest.raises(ResponseError, match="NOPE x"):
+        await transport.evalsha(failing, ["{w:1}:k"], ["x"])
+    with pytest.raises(NoScriptError):
+        await transport.evalsha("0" * 40, ["{w:1}:k"], ["x"])
+    echo = await redis_client.script_load(ECHO)
+    assert await transport.evalsha(echo, ["{w:1}:k"], ["y"]) == ["y", "{w:1}:k"]
+
+
+async def test_a_killed_connection_fails_its_calls_and_the_next_call_reconnects(
+    transport: PipelinedScripts, redis_client: RedisClient, settings: Settings
+) -> None:
+    sha = await redis_client.script_load(ECHO)
+    assert await transport.evalsha(sha, ["{w:1}:k"], ["a"]) == ["a", "{w:1}:k"]
+    (link,) = transport.links.values()
+    assert link.transport is not None
+    host, port = link.transport.get_extra_info("sockname")[:2]
+    plain: Redis = Redis.from_url(settings.redis.url)
+    try:
+        await plain.execute_command(  # type: ignore[no-untyped-call]
+            "CLIENT", "KILL", "ADDR", f"{host}:{port}"
+        )
+    finally:
+        await plain.aclose()
+    for _ in range(50):
+        if link.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert link.closed
+    with pytest.raises(RedisConnectionError):
+        link.call(b"PING")
+    assert await transport.evalsha(sha, ["{w:1}:k"], ["b"]) == ["b", "{w:1}:k"]
+    assert transport.links[next(iter(transport.links))] is not link
+
+
+async def test_a_silent_server_times_the_call_out(
+    transport: PipelinedScripts, redis_client: RedisClient, settings: Settings
+) -> None:
+    sha = await redis_client.script_load("redis.call('SET', KEYS[1], ARGV[1]) return {ARGV[1]}")
+    assert await transport.evalsha(sha, ["{w:1}:k"], ["a"]) == ["a"]
+    plain: Redis = Redis.from_url(settings.redis.url)
+    try:
+        await plain.execute_command(  # type: ignore[no-untyped-call]
+            "CLIENT", "PAUSE", 1500, "WRITE"
+        )
+        with pytest.raises(RedisTimeoutError):
+            await transport.evalsha(sha, ["{w:1}:k"], ["b"])
+    finally:
+        await plain.execute_command(  # type: ignore[no-untyped-call]
+            "CLIENT", "UNPAUSE"
+        )
+        await plain.aclose()
+    assert await transport.evalsha(sha, ["{w:1}:k"], ["c"]) == ["c"]
+
+
+async def test_a_server_the_fence_does_not_trust_carries_nothing(
+    settings: Settings, redis_client: RedisClient
+) -> None:
+    fence = Fence()
+    fence.open(["some-other-run-id"])
+    cluster = redis_client if isinstance(redis_client, RedisCluster) else None
+    scripts = PipelinedScripts(settings.redis.url, fence, cluster=cluster)
+    sha = await redis_client.script_load("redis.call('SET', KEYS[1], 'x') return {'ok'}")
+    try:
+        with pytest.raises(UncheckedRedis):
+            await scripts.evalsha(sha, ["{w:1}:untrusted"], [])
+        assert not fence.is_open
+        assert await redis_client.exists("{w:1}:untrusted") == 0
+    finally:
+        scripts.close()
+
+
+async def test_the_runner_reloads_a_flushed_script_through_the_transport(
+    transport: PipelinedScripts, redis_client: RedisClient
+) -> None:
+    runner = ScriptRunner(redis_client, load_scripts(), transport.fence, pipelined=transport)
+    await runner.load_all()
+    await redis_client.script_flush()
+    keys = KeySpace(8, 4).wallet("someone")
+    reply = await runner.run("wallet_page", [keys.coupons, keys.user_index("someone")], [0, "", 10, ""])
+    assert reply[0] == "ok"
