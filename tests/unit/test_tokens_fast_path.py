@@ -130,7 +130,8 @@ def test_the_cache_answers_a_known_token_and_forgets_it_at_expiry(monkeypatch: p
 
     monkeypatch.setattr(tokens, "_verified", refuse)
     assert cache.identity(header).user_id == "alice" and calls == []  # answered from the cache
-    monkeypatch.setattr(time, "time", lambda: NOW + 120)
+    later = time.time() + 120
+    monkeypatch.setattr(time, "time", lambda: later)
     with pytest.raises(DomainError):
         cache.identity(header)  # past exp: verified again, and refused
     assert calls == ["verified"]
