@@ -227,6 +227,12 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from loadtest.bench.command import run_benchmark
+
+    return run_benchmark(args)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="claimgate", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -294,6 +300,15 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--orders", type=int, default=None, help="completed orders")
     token.add_argument("--tags", default=None, help="comma-separated tags")
     token.set_defaults(run=_token)
+
+    benchmark = sub.add_parser(
+        "benchmark", help="measure the claim path against its ceilings (docs/benchmark.md)"
+    )
+    with contextlib.suppress(ImportError):  # loadtest/ ships with the source tree, not with every install
+        from loadtest.bench.command import add_arguments
+
+        add_arguments(benchmark)
+    benchmark.set_defaults(run=_benchmark)
     return top
 
 
