@@ -64,20 +64,20 @@ NOW = int(time.time())
 HS256: dict[str, object] = {"alg": "HS256", "typ": "JWT"}
 BROKEN = {
     "expired": (HS256, {"sub": "u", "did": "d", "exp": NOW - 5}),
-    "exp as text": (HS256, {"sub": "u", "did": "d", "exp": str(NOW + 60)}),
-    "exp as float": (HS256, {"sub": "u", "did": "d", "exp": NOW + 60.5}),
+    "exp as text": (HS256, {"sub": "u", "did": "d", "exp": str(NOW + 3600)}),
+    "exp as float": (HS256, {"sub": "u", "did": "d", "exp": NOW + 3600.5}),
     "exp missing": (HS256, {"sub": "u", "did": "d"}),
-    "sub missing": (HS256, {"did": "d", "exp": NOW + 60}),
-    "sub a number": (HS256, {"sub": 7, "did": "d", "exp": NOW + 60}),
-    "an audience": (HS256, {"sub": "u", "did": "d", "exp": NOW + 60, "aud": "x"}),
-    "a jti number": (HS256, {"sub": "u", "did": "d", "exp": NOW + 60, "jti": 5}),
-    "iat as text": (HS256, {"sub": "u", "did": "d", "exp": NOW + 60, "iat": "x"}),
+    "sub missing": (HS256, {"did": "d", "exp": NOW + 3600}),
+    "sub a number": (HS256, {"sub": 7, "did": "d", "exp": NOW + 3600}),
+    "an audience": (HS256, {"sub": "u", "did": "d", "exp": NOW + 3600, "aud": "x"}),
+    "a jti number": (HS256, {"sub": "u", "did": "d", "exp": NOW + 3600, "jti": 5}),
+    "iat as text": (HS256, {"sub": "u", "did": "d", "exp": NOW + 3600, "iat": "x"}),
     "nbf far ahead": (HS256, {"sub": "u", "did": "d", "exp": NOW + 600, "nbf": NOW + 300}),
-    "tags not a list": (HS256, {"sub": "u", "did": "d", "exp": NOW + 60, "tags": "vip"}),
-    "reg a bool": (HS256, {"sub": "u", "did": "d", "exp": NOW + 60, "reg": True}),
-    "HS512 header": ({"alg": "HS512", "typ": "JWT"}, {"sub": "u", "did": "d", "exp": NOW + 60}),
-    "alg none": ({"alg": "none", "typ": "JWT"}, {"sub": "u", "did": "d", "exp": NOW + 60}),
-    "crit header": ({"alg": "HS256", "typ": "JWT", "crit": ["x"]}, {"sub": "u", "did": "d", "exp": NOW + 60}),
+    "tags not a list": (HS256, {"sub": "u", "did": "d", "exp": NOW + 3600, "tags": "vip"}),
+    "reg a bool": (HS256, {"sub": "u", "did": "d", "exp": NOW + 3600, "reg": True}),
+    "HS512 header": ({"alg": "HS512", "typ": "JWT"}, {"sub": "u", "did": "d", "exp": NOW + 3600}),
+    "alg none": ({"alg": "none", "typ": "JWT"}, {"sub": "u", "did": "d", "exp": NOW + 3600}),
+    "crit header": ({"alg": "HS256", "typ": "JWT", "crit": ["x"]}, {"sub": "u", "did": "d", "exp": NOW + 3600}),
     "claims a list": (HS256, ["sub", "u"]),
 }
 
@@ -95,7 +95,7 @@ def test_wrong_secret_padding_and_truncation_are_refused_as_pyjwt_refuses() -> N
     padded = f"{head}.{body}.{sig}="  # PyJWT reads a padded signature as the same one
     assert either_path(padded) == pyjwt_only(padded) == UserIdentity("alice", "phone")
     for variant in (
-        signed(HS256, {"sub": "u", "did": "d", "exp": NOW + 60}, secret="t" * 40),
+        signed(HS256, {"sub": "u", "did": "d", "exp": NOW + 3600}, secret="t" * 40),
         f"{head}.{body}.{sig[:-1]}",
         f"{head}.{body}",
         f"{head}..{sig}",
@@ -146,5 +146,5 @@ def test_the_cache_keeps_at_most_max_entries() -> None:
 
 
 def test_pyjwt_still_mints_what_the_fast_path_reads() -> None:
-    token = jwt.encode({"sub": "u", "did": "d", "exp": NOW + 60}, SECRET, algorithm="HS256")
-    assert tokens._plain_claims(token, SECRET) == {"sub": "u", "did": "d", "exp": NOW + 60}
+    token = jwt.encode({"sub": "u", "did": "d", "exp": NOW + 3600}, SECRET, algorithm="HS256")
+    assert tokens._plain_claims(token, SECRET) == {"sub": "u", "did": "d", "exp": NOW + 3600}
