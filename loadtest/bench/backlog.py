@@ -19,6 +19,8 @@ import asyncpg
 
 from loadtest.durability import Share, client_process
 
+POLL_SECONDS = 0.2  # count(*) over the activity's rows costs Postgres ~10-20 ms: polled no faster
+
 
 def used_memory(info: dict[str, object]) -> int:
     return int(str(info["used_memory"]))
@@ -68,6 +70,15 @@ async def time_drain(
                 first = now
             if rows >= count or now > deadline:
                 return rows, first, now
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(POLL_SECONDS)
+    finally:
+        await conn.close()
+
+
+async def claims_rows(database_url: str) -> int:
+    """Rows of the whole claims table (the worker's ledger checks read it: their cost grows with it)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM claims"))
     finally:
         await conn.close()

@@ -82,7 +82,7 @@ async def wait_drained(database_url: str, expected: dict[str, int], within: floa
             rows = await rows_of(conn, list(expected))
             if all(rows[a] >= n for a, n in expected.items()) or time.monotonic() > deadline:
                 return rows
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.5)
     finally:
         await conn.close()
 

@@ -41,7 +41,7 @@ from gateway.scripts import load_scripts
 from gateway.settings import PREFIX
 from gateway.tokens import mint_user_token
 from loadtest.bench import describe, h2load, naive, redisbench, servers, wrk
-from loadtest.bench.backlog import make_backlog, time_drain, used_memory
+from loadtest.bench.backlog import claims_rows, make_backlog, time_drain, used_memory
 from loadtest.bench.catalog import Activity, Admin
 from loadtest.bench.checks import check_all, redis_state, wait_drained, wait_settled
 from loadtest.bench.describe import SHED_LAG
@@ -784,7 +784,8 @@ class Run:
         self.say(
             f"backlog made in {seconds:.1f} s; {(after - before) / count:,.0f} bytes of Redis per coupon"
         )
-        self.say("starting one worker on the backlog")
+        existing = asyncio.run(claims_rows(self.pg.url))
+        self.say(f"starting one worker on the backlog (the claims table holds {existing:,} rows already)")
         began = time.monotonic()
         self.worker = servers.start_worker(self.env, self.dir / "worker-backlog.log", self.pidfile)
         try:
@@ -820,7 +821,9 @@ class Run:
                 rows / total,
                 "claims/s",
                 f"{rows:,} claims rows in {total:,.2f} s from the worker's start (one `claimgate worker`;"
-                f" {(first or began) - began:.2f} s until the first row{after_first})",
+                f" {(first or began) - began:.2f} s until the first row{after_first}); the claims table held"
+                f" {existing:,} rows of the load phases before (the worker's ledger checks read it); polled"
+                " every 0.2 s with count(*)",
             )
         )
         self.say(f"worker: {rows:,} claims in {total:.1f} s = {rows / total:,.0f} claims/s")
