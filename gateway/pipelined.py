@@ -170,9 +170,10 @@ class PipelinedScripts:
         if self.cluster is not None and not self.cluster.nodes_manager.slots_cache:
             await self.cluster.nodes_manager.initialize()
         for attempt in range(MOVED_RETRIES + 1):
-            link = self.links.get(self.address_of(keys[0]))
+            address = self.address_of(keys[0])
+            link = self.links.get(address)
             if link is None or link.closed:
-                link = await self.link(self.address_of(keys[0]))
+                link = await self.link(address)
             try:
                 return await link.call(command)
             except Moved:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import msgspec
@@ -60,9 +61,14 @@ def checked_idempotency_key(key: str | None) -> str | None:
 
 
 def only_query(request: Request[Any, Any, Any], allowed: frozenset[str]) -> None:
-    unknown = set(request.query_params) - allowed
+    only_names(request.query_params, allowed)
+
+
+def only_names(names: Iterable[str], allowed: frozenset[str]) -> None:
+    """Refuse the first (in order) query parameter not in ``allowed``, naming it."""
+    unknown = sorted(set(names) - allowed)
     if unknown:
-        raise invalid_request(f"Unknown query parameter: {sorted(unknown)[0]}", sorted(unknown)[0])
+        raise invalid_request(f"Unknown query parameter: {unknown[0]}", unknown[0])
 
 
 def list_limit(request: Request[Any, Any, Any]) -> int:

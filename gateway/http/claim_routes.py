@@ -42,6 +42,10 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 SOLD_OUT = error_parts(DomainError(Outcome.SOLD_OUT))
 
 
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: nothing was done and there is no one to answer."""
+
+
 class ClaimBody(msgspec.Struct, forbid_unknown_fields=True):
     channel: Annotated[str, Meta(min_length=1, max_length=32, pattern=NO_CONTROL_CHARACTERS)] | None = None
 
@@ -67,7 +71,7 @@ async def read_body(receive: Receive, declared_length: bytes | None) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ConnectionResetError("the client went away")
+            raise ClientGone
         chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
         size += len(chunk)
         if size > USER_BODY_LIMIT:
@@ -75,12 +79,6 @@ async def read_body(receive: Receive, declared_length: bytes | None) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def unknown_query(query_string: bytes) -> None:
-    names = sorted({name for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)})
-    if names:
-        raise bodies.invalid_request(f"Unknown query parameter: {names[0]}", names[0])
 
 
 @asgi(
@@ -108,6 +106,8 @@ async def claim(scope: Scope, receive: Receive, send: Send) -> None:
         status, body, headers = await claimed(cast(HTTPScope, scope), receive)
     except DomainError as refusal:
         status, body, headers = error_parts(refusal)
+    except ClientGone:
+        return
     await send_answer(send, status, body, headers)
 
 
@@ -131,7 +131,8 @@ async def claimed(scope: HTTPScope, receive: Receive) -> tuple[int, bytes, list[
             content_length = value
     who = services.tokens.identity(authorization)
     if scope["query_string"]:
-        unknown_query(scope["query_string"])
+        query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        bodies.only_names((name for name, _ in query), frozenset())
     raw = await read_body(receive, content_length)
     channel = ""
     if raw.strip():

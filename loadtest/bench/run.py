@@ -460,29 +460,7 @@ class Run:
         finally:
             admin.close()
         self.results.valkey = self.valkey_settings()
-        gw = self.gateway
-        warm = self.http_phase(
-            "warm",
-            "warm-up (claim route)",
-            gw,
-            self.activities["warm"].id,
-            max(2, self.opt("warmup")),
-            expect={"201", "409"},
-            measured=False,
-            one_token_each=False,
-        )
-        self.activities["warm"].granted = warm.statuses.get("201", 0)
-        self.ensure_tokens(warm.rate)
-        claim = self.http_phase(
-            f"claim_{self.primary}",
-            f"claim route, in stock ({self.primary})",
-            gw,
-            self.activities["claim"].id,
-            self.opt("duration"),
-            expect={"201"},
-            rss=True,
-        )
-        self.activities["claim"].granted = claim.statuses.get("201", 0)
+        claim = self.warm_then_claim("warm", "claim", f"claim_{self.primary}", self.primary, rss=True)
         self.http_figure(f"claim_{self.primary}", f"claim route while stock lasts ({self.primary})", claim)
         phase = self.results.phases[-1]
         self.figure(
@@ -498,7 +476,7 @@ class Run:
         sold = self.http_phase(
             "sold_out",
             "claim route, sold out",
-            gw,
+            self.gateway,
             self.activities["sold_out"].id,
             self.opt("duration"),
             expect={"409"},
@@ -577,6 +555,35 @@ class Run:
             f" p99 {lat['p99']:.2f} ms, p99.9 {lat['p999']:.2f} ms"
         )
 
+    def warm_then_claim(
+        self, warm: str, claim: str, phase: str, setting: str, *, rss: bool = False
+    ) -> wrk.WrkResult:
+        """A warm-up on its own activity, then the measured in-stock claim phase on another (every answer 201)."""
+        assert self.gateway is not None
+        warmed = self.http_phase(
+            warm,
+            f"warm-up (claim route, {setting})",
+            self.gateway,
+            self.activities[warm].id,
+            max(2, self.opt("warmup")),
+            expect={"201", "409"},
+            measured=False,
+            one_token_each=False,
+        )
+        self.activities[warm].granted = warmed.statuses.get("201", 0)
+        self.ensure_tokens(warmed.rate)
+        result = self.http_phase(
+            phase,
+            f"claim route, in stock ({setting})",
+            self.gateway,
+            self.activities[claim].id,
+            self.opt("duration"),
+            expect={"201"},
+            rss=rss,
+        )
+        self.activities[claim].granted = result.statuses.get("201", 0)
+        return result
+
     def safe_phase(self) -> None:
         self.say("switching Valkey to appendfsync always (CONFIG SET) and restarting the gateway as safe")
         self.stop_gateway()
@@ -586,27 +593,7 @@ class Run:
             durability = httpx.get(self.gateway.url + "/readyz", timeout=5).json().get("durability", {})
             if durability.get("setting") != "safe" or durability.get("problem"):
                 self.fail(f"safe setting: the gateway reports {durability}")
-            warm = self.http_phase(
-                "warm_safe",
-                "warm-up (claim route, safe)",
-                self.gateway,
-                self.activities["warm_safe"].id,
-                max(2, self.opt("warmup")),
-                expect={"201", "409"},
-                measured=False,
-                one_token_each=False,
-            )
-            self.activities["warm_safe"].granted = warm.statuses.get("201", 0)
-            self.ensure_tokens(warm.rate)
-            claim = self.http_phase(
-                "claim_safe",
-                "claim route, in stock (safe)",
-                self.gateway,
-                self.activities["claim_safe"].id,
-                self.opt("duration"),
-                expect={"201"},
-            )
-            self.activities["claim_safe"].granted = claim.statuses.get("201", 0)
+            claim = self.warm_then_claim("warm_safe", "claim_safe", "claim_safe", "safe")
             self.http_figure(
                 "claim_safe",
                 "claim route while stock lasts (safe)",
