@@ -4,6 +4,10 @@ Entries a batch failed to commit stay in this consumer's pending list and are re
 ``>``) until they commit; entries a dead consumer left pending are taken over with ``XAUTOCLAIM``. A
 ``claimed`` event is delivered into its wallet (idempotent) before it is acknowledged, so a gateway that died
 between ``claim`` and ``deliver`` still converges.
+
+``run`` overlaps two batches: while one batch's claims are delivered and its entries acknowledged (Redis), the
+next is read and committed (Postgres). Nothing is acknowledged before its own commit, and a read from ``0`` (our
+pending entries) waits for the batch in flight, so no entry is taken twice by one worker.
 """
 
 from __future__ import annotations
@@ -65,6 +69,14 @@ async def ensure_group(client: RedisClient, stream: str) -> None:
 
 
 @dataclass
+class Batch:
+    """Entries read and committed, not yet delivered and acknowledged."""
+
+    entries: list[Entry]
+    written: sink.Written
+
+
+@dataclass
 class Consumer:
     settings: Settings
     redis: Clients
@@ -83,6 +95,7 @@ class Consumer:
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     dead_lettered: int = 0
     conflicts: int = 0
+    _settling: asyncio.Task[None] | None = None  # the batch ``run`` delivers and acknowledges meanwhile
 
     @property
     def name(self) -> str:
@@ -190,6 +203,14 @@ class Consumer:
 
     async def step(self) -> int:
         """Read, persist, deliver, acknowledge one batch; the number of entries acknowledged."""
+        batch = await self.persist()
+        if batch is None:
+            return 0
+        await self.settle(batch)
+        return len(batch.entries)
+
+    async def persist(self) -> Batch | None:
+        """The housekeeping that is due, then read one batch and commit it (None: nothing to read)."""
         now = time.monotonic()
         if now - self._streams_at > STREAM_REFRESH_SECONDS:
             await self.refresh_streams()
@@ -200,28 +221,70 @@ class Consumer:
             self._trimmed_at = now
         if self.sweeper is not None and now - self._swept_at > self.settings.worker.sweep_seconds:
             await self.sweep()
+        if self.reread_pending:
+            await self.settled()  # a read from 0 would return the batch in flight again
         entries = await self.read()
         if not entries:
-            return 0
+            return None
         try:
             async with self.pool.acquire() as conn:
                 written = await sink.write(conn, entries)
             crash_point("after_commit")
-            await self.deliver_claims(written.deliverable(entries))
-            await self.ack(written.settled(entries))
-            await self.count_failures(entries, written.failed)
-            self.conflicts += len(written.conflicts)
         except BaseException:
             self.reread_pending = True
             raise
+        return Batch(entries, written)
+
+    async def settle(self, batch: Batch) -> None:
+        """Deliver a committed batch's claims, acknowledge what was written, count what failed."""
+        entries, written = batch.entries, batch.written
+        try:
+            await self.deliver_claims(written.deliverable(entries))
+            await self.ack(written.settled(entries))
+            await self.count_failures(entries, written.failed)
+        except BaseException:
+            self.reread_pending = True
+            raise
+        self.conflicts += len(written.conflicts)
         self.persisted += len(entries)
-        return len(entries)
+
+    async def settled(self) -> None:
+        """Wait for the batch in flight, if any; its failure is raised here."""
+        settling, self._settling = self._settling, None
+        if settling is not None:
+            await settling
+
+    async def overlapped_step(self) -> int:
+        """``step`` with the previous batch's settling running while this one is read and committed."""
+        try:
+            batch = await self.persist()
+            await self.settled()
+        except BaseException:
+            await self.abandon_settling()
+            raise
+        if batch is None:
+            return 0
+        self._settling = asyncio.create_task(self.settle(batch))
+        return len(batch.entries)
+
+    async def abandon_settling(self) -> None:
+        """After a failure: let the batch in flight finish or fail (what it did not acknowledge stays pending)."""
+        settling, self._settling = self._settling, None
+        if settling is not None:
+            with contextlib.suppress(Exception):
+                await settling
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.loop(stop)
+        finally:
+            await self.abandon_settling()
+
+    async def loop(self, stop: asyncio.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
             try:
-                done = await self.step()
+                done = await self.overlapped_step()
                 backoff = 0.1
             except Exception as exc:
                 if isinstance(exc, TRANSIENT):

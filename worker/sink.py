@@ -73,10 +73,16 @@ ON CONFLICT (partition, entry_id) DO NOTHING
 # The ledger's own checks, each independent of the order in which two workers commit a stream's batches:
 # an id already held for another claim, an ordinal (a pack's place in its activity's sales) held by another
 # claim, a coupon version already held by another event.
+# Three index lookups, not one OR: Postgres cannot combine the row comparison with the others in a bitmap OR, and
+# scanned the whole table for every batch (a batch's write grew from 10 ms to 140 ms over the first 15,000 rows).
 _CLAIMS_HOLDING = """
-SELECT claim_id, event_id, activity_id, ordinal FROM claims
-WHERE claim_id = ANY($1::text[]) OR event_id = ANY($2::text[])
-   OR (activity_id, ordinal) IN (SELECT * FROM unnest($3::text[], $4::bigint[]))
+SELECT claim_id, event_id, activity_id, ordinal FROM claims WHERE claim_id = ANY($1::text[])
+UNION
+SELECT claim_id, event_id, activity_id, ordinal FROM claims WHERE event_id = ANY($2::text[])
+UNION
+SELECT c.claim_id, c.event_id, c.activity_id, c.ordinal
+FROM claims AS c JOIN unnest($3::text[], $4::bigint[]) AS u(activity_id, ordinal)
+  ON c.activity_id = u.activity_id AND c.ordinal = u.ordinal
 """
 _VERSIONS_HOLDING = """
 SELECT coupon_id, version, event_id FROM coupon_events
