@@ -97,7 +97,9 @@ class AdminService:
         keys = self.keyspace.activity(activity_id)
         try:
             reply = await self.runner.run(
-                script, [keys.config, keys.seq, keys.events], [now, new_id(), operator, activity_id, *arguments]
+                script,
+                [keys.config, keys.seq, keys.events],
+                [now, new_id(), operator, activity_id, *arguments],
             )
         finally:
             if self.changed is not None:

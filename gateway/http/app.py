@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
@@ -17,23 +19,45 @@ from gateway.http import (
     ops_routes,
     wallet_routes,
 )
+from gateway.http.claim_routes import MOUNT
 from gateway.http.errors import EXCEPTION_HANDLERS
 from gateway.http.openapi import ContractDocument
 from gateway.services import Services
 from gateway.settings import Settings, load_settings
 
 
-def create_app(settings: Settings) -> Litestar:
+class Gateway(Litestar):
+    """The litestar app, with the claim route (``claim_routes``) answered before litestar's per-request work."""
+
+    claim_services: Services | None = None  # set once the lifespan has started the services
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        services = self.claim_services
+        if services is not None and scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(MOUNT) and (len(path) == len(MOUNT) or path[len(MOUNT)] == "/"):
+                await claim_routes.answer(services, scope, receive, send, path[len(MOUNT) :])
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings) -> Gateway:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await Services.start(settings)
         app.state.services = services
+        if isinstance(app, Gateway):
+            app.claim_services = services
+        gc.collect()
+        gc.freeze()  # what start-up made lives as long as the process: no full collection walks it again
         try:
             yield
         finally:
+            if isinstance(app, Gateway):
+                app.claim_services = None
             await services.stop()
 
-    return Litestar(
+    return Gateway(
         route_handlers=[
             Router(
                 "/",
@@ -62,6 +86,6 @@ def create_app(settings: Settings) -> Litestar:
     )
 
 
-def app_from_env() -> Litestar:
+def app_from_env() -> Gateway:
     """The factory granian runs (``--factory gateway.http.app:app_from_env``): settings from the environment."""
     return create_app(load_settings())

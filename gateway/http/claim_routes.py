@@ -1,10 +1,12 @@
-"""The claim route, the hot path: a raw ASGI handler inside the litestar app.
+"""The claim route, the hot path: a raw ASGI handler, answered ahead of litestar's router.
 
-Litestar still routes to it, and its exception handlers still answer anything raised here, but the handler
-reads the scope, the body and the headers itself and sends the answer bytes the script built: the framework's
-per-request work (request object, signature model, response object) cost more than the two script calls
-(docs/benchmark.md). The contract is the same as every other route's: the same checks in the same order, the
-same error bodies (``errors.error_parts``), and the OpenAPI document lists it from ``opt`` like the others.
+``app.Gateway`` sends every request under ``/v1/activities`` straight to :func:`answer`, before litestar's own
+per-request work (scope state, router, exception middleware): that work, with the request and response objects
+of a regular handler, cost more than the two script calls (docs/benchmark.md). The route is also mounted in the
+app as a litestar ``asgi`` handler, for the OpenAPI document (from ``opt``, like the other routes) and for any
+caller that reaches the app through litestar itself; both ways run :func:`answer`. The contract is the same as
+every other route's: the same checks in the same order, the same error bodies (``errors.error_parts``,
+``errors.failure_parts``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from msgspec import Meta
 from gateway.campaign import NO_CONTROL_CHARACTERS
 from gateway.http import bodies
 from gateway.http.answers import ClaimAnswer
-from gateway.http.errors import error_parts, method_not_allowed, no_such_route, payload_too_large
+from gateway.http.errors import (
+    error_parts,
+    failure_parts,
+    method_not_allowed,
+    no_such_route,
+    payload_too_large,
+)
 from gateway.http.openapi import documented
 from gateway.outcomes import DomainError, Outcome
 from gateway.services import Services
@@ -101,24 +109,34 @@ async def read_body(receive: Receive, declared_length: bytes | None) -> bytes:
     ),
 )
 async def claim(scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST /v1/activities/{activity_id}/claim``."""
+    """``POST /v1/activities/{activity_id}/claim`` reached through litestar (the path is under the mount)."""
+    await answer(scope["app"].state.services, cast(HTTPScope, scope), receive, send, scope["path"])
+
+
+async def answer(
+    services: Services, scope: HTTPScope, receive: Receive, send: Send, under_mount: str
+) -> None:
+    """Answer a request whose path is ``MOUNT + under_mount``: a claim, or the contract's refusal."""
     try:
-        status, body, headers = await claimed(cast(HTTPScope, scope), receive)
+        status, body, headers = await claimed(services, scope, receive, under_mount)
     except DomainError as refusal:
         status, body, headers = error_parts(refusal)
     except ClientGone:
         return
+    except Exception as exc:
+        status, body, headers = failure_parts(exc)
     await send_answer(send, status, body, headers)
 
 
-async def claimed(scope: HTTPScope, receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+async def claimed(
+    services: Services, scope: HTTPScope, receive: Receive, under_mount: str
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """The answer to a claim: the checks in the order the other routes make them, credentials first."""
-    parts = scope["path"].strip("/").split("/")  # the path under the mount
+    parts = under_mount.strip("/").split("/")
     if len(parts) != 2 or parts[1] != "claim" or not parts[0]:
         raise no_such_route()
     if scope["method"] != "POST":
         raise method_not_allowed()
-    services: Services = scope["app"].state.services
     authorization = content_type = idempotency_key = content_length = None
     for name, value in scope["headers"]:
         if name == b"authorization":

@@ -51,7 +51,9 @@ def no_such_route() -> DomainError:
 
 
 def method_not_allowed() -> DomainError:
-    return DomainError(Outcome.INVALID_REQUEST, "Method not allowed on this route.", status=METHOD_NOT_ALLOWED)
+    return DomainError(
+        Outcome.INVALID_REQUEST, "Method not allowed on this route.", status=METHOD_NOT_ALLOWED
+    )
 
 
 def payload_too_large() -> DomainError:
@@ -94,21 +96,29 @@ STORE_UNREACHABLE: tuple[type[Exception], ...] = (
 UNREACHABLE_RETRY_AFTER = 1
 
 
-def on_store_unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+def store_unreachable(exc: Exception) -> DomainError:
     log.warning("a store is unreachable: %r", exc)
-    return render(
-        DomainError(
-            Outcome.OVERLOADED,
-            "A data store is unreachable; retry shortly.",
-            retry_after=UNREACHABLE_RETRY_AFTER,
-        )
+    return DomainError(
+        Outcome.OVERLOADED, "A data store is unreachable; retry shortly.", retry_after=UNREACHABLE_RETRY_AFTER
     )
+
+
+def on_store_unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return render(store_unreachable(exc))
 
 
 def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Anything else is a bug: log it whole, answer 500 without details."""
     log.exception("unhandled error", exc_info=exc)
     return Response(INTERNAL_ERROR, status_code=500, media_type=JSON)
+
+
+def failure_parts(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """What the handlers above answer to an exception that is not a refusal, for the raw claim route."""
+    if isinstance(exc, STORE_UNREACHABLE):
+        return error_parts(store_unreachable(exc))
+    log.exception("unhandled error", exc_info=exc)
+    return 500, INTERNAL_ERROR, [(b"content-type", JSON.encode())]
 
 
 EXCEPTION_HANDLERS = {
