@@ -74,6 +74,8 @@ async def read_body(receive: Receive, declared_length: bytes | None) -> bytes:
         not declared_length.isdigit() or int(declared_length) > USER_BODY_LIMIT
     ):
         raise payload_too_large()
+    if declared_length == b"0":
+        return b""  # nothing to wait for: no receive() through the server
     chunks: list[bytes] = []
     size = 0
     while True:

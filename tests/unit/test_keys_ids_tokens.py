@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 
 import pytest
@@ -48,6 +49,22 @@ def test_ids_sort_by_creation_time() -> None:
     second = new_id()
     assert first < second
     assert len({new_id() for _ in range(10_000)}) == 10_000
+
+
+def test_a_forked_process_never_repeats_its_parents_ids() -> None:
+    new_id()  # the parent holds random bits it has not used yet
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write, ",".join(new_id()[12:] for _ in range(600)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        theirs = set(pipe.read().split(","))
+    os.waitpid(child, 0)
+    ours = {new_id()[12:] for _ in range(600)}
+    assert len(theirs) == 600 and len(ours) == 600
+    assert not theirs & ours
 
 
 def test_token_round_trip_with_facts() -> None:

@@ -77,7 +77,10 @@ BROKEN = {
     "reg a bool": (HS256, {"sub": "u", "did": "d", "exp": NOW + 3600, "reg": True}),
     "HS512 header": ({"alg": "HS512", "typ": "JWT"}, {"sub": "u", "did": "d", "exp": NOW + 3600}),
     "alg none": ({"alg": "none", "typ": "JWT"}, {"sub": "u", "did": "d", "exp": NOW + 3600}),
-    "crit header": ({"alg": "HS256", "typ": "JWT", "crit": ["x"]}, {"sub": "u", "did": "d", "exp": NOW + 3600}),
+    "crit header": (
+        {"alg": "HS256", "typ": "JWT", "crit": ["x"]},
+        {"sub": "u", "did": "d", "exp": NOW + 3600},
+    ),
     "claims a list": (HS256, ["sub", "u"]),
 }
 
