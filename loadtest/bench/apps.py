@@ -1,7 +1,8 @@
 """The bare HTTP ceiling: two apps that answer every request with one constant 201 JSON body, served by the
 same granian command as the gateway (``servers.granian_command``).
 
-``raw_app``: a plain ASGI callable (reads the request body, answers). ``litestar_app``: litestar with one POST
+``raw_app``: a plain ASGI callable (reads the request body unless it declares ``Content-Length: 0``, as the
+claim route does, then answers). ``litestar_app``: litestar with one POST
 route on the claim path, configured as the gateway's app is (no logging config, no debug). The body has the
 size and shape of a claim's answer.
 """
@@ -38,7 +39,7 @@ async def _raw(scope: Scope, receive: Receive, send: Send) -> None:
                 return
     if scope["type"] != "http":
         return
-    more = True
+    more = (b"content-length", b"0") not in scope["headers"]  # no body to wait for, as the claim route
     while more:
         message = await receive()
         more = bool(message.get("more_body", False))

@@ -53,6 +53,11 @@ def notes(durability: str) -> list[str]:
         " gateway and Valkey); the claims of every phase are drained after and counted under Correctness, and"
         " the worker's own rate is measured alone on a backlog ('worker rate / peak claim rate' says whether"
         " it keeps up). The gateway's lag shedding (CLAIMGATE_SHED_LAG) is raised for that reason.",
+        "Sold out: the headline phase rotates over the first --users tokens (users who come back, as in a rush"
+        " after sell-out; within the gateway's verified-token cache each is verified once); the informative"
+        " phase after it rotates over every token minted, more users than the cache holds, so each request"
+        " verifies its token. The raw ASGI app, like the claim route, does not wait on receive() for a request"
+        " that declares Content-Length: 0.",
         "The raw ceiling is the `claim` script alone; the claim route runs two scripts per claim (`claim` in"
         " the activity's slot, then `deliver` in the user's wallet bucket).",
         "Open loop: h2load sends at a fixed rate per connection (--rps) with one request in flight per"

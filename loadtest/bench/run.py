@@ -39,6 +39,7 @@ from gateway.keys import KeySpace
 from gateway.redis_client import ScriptRunner, connect
 from gateway.scripts import load_scripts
 from gateway.settings import PREFIX
+from gateway.tokens import TOKEN_CACHE_ENTRIES as TOKEN_CACHE
 from gateway.tokens import mint_user_token
 from loadtest.bench import describe, h2load, naive, redisbench, servers, wrk
 from loadtest.bench.backlog import claims_rows, make_backlog, time_drain, used_memory
@@ -69,6 +70,13 @@ VALKEY_SETTINGS = (
     "appendonly", "appendfsync", "maxmemory", "maxmemory-policy", "auto-aof-rewrite-percentage", "io-threads",
 )  # fmt: skip
 TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "redis-benchmark": "redis-tools"}
+
+
+def cache_note(users: int) -> str:
+    """What the gateway's verified-token cache does for a phase rotating over ``users`` tokens."""
+    if users <= TOKEN_CACHE:
+        return f" (the verified-token cache holds {TOKEN_CACHE:,}: after the first pass each token is a hit)"
+    return f" (more than the verified-token cache holds, {TOKEN_CACHE:,}: each request verifies its token)"
 
 
 class Run:
@@ -334,6 +342,7 @@ class Run:
         measured: bool = True,
         rss: bool = False,
         one_token_each: bool = True,
+        tokens: Path | None = None,
     ) -> wrk.WrkResult:
         """One wrk run; a measured one is recorded with its CPU. Anything unexpected fails the run."""
         threads = self.opt("threads")
@@ -341,7 +350,7 @@ class Run:
             server.url,
             CLAIM_PATH.format(activity_id=activity_id),
             script=self.script,
-            tokens=self.tokens.path,
+            tokens=tokens or self.tokens.path,
             threads=threads,
             connections=self.opt("connections"),
             seconds=seconds,
@@ -473,6 +482,7 @@ class Run:
                 " worker(s)), sampled every 0.2 s during the in-stock claim phase",
             )
         )
+        crowd = self.opt("users")
         sold = self.http_phase(
             "sold_out",
             "claim route, sold out",
@@ -482,10 +492,31 @@ class Run:
             expect={"409"},
             marker="sold_out",
             one_token_each=False,
+            tokens=self.tokens.first(crowd),
         )
-        self.activities["sold_out"].granted = sold.statuses.get("201", 0)
         self.http_figure(
-            "sold_out", f"claim route after sell-out ({self.primary})", sold, "; every 409 is sold_out"
+            "sold_out",
+            f"claim route after sell-out ({self.primary})",
+            sold,
+            f"; every 409 is sold_out; tokens rotating over {crowd:,} users, who come back"
+            + cache_note(crowd),
+        )
+        unseen = self.http_phase(
+            "sold_out_unseen",
+            "claim route, sold out, every token new to the cache",
+            self.gateway,
+            self.activities["sold_out"].id,
+            self.opt("duration"),
+            expect={"409"},
+            marker="sold_out",
+            one_token_each=False,
+        )
+        self.activities["sold_out"].granted = sold.statuses.get("201", 0) + unseen.statuses.get("201", 0)
+        self.http_figure(
+            "sold_out_unseen",
+            f"claim route after sell-out, every token new to the cache (informative, {self.primary})",
+            unseen,
+            f"; tokens rotating over all {self.tokens.count:,} users minted" + cache_note(self.tokens.count),
         )
         self.open_loop(claim.rate)
 

@@ -51,3 +51,13 @@ class TokenFile:
                 out.write("\n")
         added, self.count = count - self.count, count
         return added
+
+    def first(self, count: int) -> Path:
+        """A file of the first ``count`` tokens (the users a phase rotates over when it should reuse them)."""
+        path = self.path.with_name(f"{self.path.stem}-first-{count}{self.path.suffix}")
+        with open(self.path) as source, open(path, "w") as out:
+            for n, line in enumerate(source):
+                if n >= count:
+                    break
+                out.write(line)
+        return path

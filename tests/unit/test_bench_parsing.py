@@ -4,13 +4,16 @@ bare apps copy, the ratios against their targets, the correctness rule and the r
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from loadtest.bench import h2load, redisbench, servers, wrk
+from loadtest.bench import apps, h2load, redisbench, servers, wrk
 from loadtest.bench.checks import Check
 from loadtest.bench.report import Figure, Phase, Results, as_json, markdown
 from loadtest.bench.stats import Rates, Target, percentile, targets
+from loadtest.bench.tokens import TokenFile
 
 WRK_TEXT = """\
 Running 12s test @ http://127.0.0.1:40000
@@ -257,3 +260,38 @@ def test_the_report_renders_figures_targets_and_checks() -> None:
     data = json.loads(as_json(results))
     assert data["passed"] is True and data["checks"][0]["ok"] is True
     assert data["targets"][0]["verdict"] == "met"
+
+
+def test_the_first_tokens_file_holds_the_first_users_in_order(tmp_path: Path) -> None:
+    tokens = TokenFile(tmp_path / "tokens.txt", "k" * 40, 600)
+    tokens.grow_to(5)
+    everyone = tokens.path.read_text().splitlines()
+    first = tokens.first(3)
+    assert first != tokens.path
+    assert first.read_text().splitlines() == everyone[:3]
+    assert tokens.first(9).read_text().splitlines() == everyone  # no more than there are
+
+
+async def _answer(app: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, int]:
+    received = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        received += 1
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app({"type": "http", "headers": headers}, receive, send)
+    return statuses[0], received
+
+
+async def test_the_raw_app_reads_a_body_only_when_one_is_declared() -> None:
+    app = apps.raw_app()
+    assert await _answer(app, [(b"content-length", b"0")], b"") == (201, 0)
+    assert await _answer(app, [(b"content-length", b"2")], b"{}") == (201, 1)
+    assert await _answer(app, [(b"transfer-encoding", b"chunked")], b"{}") == (201, 1)
