@@ -81,7 +81,7 @@ class CheckoutService:
 
     async def lock(self, user_id: str, order_id: str, coupon_id: str, lines: list[Line], *, now: int) -> str:
         wallet = self.keyspace.wallet(user_id)
-        raw = await self.runner.client.hget(wallet.coupons, coupon_id)
+        raw = await self.runner.hget(wallet.coupons, coupon_id)
         if raw is None:
             raise DomainError(Outcome.NOT_FOUND, "No such coupon in this wallet.")
         template = msgspec.json.decode(raw, type=StoredCoupon).template

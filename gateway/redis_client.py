@@ -166,23 +166,43 @@ class ScriptRunner:
         loaded = await self.control.script_exists(*(self.scripts[n].sha for n in names))
         return [name for name, present in zip(names, loaded, strict=True) if not present]
 
+    async def _take_slot(self) -> None:
+        """One of the ``max_in_flight`` slots, waiting at most ``QUEUE_TIMEOUT_SECONDS`` (then overloaded)."""
+        if not self._in_flight.locked():
+            await self._in_flight.acquire()  # a free slot: taken at once, no timer needed
+            return
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT_SECONDS):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            raise DomainError(
+                Outcome.OVERLOADED,
+                "Too many requests in flight; retry shortly.",
+                retry_after=UNREACHABLE_RETRY_AFTER,
+            ) from None
+
+    async def hget(self, key: str, field: str) -> str | None:
+        """A plain read on the scripts' client, within the scripts' in-flight limit: the client's pool raises
+        rather than waits when every connection is busy, so a read past the limit would be a 503."""
+        await self._take_slot()
+        try:
+            value = await self.client.hget(key, field)
+        except (RedisConnectionError, RedisTimeoutError):
+            raise DomainError(
+                Outcome.OVERLOADED,
+                "Redis is unreachable; retry shortly.",
+                retry_after=UNREACHABLE_RETRY_AFTER,
+            ) from None
+        finally:
+            self._in_flight.release()
+        return None if value is None else str(value)  # decode_responses: already a str
+
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> list[Any]:
         script = self.scripts[name]
         if not script.read_only:
             self.fence.check()
         check_one_slot(script, keys)
-        if self._in_flight.locked():
-            try:
-                async with asyncio.timeout(QUEUE_TIMEOUT_SECONDS):
-                    await self._in_flight.acquire()
-            except TimeoutError:
-                raise DomainError(
-                    Outcome.OVERLOADED,
-                    "Too many requests in flight; retry shortly.",
-                    retry_after=UNREACHABLE_RETRY_AFTER,
-                ) from None
-        else:
-            await self._in_flight.acquire()  # a free slot: taken at once, no timer needed
+        await self._take_slot()
         try:
             reply = await self._evalsha(script, keys, args)
         except (UncheckedRedis, RedisClusterException):

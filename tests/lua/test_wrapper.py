@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway.fence import FENCED_RETRY_AFTER
+from gateway.fence import FENCED_RETRY_AFTER, Fence
 from gateway.keys import KeySpace, slot_of
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import MEMORY_RETRY_AFTER, CrossSlotCall, RedisClient, ScriptRunner
+from gateway.redis_client import (
+    MEMORY_RETRY_AFTER,
+    SPARE_CONNECTIONS,
+    CrossSlotCall,
+    RedisClient,
+    ScriptRunner,
+    connect,
+)
 from gateway.scripts import load_scripts
+from gateway.settings import Settings
 from tests.lua.conftest import MakeActivity
 from tests.lua.support import NOW, Claimer, activity_config, command_calls, deliver, put_activity, snapshot
 
 ACT = KeySpace.activity("act1")
-ANSWER = ('{"claim_id":"c1","coupons":[{"coupon_id":"c1.1","template_id":"t1","valid_from":1,'
-          '"valid_until":2}]}')
+ANSWER = (
+    '{"claim_id":"c1","coupons":[{"coupon_id":"c1.1","template_id":"t1","valid_from":1,"valid_until":2}]}'
+)
 
 
 async def script_calls(plain: Redis) -> int:
@@ -38,8 +49,9 @@ async def write_call(name: str, runner: ScriptRunner, keyspace: KeySpace) -> lis
 # --- (a) NOSCRIPT -> reload -> retry ------------------------------------------------------------------------
 
 
-async def test_claim_survives_script_flush(runner: ScriptRunner, claimer: Claimer,
-                                           make_activity: MakeActivity, redis_client: RedisClient) -> None:
+async def test_claim_survives_script_flush(
+    runner: ScriptRunner, claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity()
     sha = runner.scripts["claim"].sha
     await redis_client.script_flush()
@@ -50,7 +62,9 @@ async def test_claim_survives_script_flush(runner: ScriptRunner, claimer: Claime
 
     assert done.outcome == "ok"
     assert await redis_client.script_exists(sha) == [True]
-    assert set(await runner.missing_scripts()) == set(load_scripts()) - {"claim"}  # reloaded only what was needed
+    assert set(await runner.missing_scripts()) == set(load_scripts()) - {
+        "claim"
+    }  # reloaded only what was needed
     assert await redis_client.get(ACT.seq) == "2"
     assert (await redis_client.hgetall(ACT.config))["taken"] == "1"  # ran once, not twice
     assert await redis_client.xlen(ACT.events) == 2
@@ -59,13 +73,21 @@ async def test_claim_survives_script_flush(runner: ScriptRunner, claimer: Claime
 # --- (b) KEYS across two slots ------------------------------------------------------------------------------
 
 
-async def test_cross_slot_call_is_never_sent(runner: ScriptRunner, make_activity: MakeActivity,
-                                             redis_client: RedisClient, plain: Redis) -> None:
+async def test_cross_slot_call_is_never_sent(
+    runner: ScriptRunner, make_activity: MakeActivity, redis_client: RedisClient, plain: Redis
+) -> None:
     await make_activity()
     other = KeySpace.activity("zzz")
     assert slot_of(other.events) != slot_of(ACT.config)
-    keys = [ACT.config, ACT.user_counts, ACT.device_counts, ACT.allow_list, ACT.no_idempotency, ACT.seq,
-            other.events]
+    keys = [
+        ACT.config,
+        ACT.user_counts,
+        ACT.device_counts,
+        ACT.allow_list,
+        ACT.no_idempotency,
+        ACT.seq,
+        other.events,
+    ]
     args = [NOW, "act1", "u1", "d1", "", "0", "", "a" * 32, 90_000, "c1", "e1", "", "", "", "claim", ""]
     before, calls = await snapshot(redis_client), await script_calls(plain)
 
@@ -105,9 +127,14 @@ async def test_server_refuses_a_script_touching_another_slot(redis_client: Redis
 
 
 @pytest.mark.parametrize("name", ["claim", "deliver", "put_activity"])
-async def test_closed_fence_refuses_writes(runner: ScriptRunner, make_activity: MakeActivity,
-                                           keyspace: KeySpace, redis_client: RedisClient, plain: Redis,
-                                           name: str) -> None:
+async def test_closed_fence_refuses_writes(
+    runner: ScriptRunner,
+    make_activity: MakeActivity,
+    keyspace: KeySpace,
+    redis_client: RedisClient,
+    plain: Redis,
+    name: str,
+) -> None:
     await make_activity()
     runner.fence.close("test: run id changed")
     before, calls = await snapshot(redis_client), await script_calls(plain)
@@ -128,9 +155,14 @@ async def test_closed_fence_refuses_writes(runner: ScriptRunner, make_activity: 
 
 
 @pytest.mark.parametrize("name", ["claim", "deliver", "put_activity"])
-async def test_out_of_memory_is_overloaded(runner: ScriptRunner, make_activity: MakeActivity,
-                                           keyspace: KeySpace, redis_client: RedisClient, plain: Redis,
-                                           name: str) -> None:
+async def test_out_of_memory_is_overloaded(
+    runner: ScriptRunner,
+    make_activity: MakeActivity,
+    keyspace: KeySpace,
+    redis_client: RedisClient,
+    plain: Redis,
+    name: str,
+) -> None:
     await make_activity()
     original = (await plain.config_get("maxmemory"))["maxmemory"]
     assert int(original) > 0
@@ -150,3 +182,23 @@ async def test_out_of_memory_is_overloaded(runner: ScriptRunner, make_activity: 
     assert "out of memory" in refused.value.message
     assert await snapshot(redis_client) == before
     assert (await write_call(name, runner, keyspace))[0] == "ok"  # memory back: the same call goes through
+
+
+async def test_a_plain_read_waits_for_a_slot_instead_of_failing_on_a_full_pool(settings: Settings) -> None:
+    """More reads at once than the pool has connections: straight on the client some fail (the pool raises
+    rather than waits); through the runner every one waits its turn and answers."""
+    client = await connect(settings.redis.url, max_connections=2)  # 2 + SPARE_CONNECTIONS in the pool
+    try:
+        runner = ScriptRunner(client, load_scripts(), Fence(open_=True), max_in_flight=2)
+        wallet = KeySpace(8, 4).wallet("pool-user")
+        await client.hset(wallet.coupons, "c1", '{"template":"t"}')
+        crowd = 4 * (2 + SPARE_CONNECTIONS)
+        direct = await asyncio.gather(
+            *(client.hget(wallet.coupons, "c1") for _ in range(crowd)), return_exceptions=True
+        )
+        assert any(isinstance(outcome, RedisConnectionError) for outcome in direct)  # the failure this avoids
+        through_runner = await asyncio.gather(*(runner.hget(wallet.coupons, "c1") for _ in range(crowd)))
+        assert through_runner == ['{"template":"t"}'] * crowd
+        assert await runner.hget(wallet.coupons, "missing") is None
+    finally:
+        await client.aclose()
