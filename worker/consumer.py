@@ -56,7 +56,7 @@ TRANSIENT = (
 MAX_BACKOFF_SECONDS = 5.0
 
 
-DELIVERING = frozenset({"claimed", "code_redeemed"})  # events whose coupons the worker delivers
+DELIVERING = sink.DELIVERING
 
 
 async def ensure_group(client: RedisClient, stream: str) -> None:

@@ -84,6 +84,9 @@ SELECT c.claim_id, c.event_id, c.activity_id, c.ordinal
 FROM claims AS c JOIN unnest($3::text[], $4::bigint[]) AS u(activity_id, ordinal)
   ON c.activity_id = u.activity_id AND c.ordinal = u.ordinal
 """
+_CLAIMS_WITH_COUPONS = """
+SELECT DISTINCT claim_id FROM coupons WHERE claim_id = ANY($1::text[])
+"""
 _VERSIONS_HOLDING = """
 SELECT coupon_id, version, event_id FROM coupon_events
 WHERE (coupon_id, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
@@ -125,6 +128,8 @@ AUDITED = {
 }
 # Writes to code buckets whose rows the gateway wrote to Postgres first: only their seq is the ledger's news.
 MARKS_ONLY = frozenset({"codes_stored", "codes_dropped"})
+# Events whose coupons the worker delivers into the wallet (idempotent) unless the ledger already holds them.
+DELIVERING = frozenset({"claimed", "code_redeemed"})
 # Checkout's transitions, each on one coupon (its version moves, except a refund that returns nothing) and one
 # order (its own version).
 CHECKOUT = frozenset({"locked", "redeemed", "released", "refunded", "lock_expired"})
@@ -475,13 +480,21 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str
 @dataclass
 class Written:
     """What became of a batch: entries that failed on their own account ((stream, entry id) -> reason: an id
-    is unique only within its stream) and entries the ledger's checks put into ``conflicts``."""
+    is unique only within its stream), entries the ledger's checks put into ``conflicts``, and the claims whose
+    coupons the ledger already holds (their ``delivered`` event is committed: nothing left to deliver)."""
 
     failed: dict[tuple[str, str], str] = field(default_factory=dict)
     conflicts: set[tuple[str, str]] = field(default_factory=set)
+    delivered: set[str] = field(default_factory=set)
 
     def deliverable(self, entries: list[Entry]) -> list[Entry]:
-        return [e for e in entries if e.key not in self.failed and e.key not in self.conflicts]
+        return [
+            e
+            for e in entries
+            if e.key not in self.failed
+            and e.key not in self.conflicts
+            and e.fields.get("claim_id") not in self.delivered
+        ]
 
     def settled(self, entries: list[Entry]) -> list[Entry]:
         """Written or recorded as a conflict: to be acknowledged."""
@@ -491,9 +504,23 @@ class Written:
 async def write(conn: asyncpg.Connection, entries: list[Entry]) -> Written:
     """The batch in one transaction; if an entry breaks it on its own account, each entry alone."""
     try:
-        return Written(conflicts=await apply(conn, entries))
+        written = Written(conflicts=await apply(conn, entries))
     except ENTRY_FAULTS:
         return await apply_one_by_one(conn, entries)
+    written.delivered = await delivered_claims(conn, entries)
+    return written
+
+
+async def delivered_claims(conn: asyncpg.Connection, entries: list[Entry]) -> set[str]:
+    """The batch's claims whose coupons the ledger holds: their ``delivered`` event, which the same script wrote
+    with the coupons, is committed (in this batch or before), so the worker need not deliver them again; if Redis
+    later lost them, restore rebuilds them from the ledger. Without this every claim cost a ``deliver`` call
+    that changed nothing, since the gateway delivers before it answers."""
+    claim_ids = [e.fields["claim_id"] for e in entries if e.type in DELIVERING and "claim_id" in e.fields]
+    if not claim_ids:
+        return set()
+    rows = await conn.fetch(_CLAIMS_WITH_COUPONS, claim_ids)
+    return {r["claim_id"] for r in rows}
 
 
 async def apply_one_by_one(conn: asyncpg.Connection, entries: list[Entry]) -> Written:

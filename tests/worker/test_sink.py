@@ -216,3 +216,33 @@ async def test_worker_delivers_a_claim_whose_deliver_never_ran(consumer: Consume
         ("claim1.1", "available"),
         ("claim1.2", "available"),
     ]
+
+
+async def test_claims_whose_coupons_the_ledger_holds_are_not_delivered_again(
+    consumer: Consumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway delivered three claims (their `delivered` events are in the wallets' streams); a fourth
+    claim's deliver never ran. The worker delivers only the fourth."""
+    activity_id = await make_activity(consumer)
+    await claim_n(consumer.claims, activity_id, 3)
+    act = KeySpace(8, 4).activity(activity_id)
+    reply = await consumer.runner.run(
+        "claim",
+        [act.config, act.user_counts, act.device_counts, act.allow_list, act.no_idempotency, act.seq, act.events],
+        [int(time.time()), activity_id, "late", "dev-late", "", "0", "", "0" * 32, 90000, "claim-late",
+         "event-late", "", "", "", "claim", ""],
+    )  # fmt: skip
+    assert reply[0] == "ok"
+    delivered: list[str] = []
+    deliver = consumer.claims.deliver
+
+    async def counted(user_id: str, activity: str, answer: str, *, now: int) -> object:
+        delivered.append(user_id)
+        return await deliver(user_id, activity, answer, now=now)
+
+    monkeypatch.setattr(consumer.claims, "deliver", counted)
+    await drain(consumer)
+    assert delivered == ["late"]
+    assert (await table_counts(consumer.pool))["coupons"] == 8  # 4 claims x 2 coupons
+    late = KeySpace(8, 4).wallet("late")
+    assert await consumer.client.zrange(late.user_index("late"), 0, -1) == ["claim-late.1", "claim-late.2"]
