@@ -47,7 +47,7 @@ CLAIM_REFUSALS = (
 )
 MOUNT = "/v1/activities"
 JSON_HEADERS = [(b"content-type", b"application/json")]
-SOLD_OUT = error_parts(DomainError(Outcome.SOLD_OUT))
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]  # status, body, every header (content-length too)
 
 
 class ClientGone(Exception):
@@ -58,12 +58,18 @@ class ClaimBody(msgspec.Struct, forbid_unknown_fields=True):
     channel: Annotated[str, Meta(min_length=1, max_length=32, pattern=NO_CONTROL_CHARACTERS)] | None = None
 
 
+def with_length(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> Answer:
+    return status, body, [*headers, (b"content-length", b"%d" % len(body))]
+
+
+SOLD_OUT = with_length(
+    *error_parts(DomainError(Outcome.SOLD_OUT))
+)  # the marked activities' answer, made once
+
+
 async def send_answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    start: HTTPResponseStartEvent = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [*headers, (b"content-length", str(len(body)).encode())],
-    }
+    """Send an answer whose headers are complete (``with_length``)."""
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status, "headers": headers}
     await send(start)
     end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
     await send(end)
@@ -122,17 +128,15 @@ async def answer(
     try:
         status, body, headers = await claimed(services, scope, receive, under_mount)
     except DomainError as refusal:
-        status, body, headers = error_parts(refusal)
+        status, body, headers = with_length(*error_parts(refusal))
     except ClientGone:
         return
     except Exception as exc:
-        status, body, headers = failure_parts(exc)
+        status, body, headers = with_length(*failure_parts(exc))
     await send_answer(send, status, body, headers)
 
 
-async def claimed(
-    services: Services, scope: HTTPScope, receive: Receive, under_mount: str
-) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+async def claimed(services: Services, scope: HTTPScope, receive: Receive, under_mount: str) -> Answer:
     """The answer to a claim: the checks in the order the other routes make them, credentials first."""
     parts = under_mount.strip("/").split("/")
     if len(parts) != 2 or parts[1] != "claim" or not parts[0]:
@@ -153,19 +157,21 @@ async def claimed(
     if scope["query_string"]:
         query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         bodies.only_names((name for name, _ in query), frozenset())
-    raw = await read_body(receive, content_length)
     channel = ""
-    if raw.strip():
-        channel = bodies.decode(raw, ClaimBody, content_type or "").channel or ""
+    if content_length != b"0":  # an empty body is common: no coroutine to read it
+        raw = await read_body(receive, content_length)
+        if raw.strip():
+            channel = bodies.decode(raw, ClaimBody, content_type or "").channel or ""
     key = bodies.checked_idempotency_key(idempotency_key)
     activity_id = parts[0]
-    if not bodies.PATH_ID.fullmatch(activity_id):
-        raise DomainError(Outcome.NOT_FOUND, "No such activity.")
     blocked = services.blocklist.blocks(who.user_id, who.device_id)
     now = time.time()
     unkeyed = key is None and not blocked
+    # A marked activity's id passed the check below when its sold-out refusal came back: no need to match again.
     if unkeyed and services.sold_out.holds(activity_id, now) and services.fence.is_open:
         return SOLD_OUT
+    if not bodies.PATH_ID.fullmatch(activity_id):
+        raise DomainError(Outcome.NOT_FOUND, "No such activity.")
     try:
         result = await services.claims.claim(
             activity_id, who, now=int(now), channel=channel, idempotency_key=key, blocked=blocked
@@ -174,7 +180,7 @@ async def claimed(
         if unkeyed and refusal.outcome is Outcome.SOLD_OUT:
             services.sold_out.mark(activity_id)
         raise
-    return 201, result.answer.encode(), JSON_HEADERS
+    return with_length(201, result.answer.encode(), JSON_HEADERS)
 
 
 ROUTES: list[Any] = [claim]
