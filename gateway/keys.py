@@ -190,7 +190,7 @@ class KeySpace:
 
     @staticmethod
     def activity(activity_id: str) -> ActivityKeys:
-        return ActivityKeys(f"{{a:{activity_id}}}")
+        return ActivityKeys(f"{ACTIVITY_TAG_PREFIX}{activity_id}}}")
 
     def wallet_bucket(self, user_id: str) -> int:
         return stable_bucket(user_id, self.wallet_buckets)
@@ -219,6 +219,15 @@ class KeySpace:
 
     def code_partitions(self) -> list[Partition]:
         return [self.code_of_bucket(n) for n in range(self.code_buckets)]
+
+
+ACTIVITY_TAG_PREFIX = "{a:"
+
+
+def is_activity_stream(stream: str) -> bool:
+    """An activity partition's stream (``{a:X}:events``: claims and operators' changes), not a wallet's, a code
+    bucket's or the blocklist's."""
+    return stream.startswith(ACTIVITY_TAG_PREFIX) and stream.endswith(EVENTS_SUFFIX)
 
 
 def partition_of_stream(stream: str) -> str:

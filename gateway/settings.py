@@ -65,6 +65,7 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     trim_seconds: float = 10.0  # how often streams are trimmed below what is pending or undelivered
     dead_after: int = 3  # failures of an entry's own before it moves to its dead-letter stream
     sweep_seconds: float = 5.0  # how often lapsed checkout locks are marked expired (lock_expired events)
+    lanes: int = 2  # 2: activities' streams and the rest read and written apart; 1: one batch at a time
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -75,6 +76,13 @@ class Settings(msgspec.Struct, frozen=True):
     worker: WorkerSettings = WorkerSettings()
     shed: ShedSettings = ShedSettings()
     checkout: CheckoutSettings = CheckoutSettings()
+
+
+def _lanes(env: Mapping[str, str]) -> int:
+    lanes = _int(env, "WORKER_LANES", 2)
+    if lanes > 2:
+        raise SettingsError(f"{PREFIX}WORKER_LANES must be 1 or 2, got {lanes}")
+    return lanes
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -190,6 +198,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             trim_seconds=_float(env, "WORKER_TRIM_SECONDS", 10.0),
             dead_after=_int(env, "WORKER_DEAD_AFTER", 3),
             sweep_seconds=_float(env, "WORKER_SWEEP_SECONDS", 5.0),
+            lanes=_lanes(env),
         ),
         checkout=CheckoutSettings(
             lock_seconds=_int(env, "LOCK_SECONDS", 900),

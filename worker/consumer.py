@@ -5,6 +5,11 @@ Entries a batch failed to commit stay in this consumer's pending list and are re
 ``claimed`` event is delivered into its wallet (idempotent) before it is acknowledged, so a gateway that died
 between ``claim`` and ``deliver`` still converges.
 
+``run_worker`` runs two lanes (``CLAIMGATE_WORKER_LANES``: 2 by default, 1 reads every stream in one), each a
+``Consumer`` over the same clients and consumer name reading its own streams: activities' (claims, operators'
+changes) and the rest (wallets' deliveries and checkout, code buckets), so a batch of claims never waits behind a
+batch of deliveries. A stream belongs to one lane only, so each lane's pending entries are its own.
+
 ``run`` overlaps two batches: while one batch's claims are delivered and its entries acknowledged (Redis), the
 next is read and committed (Postgres). Nothing is acknowledged before its own commit, and a read from ``0`` (our
 pending entries) waits for the batch in flight, so no entry is taken twice by one worker.
@@ -14,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -28,7 +35,7 @@ from gateway.background import stop_tasks
 from gateway.checkout import LockSweeper
 from gateway.claims import ClaimService
 from gateway.fence import Fence
-from gateway.keys import KeySpace
+from gateway.keys import KeySpace, is_activity_stream
 from gateway.outcomes import DomainError
 from gateway.redis_client import RedisClient, ScriptRunner
 from gateway.services import Clients, register_fixed_streams
@@ -57,6 +64,10 @@ MAX_BACKOFF_SECONDS = 5.0
 
 
 DELIVERING = sink.DELIVERING
+
+
+def is_other_stream(stream: str) -> bool:
+    return not is_activity_stream(stream)
 
 
 async def ensure_group(client: RedisClient, stream: str) -> None:
@@ -96,6 +107,7 @@ class Consumer:
     dead_lettered: int = 0
     conflicts: int = 0
     _settling: asyncio.Task[None] | None = None  # the batch ``run`` delivers and acknowledges meanwhile
+    lane: Callable[[str], bool] | None = None  # the streams this consumer reads (None: every stream)
 
     @property
     def name(self) -> str:
@@ -111,7 +123,7 @@ class Consumer:
         return self.redis.runner
 
     async def refresh_streams(self) -> None:
-        known = await registered_streams(self.pool)
+        known = [s for s in await registered_streams(self.pool) if self.lane is None or self.lane(s)]
         for stream in set(known) - set(self.streams):
             await ensure_group(self.client, stream)
         self.streams = known
@@ -274,6 +286,14 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await settling
 
+    def lanes(self) -> list[Consumer]:
+        """This consumer split in two over its clients: activities' streams, then every other stream (with the
+        lock sweeper). Each lane has its own streams, batch in flight and failure counts."""
+        return [
+            dataclasses.replace(self, lane=is_activity_stream, streams=[], failures={}, sweeper=None),
+            dataclasses.replace(self, lane=is_other_stream, streams=[], failures={}),
+        ]
+
     async def run(self, stop: asyncio.Event) -> None:
         try:
             await self.loop(stop)
@@ -327,7 +347,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         )
     )
     try:
-        await consumer.run(stop)
+        lanes = consumer.lanes() if settings.worker.lanes > 1 else [consumer]
+        await asyncio.gather(*(lane.run(stop) for lane in lanes))
     finally:
         await stop_tasks([watcher])
         await consumer.redis.close()

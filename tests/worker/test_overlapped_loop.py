@@ -143,3 +143,46 @@ async def test_stopping_acknowledges_the_batch_in_flight(small_batches: Consumer
     assert consumer.persisted > 0
     assert consumer._settling is None
     assert await pending(consumer) == 0  # everything the loop read was acknowledged before it returned
+
+
+async def test_the_two_lanes_share_out_every_stream(small_batches: Consumer) -> None:
+    consumer = small_batches
+    await make_activity(consumer)
+    await consumer.refresh_streams()
+    claims_lane, others_lane = consumer.lanes()
+    for lane in (claims_lane, others_lane):
+        await lane.refresh_streams()
+    assert claims_lane.streams and others_lane.streams
+    assert not set(claims_lane.streams) & set(others_lane.streams)
+    assert set(claims_lane.streams) | set(others_lane.streams) == set(consumer.streams)
+    assert all(s.startswith("{a:") for s in claims_lane.streams)
+    assert claims_lane.sweeper is None and others_lane.sweeper is consumer.sweeper
+
+
+async def test_two_lanes_drain_a_backlog_once(small_batches: Consumer) -> None:
+    consumer = small_batches
+    activity_id = await make_activity(consumer, stock=USERS)
+    await claim_n(consumer.claims, activity_id, USERS)
+    await consumer.refresh_streams()
+    stop = asyncio.Event()
+    lanes = consumer.lanes()
+    running = asyncio.gather(*(lane.run(stop) for lane in lanes))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            counts = await table_counts(consumer.pool)
+            if counts["claims"] == USERS and counts["coupons"] == 2 * USERS and await pending(consumer) == 0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    assert await table_counts(consumer.pool) == {
+        "claims": USERS,
+        "coupons": 2 * USERS,
+        "coupon_events": 2 * USERS,
+        "audit": 1,
+    }
+    assert await pending(consumer) == 0
+    assert lanes[0].persisted == 1 + USERS  # the activity's stream: created, then each claim
+    assert lanes[1].persisted == USERS  # the wallets' streams: each claim's delivery
