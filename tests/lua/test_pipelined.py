@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.fence import Fence
 from gateway.keys import KeySpace
-from gateway.pipelined import PipelinedScripts
+from gateway.pipelined import FLUSH_AT, PipelinedScripts
 from gateway.redis_client import RedisClient, ScriptRunner, UncheckedRedis
 from gateway.scripts import load_scripts
 from gateway.settings import Settings
@@ -47,6 +47,23 @@ async def test_many_calls_in_one_turn_each_get_their_own_reply(
     replies = await asyncio.gather(*(transport.evalsha(sha, [key], [str(n)]) for n, key in enumerate(keys)))
     assert replies == [[str(n), key] for n, key in enumerate(keys)]
     assert len(transport.links) == 1  # one node owns every slot: one connection carried all 600
+
+
+async def test_calls_are_written_in_groups_without_waiting_for_the_turn_to_end(
+    transport: PipelinedScripts, redis_client: RedisClient
+) -> None:
+    sha = await redis_client.script_load(ECHO)
+    await transport.evalsha(sha, ["{w:1}:k"], ["warm"])  # connected
+    (link,) = transport.links.values()
+    calls = [
+        asyncio.ensure_future(transport.evalsha(sha, ["{w:1}:k"], [str(n)])) for n in range(FLUSH_AT + 3)
+    ]
+    await asyncio.sleep(
+        0
+    )  # each call has encoded its command and queued it on the link; the turn is not over
+    assert len(link.outgoing) == 3  # the first FLUSH_AT are on the wire already
+    assert await asyncio.gather(*calls) == [[str(n), "{w:1}:k"] for n in range(FLUSH_AT + 3)]
+    assert link.outgoing == []
 
 
 async def test_error_replies_map_and_leave_the_connection_usable(
