@@ -126,6 +126,12 @@ def check_one_slot(script: Script, keys: Sequence[str]) -> None:
             raise CrossSlotCall(f"{script.name}: {keys[0]!r} and {key!r} are in different slots")
 
 
+def redis_unreachable() -> DomainError:
+    return DomainError(
+        Outcome.OVERLOADED, "Redis is unreachable; retry shortly.", retry_after=UNREACHABLE_RETRY_AFTER
+    )
+
+
 class ScriptRunner:
     """Runs scripts on ``client`` (the guarded script client); loads and inspects them via ``control``."""
 
@@ -188,11 +194,7 @@ class ScriptRunner:
         try:
             value = await self.client.hget(key, field)
         except (RedisConnectionError, RedisTimeoutError):
-            raise DomainError(
-                Outcome.OVERLOADED,
-                "Redis is unreachable; retry shortly.",
-                retry_after=UNREACHABLE_RETRY_AFTER,
-            ) from None
+            raise redis_unreachable() from None
         finally:
             self._in_flight.release()
         return None if value is None else str(value)  # decode_responses: already a str
@@ -216,11 +218,7 @@ class ScriptRunner:
             ) from None
         except (RedisConnectionError, RedisTimeoutError):
             # The call may or may not have run; a keyed retry gets its first answer either way.
-            raise DomainError(
-                Outcome.OVERLOADED,
-                "Redis is unreachable; retry shortly.",
-                retry_after=UNREACHABLE_RETRY_AFTER,
-            ) from None
+            raise redis_unreachable() from None
         finally:
             self._in_flight.release()
         if not isinstance(reply, list) or not reply or reply[0] not in script.replies:

@@ -483,17 +483,7 @@ class Run:
             )
         )
         crowd = self.opt("users")
-        sold = self.http_phase(
-            "sold_out",
-            "claim route, sold out",
-            self.gateway,
-            self.activities["sold_out"].id,
-            self.opt("duration"),
-            expect={"409"},
-            marker="sold_out",
-            one_token_each=False,
-            tokens=self.tokens.first(crowd),
-        )
+        sold = self.sold_out_phase("sold_out", "claim route, sold out", self.tokens.first(crowd))
         self.http_figure(
             "sold_out",
             f"claim route after sell-out ({self.primary})",
@@ -501,15 +491,8 @@ class Run:
             f"; every 409 is sold_out; tokens rotating over {crowd:,} users, who come back"
             + cache_note(crowd),
         )
-        unseen = self.http_phase(
-            "sold_out_unseen",
-            "claim route, sold out, every token new to the cache",
-            self.gateway,
-            self.activities["sold_out"].id,
-            self.opt("duration"),
-            expect={"409"},
-            marker="sold_out",
-            one_token_each=False,
+        unseen = self.sold_out_phase(
+            "sold_out_unseen", "claim route, sold out, every token new to the cache", self.tokens.path
         )
         self.activities["sold_out"].granted = sold.statuses.get("201", 0) + unseen.statuses.get("201", 0)
         self.http_figure(
@@ -519,6 +502,20 @@ class Run:
             f"; tokens rotating over all {self.tokens.count:,} users minted" + cache_note(self.tokens.count),
         )
         self.open_loop(claim.rate)
+
+    def sold_out_phase(self, key: str, label: str, tokens: Path) -> wrk.WrkResult:
+        assert self.gateway is not None
+        return self.http_phase(
+            key,
+            label,
+            self.gateway,
+            self.activities["sold_out"].id,
+            self.opt("duration"),
+            expect={"409"},
+            marker="sold_out",
+            one_token_each=False,
+            tokens=tokens,
+        )
 
     def open_loop(self, peak: float) -> None:
         assert self.gateway is not None

@@ -33,6 +33,13 @@ async def small_batches(settings: Settings, clean: None) -> AsyncIterator[Consum
     await found.pool.close()
 
 
+async def assert_persisted_once_and_acknowledged(consumer: Consumer) -> None:
+    """The activity created and USERS claims of one pack of 2 coupons each: every row once, nothing pending."""
+    expected = {"claims": USERS, "coupons": 2 * USERS, "coupon_events": 2 * USERS, "audit": 1}
+    assert await table_counts(consumer.pool) == expected
+    assert await pending(consumer) == 0
+
+
 async def run_until_claims(consumer: Consumer, activity_id: str, count: int, within: float = 30.0) -> None:
     """Run the loop until the activity has ``count`` claims rows and nothing is pending, then stop it."""
     stop = asyncio.Event()
@@ -64,13 +71,7 @@ async def test_the_loop_persists_a_backlog_once_and_acknowledges_all_of_it(small
 
     consumer.persist = watched  # type: ignore[method-assign]
     await run_until_claims(consumer, activity_id, USERS)
-    assert await table_counts(consumer.pool) == {
-        "claims": USERS,
-        "coupons": 2 * USERS,
-        "coupon_events": 2 * USERS,
-        "audit": 1,
-    }
-    assert await pending(consumer) == 0
+    await assert_persisted_once_and_acknowledged(consumer)
     assert consumer.persisted == 1 + 2 * USERS  # created, then each claim's claimed and delivered
     assert any(settling_seen)  # batches did overlap: a batch was read while the one before was settling
 
@@ -177,12 +178,6 @@ async def test_two_lanes_drain_a_backlog_once(small_batches: Consumer) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)
-    assert await table_counts(consumer.pool) == {
-        "claims": USERS,
-        "coupons": 2 * USERS,
-        "coupon_events": 2 * USERS,
-        "audit": 1,
-    }
-    assert await pending(consumer) == 0
+    await assert_persisted_once_and_acknowledged(consumer)
     assert lanes[0].persisted == 1 + USERS  # the activity's stream: created, then each claim
     assert lanes[1].persisted == USERS  # the wallets' streams: each claim's delivery
