@@ -67,7 +67,7 @@ class ClaimService:
         idem = act.idempotency(scope, idempotency_key) if idempotency_key else act.no_idempotency
         reply = await self.runner.run(
             "claim",
-            [act.config, act.user_counts, act.device_counts, act.allow_list, idem, act.seq, act.events],
+            act.claim_keys(idem),
             [
                 now,
                 activity_id,

@@ -75,6 +75,19 @@ class ActivityKeys(Partition):
         """Placeholder in the same slot for calls without an Idempotency-Key; scripts never touch it."""
         return f"{self.tag}:idem:-"
 
+    def claim_keys(self, idempotency: str | None = None) -> list[str]:
+        """KEYS of the ``claim`` script, in its header's order (``idempotency``: the record's key, if keyed)."""
+        idem = idempotency or self.no_idempotency
+        return [
+            self.config,
+            self.user_counts,
+            self.device_counts,
+            self.allow_list,
+            idem,
+            self.seq,
+            self.events,
+        ]
+
     @property
     def code_batches(self) -> str:
         """Code batch id -> packs reserved from this activity's stock, or ``void``."""

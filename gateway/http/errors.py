@@ -36,10 +36,14 @@ def error_parts(error: DomainError) -> tuple[int, bytes, list[tuple[bytes, bytes
     return error.status, msgspec.json.encode(body), headers
 
 
+def response(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> Response[bytes]:
+    """A litestar response from an answer's parts (``error_parts``, ``failure_parts``)."""
+    extra = {name.decode().title(): value.decode() for name, value in headers if name != b"content-type"}
+    return Response(body, status_code=status, media_type=JSON, headers=extra or None)
+
+
 def render(error: DomainError) -> Response[bytes]:
-    status, body, _ = error_parts(error)
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return Response(body, status_code=status, media_type=JSON, headers=headers)
+    return response(*error_parts(error))
 
 
 def on_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
@@ -103,28 +107,23 @@ def store_unreachable(exc: Exception) -> DomainError:
     )
 
 
-def on_store_unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    return render(store_unreachable(exc))
-
-
-def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Anything else is a bug: log it whole, answer 500 without details."""
-    log.exception("unhandled error", exc_info=exc)
-    return Response(INTERNAL_ERROR, status_code=500, media_type=JSON)
-
-
 def failure_parts(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """What the handlers above answer to an exception that is not a refusal, for the raw claim route."""
+    """An exception that is not a refusal: a store unreachable is overloaded (nothing was done); anything else
+    is a bug, logged whole and answered 500 without details. For every route, the raw claim route included."""
     if isinstance(exc, STORE_UNREACHABLE):
         return error_parts(store_unreachable(exc))
     log.exception("unhandled error", exc_info=exc)
     return 500, INTERNAL_ERROR, [(b"content-type", JSON.encode())]
 
 
+def on_failure(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return response(*failure_parts(exc))
+
+
 EXCEPTION_HANDLERS = {
     DomainError: on_domain_error,
     HTTPException: on_http_exception,
-    **dict.fromkeys(STORE_UNREACHABLE, on_store_unreachable),
-    Exception: on_unexpected,
+    **dict.fromkeys(STORE_UNREACHABLE, on_failure),
+    Exception: on_failure,
 }
 assert all(outcome in STATUS for outcome in Outcome)

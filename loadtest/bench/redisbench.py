@@ -20,15 +20,7 @@ RANDOM_SPACE = (
 def claim_call(activity_id: str, sha: str, now: int, idempotency_ttl: int) -> list[str]:
     """EVALSHA of ``claim`` for a random user, as ``ClaimService.claim`` calls it (no Idempotency-Key)."""
     act = KeySpace.activity(activity_id)
-    keys = [
-        act.config,
-        act.user_counts,
-        act.device_counts,
-        act.allow_list,
-        act.no_idempotency,
-        act.seq,
-        act.events,
-    ]
+    keys = act.claim_keys()
     args = [
         str(now),
         activity_id,

@@ -9,7 +9,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.devstack.pidfile import free_port
 from gateway.http.app import create_app
-from gateway.http.errors import on_store_unreachable
+from gateway.http.errors import on_failure
 from gateway.settings import Settings, load_settings
 from tests.conftest import settings_env
 from tests.helpers import ADMIN, bearer
@@ -40,7 +40,7 @@ async def test_postgres_unreachable_answers_overloaded_not_500(settings: Setting
 
 @pytest.mark.parametrize("error", [RedisConnectionError("gone"), OSError("refused"), TimeoutError()])
 def test_an_unreachable_store_renders_as_overloaded(error: Exception) -> None:
-    reply = on_store_unreachable(None, error)  # type: ignore[arg-type]
+    reply = on_failure(None, error)  # type: ignore[arg-type]
     assert reply.status_code == 503
     assert reply.headers["Retry-After"] == "1"
     assert b'"error":"overloaded"' in reply.content

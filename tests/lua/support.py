@@ -85,7 +85,7 @@ class Claimer:
         event_id = event_id or new_id()
         reply = await self.runner.run(
             "claim",
-            [act.config, act.user_counts, act.device_counts, act.allow_list, idem, act.seq, act.events],
+            act.claim_keys(idem),
             [
                 now, activity_id, user, device, channel, "1" if blocked else "0", key, body, self.idem_ttl,
                 claim_id, event_id, "" if reg is None else reg, "" if orders is None else orders,

@@ -170,43 +170,21 @@ async def test_postgres_unreachable_acks_nothing(consumer: Consumer) -> None:
     assert (await table_counts(consumer.pool))["claims"] == 2
 
 
+async def claim_only(consumer: Consumer, activity_id: str, user: str, claim_id: str) -> None:
+    """The gateway died between the two scripts: only ``claim`` ran, never ``deliver``."""
+    reply = await consumer.runner.run(
+        "claim",
+        KeySpace(8, 4).activity(activity_id).claim_keys(),
+        [int(time.time()), activity_id, user, f"dev-{user}", "", "0", "", "0" * 32, 90000, claim_id,
+         f"event-{claim_id}", "", "", "", "claim", ""],
+    )  # fmt: skip
+    assert reply[0] == "ok"
+
+
 async def test_worker_delivers_a_claim_whose_deliver_never_ran(consumer: Consumer) -> None:
     activity_id = await make_activity(consumer)
     keyspace = KeySpace(8, 4)
-    act = keyspace.activity(activity_id)
-    now = int(time.time())
-    # The gateway died between the two scripts: only `claim` ran.
-    reply = await consumer.runner.run(
-        "claim",
-        [
-            act.config,
-            act.user_counts,
-            act.device_counts,
-            act.allow_list,
-            act.no_idempotency,
-            act.seq,
-            act.events,
-        ],
-        [
-            now,
-            activity_id,
-            "lost-user",
-            "dev",
-            "",
-            "0",
-            "",
-            "0" * 32,
-            90000,
-            "claim1",
-            "event1",
-            "",
-            "",
-            "",
-            "claim",
-            "",
-        ],
-    )
-    assert reply[0] == "ok"
+    await claim_only(consumer, activity_id, "lost-user", "claim1")
     wallet = keyspace.wallet("lost-user")
     assert await consumer.client.zcard(wallet.user_index("lost-user")) == 0
     await drain(consumer)
@@ -225,14 +203,7 @@ async def test_claims_whose_coupons_the_ledger_holds_are_not_delivered_again(
     claim's deliver never ran. The worker delivers only the fourth."""
     activity_id = await make_activity(consumer)
     await claim_n(consumer.claims, activity_id, 3)
-    act = KeySpace(8, 4).activity(activity_id)
-    reply = await consumer.runner.run(
-        "claim",
-        [act.config, act.user_counts, act.device_counts, act.allow_list, act.no_idempotency, act.seq, act.events],
-        [int(time.time()), activity_id, "late", "dev-late", "", "0", "", "0" * 32, 90000, "claim-late",
-         "event-late", "", "", "", "claim", ""],
-    )  # fmt: skip
-    assert reply[0] == "ok"
+    await claim_only(consumer, activity_id, "late", "claim-late")
     delivered: list[str] = []
     deliver = consumer.claims.deliver
 
