@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.ids import new_id
+from gateway.ids import ID_LENGTH, new_id
 from gateway.keys import KeySpace, partition_of_stream, slot_of, stable_bucket
 from gateway.outcomes import DomainError, Outcome
 from gateway.tokens import mint_user_token, verify_user_token
@@ -48,7 +48,10 @@ def test_ids_sort_by_creation_time() -> None:
     time.sleep(0.002)
     second = new_id()
     assert first < second
-    assert len({new_id() for _ in range(10_000)}) == 10_000
+    made = [new_id() for _ in range(10_000)]  # many in each millisecond
+    assert len(set(made)) == 10_000
+    assert made == sorted(made)  # in the order they were made, ties on the millisecond included
+    assert all(len(i) == ID_LENGTH for i in made)
 
 
 def test_a_forked_process_never_repeats_its_parents_ids() -> None:
