@@ -18,8 +18,17 @@ from gateway.outcomes import DomainError, Outcome
 ALGORITHM = "HS256"
 NBF_LEEWAY_SECONDS = 30
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_BEARER = "bearer "
-TOKEN_CACHE_ENTRIES = 65_536  # ~600 bytes each with its header: ~40 MB when full
+_BEARER = "bearer"
+TOKEN_CACHE_ENTRIES = 65_536  # ~700 bytes each with its token (at most MAX_TOKEN_LENGTH): ~50 MB when full
+# A token minted here is ~200 characters; every claim it may carry is bounded, so 2 KiB leaves ample room. The
+# header may add only the scheme and white space around it.
+MAX_TOKEN_LENGTH = 2048
+MAX_AUTHORIZATION_LENGTH = MAX_TOKEN_LENGTH + 64
+# An exp further out than this (year 2255) is read as this: the cache needs a float, and 10**400 has none.
+LATEST_EXP = 9_000_000_000
+LUA_EXACT = 2**53  # the scripts read reg and orders as Lua numbers (doubles): exact below this
+MAX_TAGS = 32
+TAG_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,64}")  # no control characters: the scripts split tags on \x1f
 
 
 class UserIdentity(msgspec.Struct, frozen=True, gc=False):
@@ -41,8 +50,8 @@ def _optional_int(claims: dict[str, Any], name: str) -> int | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _unauthorized(f"The token's {name} must be an integer.")
+    if isinstance(value, bool) or not isinstance(value, int) or not -LUA_EXACT < value < LUA_EXACT:
+        raise _unauthorized(f"The token's {name} must be an integer of at most 53 bits.")
     return int(value)
 
 
@@ -52,37 +61,59 @@ def verify_user_token(authorization: str | None, secret: str) -> UserIdentity:
 
 
 class VerifiedTokens:
-    """Headers already verified, with who they name and when they expire: a user's next request costs a dict
-    lookup instead of an HMAC and a JSON decode (a third of a claim's CPU here). Only a header that passed
-    :func:`verify_user_token` enters; an entry is dropped at its token's ``exp``; the oldest go first when
-    ``max_entries`` is reached."""
+    """Tokens already verified, with who they name and when they expire: a user's next request costs a dict
+    lookup instead of an HMAC and a JSON decode (a third of a claim's CPU here). Keyed on the token itself, not
+    the header, so one token however written (padding, the scheme's case) is one entry; only a token that passed
+    :func:`verify_user_token` enters; an entry is dropped at its token's ``exp``; the least recently used goes
+    first when ``max_entries`` is reached."""
 
     def __init__(self, secret: str, max_entries: int = TOKEN_CACHE_ENTRIES) -> None:
         self.secret = secret
         self.max_entries = max_entries
-        # Ordered, so the oldest goes in O(1): deleting a plain dict's first key leaves a hole that every later
-        # next(iter(...)) walks past (a sixth of the sold-out path's CPU once the cache was full).
+        # Ordered, so the least recently used goes in O(1): deleting a plain dict's first key leaves a hole that
+        # every later next(iter(...)) walks past (a sixth of the sold-out path's CPU once the cache was full).
         self._known: OrderedDict[str, tuple[UserIdentity, float]] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._known)
+
     def identity(self, authorization: str | None) -> UserIdentity:
-        if authorization is not None:
-            known = self._known.get(authorization)
-            if known is not None:
-                if time.time() < known[1]:
-                    return known[0]
-                del self._known[authorization]
-        identity, expires = _verified(authorization, self.secret)
-        assert authorization is not None
+        token = bearer_token(authorization)
+        known = self._known.get(token)
+        if known is not None:
+            if time.time() < known[1]:
+                self._known.move_to_end(token)
+                return known[0]
+            del self._known[token]
+        identity, expires = _verified_token(token, self.secret)
         if len(self._known) >= self.max_entries:
             self._known.popitem(last=False)
-        self._known[authorization] = (identity, expires)
+        self._known[token] = (identity, expires)
         return identity
 
 
-def _verified(authorization: str | None, secret: str) -> tuple[UserIdentity, float]:
-    if not authorization or authorization[:7].lower() != _BEARER:
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header (the scheme in any case, white space around
+    the token ignored), or ``unauthorized``: no such header, another scheme, or a header or token too long to
+    be one of ours."""
+    if not authorization or len(authorization) > MAX_AUTHORIZATION_LENGTH:
+        if authorization:
+            raise _unauthorized("The Authorization header is too long.")
         raise _unauthorized("A bearer token is required.")
-    token = authorization[7:].strip()
+    scheme, _, rest = authorization.strip().partition(" ")
+    token = rest.strip()
+    if scheme.lower() != _BEARER or not token:
+        raise _unauthorized("A bearer token is required.")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise _unauthorized("The token is too long.")
+    return token
+
+
+def _verified(authorization: str | None, secret: str) -> tuple[UserIdentity, float]:
+    return _verified_token(bearer_token(authorization), secret)
+
+
+def _verified_token(token: str, secret: str) -> tuple[UserIdentity, float]:
     claims = _plain_claims(token, secret)
     if claims is None:
         claims = _pyjwt_claims(token, secret)
@@ -153,8 +184,14 @@ def _identity(claims: dict[str, Any]) -> tuple[UserIdentity, float]:
     if not isinstance(device_id, str) or not ID_PATTERN.fullmatch(device_id):
         raise _unauthorized("The token's did must be 1-64 characters of [A-Za-z0-9_.:-].")
     tags = claims.get("tags", ())
-    if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-        raise _unauthorized("The token's tags must be a list of strings.")
+    if (
+        not isinstance(tags, list | tuple)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and TAG_PATTERN.fullmatch(t) for t in tags)
+    ):
+        raise _unauthorized(
+            f"The token's tags must be a list of at most {MAX_TAGS} strings of 1-64 characters, none a control."
+        )
     identity = UserIdentity(
         user_id=user_id,
         device_id=device_id,
@@ -162,7 +199,16 @@ def _identity(claims: dict[str, Any]) -> tuple[UserIdentity, float]:
         orders=_optional_int(claims, "orders"),
         tags=tuple(tags),
     )
-    return identity, float(claims["exp"])
+    return identity, _expiry(claims["exp"])
+
+
+def _expiry(exp: object) -> float:
+    """When a verified token's cache entry lapses: its ``exp`` (a number, or text PyJWT read as one), never
+    later than ``LATEST_EXP``, which also stands for an ``exp`` too large for a float."""
+    try:
+        return min(float(exp), LATEST_EXP)  # type: ignore[arg-type]
+    except OverflowError:
+        return LATEST_EXP
 
 
 def mint_user_token(

@@ -131,7 +131,7 @@ def test_the_cache_answers_a_known_token_and_forgets_it_at_expiry(monkeypatch: p
         calls.append("verified")
         raise DomainError(Outcome.UNAUTHORIZED, "The token has expired.")
 
-    monkeypatch.setattr(tokens, "_verified", refuse)
+    monkeypatch.setattr(tokens, "_verified_token", refuse)
     assert cache.identity(header).user_id == "alice" and calls == []  # answered from the cache
     later = time.time() + 120
     monkeypatch.setattr(time, "time", lambda: later)
@@ -151,3 +151,52 @@ def test_the_cache_keeps_at_most_max_entries() -> None:
 def test_pyjwt_still_mints_what_the_fast_path_reads() -> None:
     token = jwt.encode({"sub": "u", "did": "d", "exp": NOW + 3600}, SECRET, algorithm="HS256")
     assert tokens._plain_claims(token, SECRET) == {"sub": "u", "did": "d", "exp": NOW + 3600}
+
+
+def signed_raw(payload: bytes) -> str:
+    """A token signed with ``SECRET`` whose payload is ``payload`` byte for byte (numbers no float can hold)."""
+    import hashlib
+    import hmac
+
+    head, body = b64(b'{"alg":"HS256","typ":"JWT"}'), b64(payload)
+    mac = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(mac)}"
+
+
+def test_an_exp_beyond_any_float_reads_as_far_future() -> None:
+    cache = VerifiedTokens(SECRET)
+    token = signed_raw(b'{"sub":"u","did":"d","exp":1' + b"0" * 400 + b"}")
+    assert cache.identity(f"Bearer {token}").user_id == "u"
+    assert cache._known[token][1] == tokens.LATEST_EXP
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b',"reg":1' + b"0" * 400,
+        b',"orders":-1' + b"0" * 30,
+        b',"tags":["a\\u001fb"]',
+        b',"tags":["' + b'x", "' * 40 + b'y"]',
+        b',"tags":[""]',
+    ],
+    ids=["reg too large", "orders too large", "tag with a control", "too many tags", "empty tag"],
+)
+def test_facts_the_scripts_cannot_read_exactly_are_refused(extra: bytes) -> None:
+    token = signed_raw(b'{"sub":"u","did":"d","exp":%d%s}' % (int(time.time()) + 60, extra))
+    with pytest.raises(DomainError) as refused:
+        verify_user_token(f"Bearer {token}", SECRET)
+    assert refused.value.outcome is Outcome.UNAUTHORIZED
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer " + "a" * (tokens.MAX_TOKEN_LENGTH + 1),
+        "Bearer " + " " * tokens.MAX_AUTHORIZATION_LENGTH + "a.b.c",
+    ],
+    ids=["token too long", "header too long"],
+)
+def test_too_long_to_be_ours_is_refused_before_any_work(header: str) -> None:
+    with pytest.raises(DomainError) as refused:
+        VerifiedTokens(SECRET).identity(header)
+    assert refused.value.outcome is Outcome.UNAUTHORIZED and "too long" in refused.value.message
