@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
+
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
@@ -21,6 +23,16 @@ log = logging.getLogger(__name__)
 def body_hash(channel: str) -> str:
     """The request's identity for idempotency: the decoded body, so formatting differences don't conflict."""
     return hashlib.sha256(b"claim\x00" + channel.encode()).hexdigest()[:32]
+
+
+class _ClaimOf(msgspec.Struct):
+    claim_id: str
+
+
+def delivered_event_id(answer: str) -> str:
+    """The ``delivered`` event's id, one per claim: a deliver repeated after a restore rebuilt the wallet without
+    the claim's coupons records the very event the ledger may already hold, not a second one for version 1."""
+    return msgspec.json.decode(answer, type=_ClaimOf).claim_id + ".d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +117,6 @@ class ClaimService:
         reply = await self.runner.run(
             "deliver",
             [wallet.coupons, wallet.user_index(user_id), wallet.seq, wallet.events],
-            [now, new_id(), user_id, activity_id, answer],
+            [now, delivered_event_id(answer), user_id, activity_id, answer],
         )
         return Outcome(reply[0])

@@ -93,7 +93,7 @@ def settings(valkey: ValkeyServer, migrated: str) -> Settings:
 
 LEDGER_TABLES = (
     "templates, activities, streams, claims, coupons, coupon_events, idempotency_records, partition_marks,"
-    " conflicts, audit, blocklist, orders, code_batches, codes"
+    " conflicts, audit, blocklist, orders, code_batches, codes, held_entries"
 )
 
 

@@ -44,7 +44,7 @@ from gateway.store import registered_streams
 from worker import sink
 from worker.dead_letters import bury
 from worker.events import Entry
-from worker.faults import crash_point
+from worker.faults import crash_point, stalled
 from worker.trim import trim_streams
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ TRANSIENT = (
     DomainError,
 )
 MAX_BACKOFF_SECONDS = 5.0
+HELD_RELEASE_SECONDS = 1.0  # how often an idle lane applies held entries whose claim has been committed
 
 
 DELIVERING = sink.DELIVERING
@@ -103,6 +104,7 @@ class Consumer:
     sweeper: LockSweeper | None = None
     _swept_at: float = 0.0
     locks_expired: int = 0
+    _released_at: float = 0.0
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     dead_lettered: int = 0
     conflicts: int = 0
@@ -129,8 +131,16 @@ class Consumer:
         self.streams = known
         self._streams_at = time.monotonic()
 
+    @property
+    def lane_name(self) -> str:
+        if self.lane is is_activity_stream:
+            return "activities"
+        return "all" if self.lane is None else "others"
+
     async def read(self) -> list[Entry]:
         """Our own pending entries first (after a failure or a restart), else new ones."""
+        if stalled(self.lane_name):
+            return []
         start = "0" if self.reread_pending else ">"
         pipe = self.client.pipeline(transaction=False)
         for stream in self.streams:
@@ -237,6 +247,8 @@ class Consumer:
             await self.settled()  # a read from 0 would return the batch in flight again
         entries = await self.read()
         if not entries:
+            if now - self._released_at > HELD_RELEASE_SECONDS:
+                await self.release_held()
             return None
         try:
             async with self.pool.acquire() as conn:
@@ -246,6 +258,13 @@ class Consumer:
             self.reread_pending = True
             raise
         return Batch(entries, written)
+
+    async def release_held(self) -> None:
+        """Entries held for a claim that another lane committed while this one looked (each unseen by the
+        other): applied now rather than with the next batch."""
+        self._released_at = time.monotonic()
+        async with self.pool.acquire() as conn:
+            await sink.release_held(conn)
 
     async def settle(self, batch: Batch) -> None:
         """Deliver a committed batch's claims, acknowledge what was written, count what failed."""

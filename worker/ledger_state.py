@@ -78,6 +78,10 @@ class WalletState:
     locks: dict[str, int] = field(default_factory=dict)  # locked coupon id -> its deadline
     counters: dict[str, str] = field(default_factory=dict)  # "<activity>|locked" ... -> figure
     records: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, expires at)
+    # The ledger's own faults: coupons whose claim it lacks (coupon id -> claim id), and entries held longer
+    # than HELD_GRACE_SECONDS for a claim it still lacks ("<stream> <entry id>" -> claim id).
+    unclaimed: dict[str, str] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +132,11 @@ async def partitions(pool: asyncpg.Pool, named: list[str] | None = None) -> dict
 async def mark_of(pool: asyncpg.Pool, partition: str) -> int:
     mark = await pool.fetchval("SELECT seq FROM partition_marks WHERE partition = $1", partition)
     return int(mark or 0)
+
+
+# An entry held this long for its claim is reported: a claim's own event reaches the ledger within seconds
+# unless Redis lost it (or the ledger refused it as a conflict).
+HELD_GRACE_SECONDS = 60
 
 
 async def build(pool: asyncpg.Pool, partition: str, kind: str, now: int) -> PartitionState:
@@ -290,6 +299,23 @@ async def _wallet(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> Wa
     }
     state.counters = await _checkout_counters(pool, partition)
     state.records = await _records(pool, partition, now)
+    state.unclaimed = {
+        row["coupon_id"]: row["claim_id"]
+        for row in await pool.fetch(
+            "SELECT c.coupon_id, c.claim_id FROM coupons AS c WHERE c.partition = $1"
+            " AND NOT EXISTS (SELECT 1 FROM claims AS k WHERE k.claim_id = c.claim_id) ORDER BY c.coupon_id",
+            partition,
+        )
+    }
+    state.waiting = {
+        f"{row['stream']} {row['entry_id']}": row["claim_id"]
+        for row in await pool.fetch(
+            "SELECT stream, entry_id, claim_id FROM held_entries WHERE partition = $1 AND held_at < $2"
+            " ORDER BY stream, entry_id",
+            partition,
+            now - HELD_GRACE_SECONDS,
+        )
+    }
     return state
 
 

@@ -7,7 +7,7 @@ idempotency records and code batches; a wallet bucket's coupons (every field of 
 orders (every field), the locks, the checkout counters and code-redeem idempotency records; a code bucket's codes
 (every field), batch records and redeemed counters; the blocklist. JSON records are compared decoded; a counter
 missing and one at "0" are the same. It also checks the ledger itself: no activity's claims hold a unit beyond
-the stock ever made available.
+the stock ever made available, no coupon without its claim, and no entry held long for a claim it lacks.
 
 Half-done work it finishes: a definition in Postgres whose mirror never reached Redis (the partition holds
 nothing yet) is mirrored; a claim whose coupons the ledger lacks is delivered (idempotent); a code batch still
@@ -38,6 +38,7 @@ from gateway.codes import void_batch
 from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, KeySpace, Partition, WalletKeys
 from gateway.outcomes import DomainError, Outcome
 from gateway.redis_client import RedisClient, ScriptRunner
+from worker import sink
 from worker.drain import drain_partition
 from worker.ledger_state import (
     ActivityState,
@@ -212,6 +213,14 @@ async def _wallet(client: RedisClient, state: WalletState) -> list[Difference]:
     )
     found += _compare_counters(state.partition, keys.counters, counters, state.counters)
     found += _compare_idempotency(state.partition, records, state.records)
+    found += [
+        Difference(state.partition, "ledger", "coupons", coupon_id, "coupon without its claim", claim_id)
+        for coupon_id, claim_id in state.unclaimed.items()
+    ]
+    found += [
+        Difference(state.partition, "ledger", "held_entries", entry, "held for a claim it lacks", claim_id)
+        for entry, claim_id in state.waiting.items()
+    ]
     for user, index in zip(users, indexes, strict=True):
         expected = state.indexes.get(user)
         if sorted(index) != (expected or []):
@@ -297,6 +306,8 @@ class Reconciler:
         kinds = await partitions(self.pool, named)
         for partition in kinds:  # every stream first: a claim's deliver may wait in its wallet's stream
             report.drained += (await drain_partition(self.control, self.pool, partition)).entries
+        async with self.pool.acquire() as conn:
+            await sink.release_held(conn)  # what waited for a claim a drain just committed
         for partition, kind in kinds.items():
             report.checked += 1
             for attempt in range(self.attempts):

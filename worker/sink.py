@@ -3,6 +3,12 @@
 - claims are unique on claim id (and event id): a redelivered ``claimed`` changes nothing;
 - coupons are upserted only where the stored version is older, after the batch keeps each coupon's newest
   event, in coupon-id order so two workers never deadlock; ``coupon_events`` keeps the history once per version;
+- no coupon without its claim (design.md): an entry about a claim's coupons (``delivered``, a checkout change)
+  whose claim the ledger does not hold, in this batch or before, waits in ``held_entries`` (acknowledged, its
+  seq counted) and reaches ``coupons`` in the transaction that finds its claim committed: the one that commits
+  the claim, or any later batch (two lanes may commit a claim and its delivery at the same instant, each unseen
+  by the other). A Redis that lost both then restores the wallet without the coupon, the activity without the
+  claim, and sells the unit once;
 - ``partition_marks`` keeps the highest seq persisted per partition;
 - an entry that cannot be taken on its own account (undecodable, an unknown type, data Postgres refuses) is
   found by applying the batch entry by entry; the consumer dead-letters it after repeated failures.
@@ -10,6 +16,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -84,6 +91,24 @@ SELECT c.claim_id, c.event_id, c.activity_id, c.ordinal
 FROM claims AS c JOIN unnest($3::text[], $4::bigint[]) AS u(activity_id, ordinal)
   ON c.activity_id = u.activity_id AND c.ordinal = u.ordinal
 """
+_CLAIMS_HELD = """
+SELECT claim_id FROM claims WHERE claim_id = ANY($1::text[])
+"""
+_HOLD = """
+INSERT INTO held_entries (stream, entry_id, claim_id, partition, fields, held_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[])
+ON CONFLICT (stream, entry_id) DO NOTHING
+"""
+# What waits for a claim the ledger now holds (committed by anyone, or by this transaction): taken out, applied by
+# this transaction. A row another transaction is releasing is skipped, not waited for (and not taken twice).
+_RELEASE = """
+DELETE FROM held_entries AS h
+WHERE (h.stream, h.entry_id) IN (
+    SELECT w.stream, w.entry_id FROM held_entries AS w JOIN claims AS c ON c.claim_id = w.claim_id
+    ORDER BY w.stream, w.entry_id FOR UPDATE OF w SKIP LOCKED
+)
+RETURNING h.stream, h.entry_id, h.fields
+"""
 _CLAIMS_WITH_COUPONS = """
 SELECT DISTINCT claim_id FROM coupons WHERE claim_id = ANY($1::text[])
 """
@@ -150,13 +175,21 @@ class _Rows:
     marks: dict[str, int] = field(default_factory=dict)
     blocklist: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # newest per entry
     conflicts: dict[tuple[str, str], tuple[Entry, str]] = field(default_factory=dict)  # key -> (entry, why)
+    # Entries about a claim's coupons -> that claim; those whose claim the ledger lacks are held.
+    claim_of: dict[tuple[str, str], tuple[Entry, str]] = field(default_factory=dict)
+    held: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    released: set[str] = field(default_factory=set)  # claims whose held entries this batch applies
 
     def reject(self, entry: Entry, reason: str) -> None:
         """Keep the entry out of every table but ``conflicts``."""
         self.conflicts.setdefault(entry.key, (entry, reason))
 
+    def hold(self, entry: Entry) -> None:
+        """Keep the entry out of every table but ``held_entries``."""
+        self.held[entry.key] = entry
+
     def kept(self, rows: list[tuple[Entry, tuple[object, ...]]]) -> list[tuple[object, ...]]:
-        return [row for entry, row in rows if entry.key not in self.conflicts]
+        return [row for entry, row in rows if entry.key not in self.conflicts and entry.key not in self.held]
 
 
 def _columns(rows: list[tuple[object, ...]], width: int) -> list[list[object]]:
@@ -196,6 +229,7 @@ def _add(rows: _Rows, entry: Entry) -> None:
     elif kind == "delivered":
         version, at = int(f["version"]), int(f["at"])
         answer = decode_answer(f["answer"])
+        rows.claim_of[entry.key] = (entry, answer.claim_id)
         for coupon in answer.coupons:
             row = (
                 coupon.coupon_id,
@@ -286,6 +320,7 @@ def _optional_int(raw: str) -> int | None:
 def _add_checkout(rows: _Rows, entry: Entry) -> None:
     f = entry.fields
     at, status, order_id = int(f["at"]), f["status"], f["order"]
+    rows.claim_of[entry.key] = (entry, f["claim"])
     if f["version"]:
         held = status in ("locked", "redeemed")
         version = int(f["version"])
@@ -382,6 +417,41 @@ async def _check_claims(conn: asyncpg.Connection, rows: _Rows) -> None:
                 rows.reject(entry, f"unit {ordinal} of activity {activity_id} already sold to claim {holder}")
 
 
+async def _release_and_hold(conn: asyncpg.Connection, rows: _Rows) -> None:
+    """After the batch's claims are inserted: take in what was held for claims the ledger now holds, then hold
+    the batch's (and those) entries whose claim it still lacks."""
+    for record in await conn.fetch(_RELEASE):
+        released = Entry(record["stream"], record["entry_id"], msgspec.json.decode(record["fields"]))
+        _add(rows, released)
+        rows.released.add(rows.claim_of[released.key][1])
+    if not rows.claim_of:
+        return
+    wanted = sorted({claim_id for _, claim_id in rows.claim_of.values()})
+    present = {r["claim_id"] for r in await conn.fetch(_CLAIMS_HELD, wanted)}
+    waiting = [
+        (entry, claim_id)
+        for entry, claim_id in rows.claim_of.values()
+        if claim_id not in present and entry.key not in rows.conflicts
+    ]
+    if not waiting:
+        return
+    now = int(time.time())
+    held: list[tuple[object, ...]] = []
+    for entry, claim_id in waiting:
+        rows.hold(entry)
+        held.append(
+            (
+                entry.stream,
+                entry.entry_id,
+                claim_id,
+                entry.partition,
+                msgspec.json.encode(entry.fields).decode(),
+                now,
+            )
+        )
+    await conn.execute(_HOLD, *_columns(held, 6))
+
+
 async def _check_versions(conn: asyncpg.Connection, rows: _Rows) -> None:
     """A coupon's versions in order: each version is one event; another event claiming a version the ledger
     (or the batch) already holds for the coupon is a conflict, and none of its coupons is written."""
@@ -396,6 +466,8 @@ async def _check_versions(conn: asyncpg.Connection, rows: _Rows) -> None:
         (r["coupon_id"], r["version"]): r["event_id"] for r in held
     }
     for entry, row in rows.coupon_events:
+        if entry.key in rows.held:
+            continue
         holder = holders.setdefault((row[0], row[1]), row[2])
         if holder != row[2]:
             rows.reject(entry, f"coupon {row[0]} version {row[1]} already held by event {holder}")
@@ -431,15 +503,22 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str
     """Write a batch in one transaction; raises (and writes nothing) if an entry cannot be taken
     (``ENTRY_FAULTS``) or Postgres is away. Returns the entries the ledger's checks refused: recorded in
     ``conflicts``, written nowhere else (and not to be delivered)."""
+    written, _ = await _apply(conn, entries)
+    return written
+
+
+async def _apply(conn: asyncpg.Connection, entries: list[Entry]) -> tuple[set[tuple[str, str]], set[str]]:
+    """``apply``, also returning the claims whose held entries the batch applied."""
     rows = collect(entries)
     async with conn.transaction():
         await _check_claims(conn, rows)
-        await _check_versions(conn, rows)
-        if rows.conflicts:
-            await conn.execute(_INSERT_CONFLICTS, *_columns(_conflict_rows(rows), 6))
         claims = rows.kept(rows.claims)
         if claims:
             await conn.execute(_INSERT_CLAIMS, *_columns(claims, 13))
+        await _release_and_hold(conn, rows)
+        await _check_versions(conn, rows)
+        if rows.conflicts:
+            await conn.execute(_INSERT_CONFLICTS, *_columns(_conflict_rows(rows), 6))
         idempotency = rows.kept(rows.idempotency)
         if idempotency:
             await conn.execute(_UPSERT_IDEMPOTENCY, *_columns(idempotency, 5))
@@ -474,14 +553,15 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str
             names = sorted(rows.marks)
             await conn.execute(_UPSERT_MARKS, names, [rows.marks[n] for n in names])
         crash_point("before_commit")
-    return set(rows.conflicts)
+    return set(rows.conflicts), rows.released
 
 
 @dataclass
 class Written:
     """What became of a batch: entries that failed on their own account ((stream, entry id) -> reason: an id
     is unique only within its stream), entries the ledger's checks put into ``conflicts``, and the claims whose
-    coupons the ledger already holds (their ``delivered`` event is committed: nothing left to deliver)."""
+    coupons the ledger already holds (their ``delivered`` event is committed: nothing left to deliver), unless
+    held until this batch (a restore may have rebuilt their wallet meanwhile, without them)."""
 
     failed: dict[tuple[str, str], str] = field(default_factory=dict)
     conflicts: set[tuple[str, str]] = field(default_factory=set)
@@ -504,10 +584,11 @@ class Written:
 async def write(conn: asyncpg.Connection, entries: list[Entry]) -> Written:
     """The batch in one transaction; if an entry breaks it on its own account, each entry alone."""
     try:
-        written = Written(conflicts=await apply(conn, entries))
+        conflicts, released = await _apply(conn, entries)
     except ENTRY_FAULTS:
         return await apply_one_by_one(conn, entries)
-    written.delivered = await delivered_claims(conn, entries)
+    written = Written(conflicts=conflicts)
+    written.delivered = await delivered_claims(conn, entries) - released
     return written
 
 
@@ -521,6 +602,13 @@ async def delivered_claims(conn: asyncpg.Connection, entries: list[Entry]) -> se
         return set()
     rows = await conn.fetch(_CLAIMS_WITH_COUPONS, claim_ids)
     return {r["claim_id"] for r in rows}
+
+
+async def release_held(conn: asyncpg.Connection) -> int:
+    """Apply what waits for claims the ledger now holds, outside any batch (a worker with nothing to read, and
+    reconcile, call it, so nothing waits for the next batch); the number of claims whose entries it applied."""
+    _, released = await _apply(conn, [])
+    return len(released)
 
 
 async def apply_one_by_one(conn: asyncpg.Connection, entries: list[Entry]) -> Written:

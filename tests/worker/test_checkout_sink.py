@@ -90,6 +90,11 @@ async def open_shop(consumer: Consumer, *, t0: int) -> Shop:
     )
     claimed = await consumer.claims.claim(activity.id, UserIdentity(USER, "d1"), now=t0)
     first, second = (c.coupon_id for c in decode_answer(claimed.answer).coupons)
+    # The claim in the ledger first: a wallet's events about coupons whose claim it lacks would wait for it.
+    activity_events = keyspace.activity(activity.id).events
+    found = cast(list[tuple[str, dict[str, str]]], await consumer.client.xrange(activity_events))
+    async with consumer.pool.acquire() as conn:
+        await sink.write(conn, [Entry(activity_events, entry_id, fields) for entry_id, fields in found])
     checkout = CheckoutService(consumer.runner, keyspace, TermsCache(consumer.pool), LOCK_SECONDS)
     return Shop(
         consumer, checkout, LockSweeper(consumer.runner, keyspace), keyspace.wallet(USER), first, second, t0

@@ -120,8 +120,18 @@ def coupon_entry(coupon_id: str, version: int, at: int, event_id: str) -> Entry:
     )
 
 
+async def ledger_holds_claims(db: asyncpg.Pool, *claim_ids: str) -> None:
+    """Claims in the ledger, so events about their coupons are applied rather than held for them."""
+    await db.executemany(
+        "INSERT INTO claims (claim_id, activity_id, user_id, device_id, channel, mode, answer, claimed_at,"
+        " event_id, partition, seq) VALUES ($1, 'a', 'u', 'd', '', 'claim', '{}', 0, $1, '{a:a}', 1)",
+        [(claim_id,) for claim_id in claim_ids],
+    )
+
+
 async def test_a_late_old_event_never_overwrites_a_newer_state(db: asyncpg.Pool) -> None:
     newer, older = coupon_entry("c1.1", 2, 200, "e2"), coupon_entry("c1.1", 1, 100, "e1")
+    await ledger_holds_claims(db, "c1")
     async with db.acquire() as conn:
         await sink.apply(conn, [newer, older])  # out of order inside one batch
         await sink.apply(conn, [older])  # and a late old one in a later batch
@@ -136,6 +146,7 @@ async def test_an_undecodable_entry_fails_alone(db: asyncpg.Pool) -> None:
     good = coupon_entry("c2.1", 1, 100, "e1")
     broken = Entry("{w:1}:events", "1-0", {"type": "delivered", "id": "e9", "seq": "5", "answer": "not json"})
     unknown = Entry("{w:1}:events", "2-0", {"type": "teleported", "id": "e10", "seq": "6"})
+    await ledger_holds_claims(db, "c2")
     async with db.acquire() as conn:
         with pytest.raises(sink.EntryFault):
             await sink.apply(conn, [good, broken, unknown])
