@@ -55,11 +55,3 @@ def canonical(typed: str) -> str | None:
 def code_hash(key: bytes, code: str) -> str:
     """The only form a code is kept in (Redis, Postgres): HMAC-SHA256 under the deployment's code key."""
     return hmac.new(key, code.encode(), hashlib.sha256).hexdigest()
-
-
-def derived_code_key(configured: str, jwt_secret: str) -> bytes:
-    """``CLAIMGATE_CODE_HASH_KEY``, or one derived from the JWT secret when unset (rotating that secret then
-    voids every code: production sets its own key)."""
-    if configured:
-        return configured.encode()
-    return hmac.new(jwt_secret.encode(), b"claimgate code hash key", hashlib.sha256).digest()

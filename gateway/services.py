@@ -16,7 +16,6 @@ from gateway.background import stop_tasks
 from gateway.blocklist import Blocklist
 from gateway.checkout import CheckoutService
 from gateway.claims import ClaimService
-from gateway.code_format import derived_code_key
 from gateway.codes import CodeService
 from gateway.durability import redis_persistence, shortfall
 from gateway.fence import Fence
@@ -147,7 +146,7 @@ class Services:
                 keyspace,
                 pool,
                 claims,
-                derived_code_key(settings.checkout.code_hash_key, settings.auth.jwt_secret),
+                settings.checkout.code_hash_key.encode(),
                 settings.claim.idempotency_ttl_seconds,
             ),
             tokens=VerifiedTokens(settings.auth.jwt_secret),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -48,7 +49,7 @@ class ClaimSettings(msgspec.Struct, frozen=True):
 
 class CheckoutSettings(msgspec.Struct, frozen=True):
     lock_seconds: int = 900  # how long a checkout lock holds (product.md: 15 minutes by default)
-    code_hash_key: str = ""  # the key codes are hashed with (unset: derived from the JWT secret)
+    code_hash_key: str = ""  # the key codes are hashed with (CLAIMGATE_CODE_HASH_KEY, 32+ bytes, required)
 
 
 class ShedSettings(msgspec.Struct, frozen=True):
@@ -133,13 +134,19 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 
 def parse_api_keys(raw: str, name: str = "API_KEYS") -> dict[str, str]:
-    """``operator:key,operator2:key2`` -> {key: operator}."""
+    """``operator:key,operator2:key2`` -> {key: operator}. A key given twice is refused (the audit would name
+    whichever operator came last)."""
     keys: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         operator, sep, key = item.partition(":")
         if not sep or not operator or len(key) < 16:
             raise SettingsError(
                 f"{PREFIX}{name} entries must look like operator:key with a key of 16+ characters"
+            )
+        if key in keys:
+            raise SettingsError(
+                f"{PREFIX}{name} gives one key to two entries ({keys[key]!r} and {operator!r}): each operator"
+                " needs a key of its own"
             )
         keys[key] = operator
     if not keys:
@@ -154,18 +161,58 @@ def parse_service_keys(raw: str) -> frozenset[str]:
     return keys
 
 
+def without_password(url: str) -> str:
+    """``url`` fit for a message: any password in it replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    url = _required(env, "REDIS_URL")
+    if url.startswith("rediss://"):
+        # The claim path's own transport (gateway/pipelined.py) speaks plain TCP: refused here rather than
+        # accepted and then failing at the first claim.
+        raise SettingsError(
+            f"{PREFIX}REDIS_URL: TLS to Redis (rediss://) is not supported; use redis:// on a trusted network"
+            " or a TLS tunnel to it"
+        )
+    if not url.startswith(("redis://", "unix://")):
+        raise SettingsError(
+            f"{PREFIX}REDIS_URL must be a redis:// or unix:// URL, got {without_password(url)!r}"
+        )
+    return url
+
+
+def _code_hash_key(env: Mapping[str, str]) -> str:
+    """The key codes are hashed with: 32+ bytes, required (``claimgate up`` makes one up). It must outlive
+    every code made with it, so it is not derived from the JWT secret, which is rotated."""
+    key = _required(env, "CODE_HASH_KEY")
+    if len(key.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(f"{PREFIX}CODE_HASH_KEY must be at least {MIN_SECRET_BYTES} bytes")
+    return key
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting; raise SettingsError naming the first bad variable."""
     env = os.environ if env is None else env
     secret = _required(env, "JWT_SECRET")
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise SettingsError(f"{PREFIX}JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
-    redis_url = _required(env, "REDIS_URL")
-    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"{PREFIX}REDIS_URL must be a redis:// URL, got {redis_url!r}")
+    redis_url = _redis_url(env)
     database_url = _required(env, "DATABASE_URL")
     if not database_url.startswith(("postgresql://", "postgres://")):
         raise SettingsError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
+    api_keys = parse_api_keys(_required(env, "API_KEYS"))
+    service_keys = parse_service_keys(_required(env, "SERVICE_KEYS"))
+    if service_keys & api_keys.keys():
+        raise SettingsError(
+            f"{PREFIX}SERVICE_KEYS and {PREFIX}API_KEYS share a key: an operator's key and the order service's"
+            " must differ"
+        )
     return Settings(
         redis=RedisSettings(
             url=redis_url,
@@ -183,8 +230,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         auth=AuthSettings(
             jwt_secret=secret,
-            api_keys=parse_api_keys(_required(env, "API_KEYS")),
-            service_keys=parse_service_keys(_required(env, "SERVICE_KEYS")),
+            api_keys=api_keys,
+            service_keys=service_keys,
         ),
         claim=ClaimSettings(
             idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL", 86_400 + 3_600, minimum=86_400),
@@ -202,7 +249,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         checkout=CheckoutSettings(
             lock_seconds=_int(env, "LOCK_SECONDS", 900),
-            code_hash_key=env.get(PREFIX + "CODE_HASH_KEY", ""),
+            code_hash_key=_code_hash_key(env),
         ),
         shed=ShedSettings(
             lag=_int(env, "SHED_LAG", 100_000),

@@ -32,6 +32,7 @@ JWT_SECRET = "test-secret-test-secret-test-secret-0123"
 API_KEY = "alice-key-0123456789abcdef"
 OTHER_API_KEY = "bob-key-0123456789abcdef01"
 SERVICE_KEY = "svc-key-0123456789abcdef"
+CODE_HASH_KEY = "code-hash-key-0123456789abcdef-0123456789"
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +73,7 @@ def settings_env(redis_url: str, database_url: str, **extra: str) -> dict[str, s
         "CLAIMGATE_JWT_SECRET": JWT_SECRET,
         "CLAIMGATE_API_KEYS": f"alice:{API_KEY},bob:{OTHER_API_KEY}",
         "CLAIMGATE_SERVICE_KEYS": SERVICE_KEY,
+        "CLAIMGATE_CODE_HASH_KEY": CODE_HASH_KEY,
         "CLAIMGATE_WALLET_BUCKETS": "8",
         "CLAIMGATE_CODE_BUCKETS": "4",
         "CLAIMGATE_WORKER_IDLE_SLEEP": "0.02",

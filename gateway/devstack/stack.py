@@ -52,6 +52,7 @@ def made_up_settings(env: dict[str, str]) -> dict[str, str]:
         PREFIX + "JWT_SECRET": secrets.token_urlsafe(48),
         PREFIX + "API_KEYS": "dev-operator:" + secrets.token_urlsafe(24),
         PREFIX + "SERVICE_KEYS": secrets.token_urlsafe(24),
+        PREFIX + "CODE_HASH_KEY": secrets.token_urlsafe(48),
     }
     return {name: env.get(name) or value for name, value in made.items()}
 

@@ -24,7 +24,7 @@ from gateway.devstack.postgres import PostgresServer
 from gateway.devstack.stack import wait_ready
 from gateway.devstack.valkey import valkey_binary
 from gateway.tokens import mint_user_token
-from tests.conftest import API_KEY, JWT_SECRET, ROOT, SERVICE_KEY
+from tests.conftest import API_KEY, CODE_HASH_KEY, JWT_SECRET, ROOT, SERVICE_KEY
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -42,6 +42,7 @@ SECRETS = {
     "CLAIMGATE_JWT_SECRET": JWT_SECRET,
     "CLAIMGATE_API_KEYS": f"alice:{API_KEY}",
     "CLAIMGATE_SERVICE_KEYS": SERVICE_KEY,
+    "CLAIMGATE_CODE_HASH_KEY": CODE_HASH_KEY,
 }
 
 

@@ -10,7 +10,6 @@ import re
 
 import pytest
 
-from gateway import code_format
 from gateway.code_format import ALPHABET, LENGTH, canonical, check_symbol, code_hash, new_code, shown
 
 RANDOM_CODES = 300
@@ -132,13 +131,3 @@ def test_code_hash_is_keyed() -> None:
     assert hashed != hashlib.sha256(code.encode()).hexdigest()  # not a plain (unkeyed) hash
     assert code_hash(first, new_code()) != hashed
     assert code not in hashed and code.lower() not in hashed
-
-
-def test_the_derived_key_depends_on_the_secret_and_a_configured_key_wins() -> None:
-    one = code_format.derived_code_key("", "s" * 32)
-    assert one == code_format.derived_code_key("", "s" * 32)
-    assert one != code_format.derived_code_key("", "t" * 32)
-    assert one != ("s" * 32).encode()
-    assert code_format.derived_code_key("configured-key", "s" * 32) == b"configured-key"
-    code = new_code()
-    assert code_hash(one, code) != code_hash(code_format.derived_code_key("", "t" * 32), code)

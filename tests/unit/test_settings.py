@@ -10,6 +10,7 @@ GOOD = {
     "CLAIMGATE_JWT_SECRET": "s" * 32,
     "CLAIMGATE_API_KEYS": "alice:0123456789abcdef,bob:fedcba9876543210",
     "CLAIMGATE_SERVICE_KEYS": "svc-0123456789abcdef",
+    "CLAIMGATE_CODE_HASH_KEY": "k" * 32,
 }
 
 
@@ -41,6 +42,11 @@ def test_reads_every_setting() -> None:
         ("CLAIMGATE_SHED_MEMORY", "1.5"),
         ("CLAIMGATE_SHED_MEMORY", "0"),
         ("CLAIMGATE_LOAD_CHECK_SECONDS", "-2"),
+        ("CLAIMGATE_API_KEYS", "alice:0123456789abcdef,bob:0123456789abcdef"),
+        ("CLAIMGATE_SERVICE_KEYS", "0123456789abcdef"),  # an operator's key too
+        ("CLAIMGATE_REDIS_URL", "rediss://127.0.0.1:6380/0"),
+        ("CLAIMGATE_CODE_HASH_KEY", ""),
+        ("CLAIMGATE_CODE_HASH_KEY", "k" * 31),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(name: str, value: str) -> None:
@@ -53,3 +59,16 @@ def test_a_missing_required_variable_is_named() -> None:
     del env["CLAIMGATE_DATABASE_URL"]
     with pytest.raises(SettingsError, match="CLAIMGATE_DATABASE_URL"):
         load_settings(env)
+
+
+def test_a_bad_url_is_named_without_its_password() -> None:
+    with pytest.raises(SettingsError, match="CLAIMGATE_REDIS_URL") as refused:
+        load_settings({**GOOD, "CLAIMGATE_REDIS_URL": "http://admin:hunter2-secret@cache:6379/0"})
+    assert "hunter2" not in str(refused.value) and "admin:***@cache:6379" in str(refused.value)
+
+
+def test_a_key_given_twice_names_both_operators_but_not_the_key() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings({**GOOD, "CLAIMGATE_API_KEYS": "alice:0123456789abcdef,bob:0123456789abcdef"})
+    assert "'alice'" in str(refused.value) and "'bob'" in str(refused.value)
+    assert "0123456789abcdef" not in str(refused.value)
