@@ -192,6 +192,10 @@ class BlocklistKeys(Partition):
 
 
 BLOCKLIST = BlocklistKeys()
+# The run ids of the Redis primaries a process last found level with the ledger (ledger_check): another process
+# seeing the same run ids may open its fence without the ledger (a run id names one lifetime of one server, which
+# cannot lose writes without a new one). Overwritten by each check that passes: one small string.
+FENCE_CHECKED = "claimgate:fence:checked"
 
 
 class KeySpace:

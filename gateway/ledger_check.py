@@ -2,6 +2,12 @@
 
 A partition whose ``seq`` in Redis is below ``partition_marks`` lost writes the ledger already holds (a Redis
 that restarted from an older AOF, or a failover to a lagging replica): selling from it could sell a unit twice.
+
+A check that passes records the run ids it vouched for in Redis (``FENCE_CHECKED``). A process that finds the
+same run ids there opens its fence without the ledger: Redis cannot lose writes without a new run id, so what
+was level with the ledger then still holds everything the ledger does. A gateway started while Postgres is down
+thus serves, as long as Redis did not restart meanwhile. A record restored with an older Redis names only run
+ids of past lifetimes, which no running server has.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from redis.asyncio import RedisCluster
 
 from gateway.background import cancel_requested
 from gateway.fence import Fence
-from gateway.keys import Partition
+from gateway.keys import FENCE_CHECKED, Partition
 from gateway.redis_client import RedisClient, drop_idle_connections
 
 log = logging.getLogger(__name__)
@@ -53,19 +59,27 @@ async def check(
         return
     restarted = bool(fence.verified) and not run_ids <= fence.verified
     fence.close(f"Redis {', '.join(sorted(run_ids))} not yet checked against the ledger")
-    try:
-        behind = await partitions_behind(client, pool)
-    except (OSError, asyncpg.PostgresError) as exc:
-        fence.close(f"the ledger is unreachable to check Redis ({exc.__class__.__name__})")
-        return
-    if behind:
-        shown = ", ".join(behind[:5]) + (" ..." if len(behind) > 5 else "")
-        fence.close(f"Redis is behind the ledger in {len(behind)} partition(s): {shown}; run restore")
-        log.error("fence stays closed: %s", fence.reason)
-        return
+    if not run_ids <= await checked_run_ids(client):
+        try:
+            behind = await partitions_behind(client, pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            fence.close(f"the ledger is unreachable to check Redis ({exc.__class__.__name__})")
+            return
+        if behind:
+            shown = ", ".join(behind[:5]) + (" ..." if len(behind) > 5 else "")
+            fence.close(f"Redis is behind the ledger in {len(behind)} partition(s): {shown}; run restore")
+            log.error("fence stays closed: %s", fence.reason)
+            return
+        await client.set(FENCE_CHECKED, ",".join(sorted(run_ids)))
     if restarted and scripts is not None:
         await drop_idle_connections(scripts)
     fence.open(run_ids)
+
+
+async def checked_run_ids(client: RedisClient) -> frozenset[str]:
+    """The run ids some process last found level with the ledger."""
+    raw = await client.get(FENCE_CHECKED)
+    return frozenset(str(raw).split(",")) if raw else frozenset()
 
 
 async def watch(

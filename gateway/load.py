@@ -1,6 +1,7 @@
 """Backpressure: how far the ledger is behind Redis and how full Redis is, measured in the background; past a
-configured lag or memory use, claims and grants are shed with ``overloaded`` and ``Retry-After`` instead of
-running Redis out of memory (design.md: Redis runs with ``maxmemory`` and ``noeviction``).
+share of Redis's memory (or a lag, where Redis has no maxmemory or one is configured), claims and grants are shed
+with ``overloaded`` and ``Retry-After`` instead of running Redis out of memory (design.md: Redis runs with
+``maxmemory`` and ``noeviction``).
 
 The lag is the number of stream entries not yet persisted: for each stream, entries not yet delivered to its
 consumer group plus entries delivered and not acknowledged (``XINFO GROUPS``: ``lag`` + ``pending``). It is
@@ -28,6 +29,9 @@ from gateway.store import registered_streams
 
 log = logging.getLogger(__name__)
 SHED_RETRY_AFTER = 2
+# Without maxmemory Redis gives no headroom to measure: the lag then sheds at this many entries (about 4 s of
+# claims at peak; set CLAIMGATE_SHED_LAG, or better maxmemory, to allow more).
+FALLBACK_LAG = 100_000
 REGISTRY_TIMEOUT_SECONDS = 1.0
 
 
@@ -127,9 +131,19 @@ class LoadWatch:
         self.shedding = self.verdict(self.load)
         return self.load
 
+    def lag_limit(self, load: Load) -> int:
+        """Entries waiting to be persisted past which claims are shed; 0: none. ``CLAIMGATE_SHED_LAG`` when set;
+        else none while Redis has ``maxmemory``, since the waiting entries live in its memory and its headroom
+        is what bounds them (a Postgres outage of many minutes is then served, not shed after seconds); else
+        ``FALLBACK_LAG``."""
+        if self.settings.lag:
+            return self.settings.lag
+        return 0 if load.memory_max else FALLBACK_LAG
+
     def verdict(self, load: Load) -> str:
-        if load.lag > self.settings.lag:
-            return f"{load.lag} events wait to be persisted (limit {self.settings.lag})"
+        limit = self.lag_limit(load)
+        if limit and load.lag > limit:
+            return f"{load.lag} events wait to be persisted (limit {limit})"
         if load.memory_max and load.memory_fraction > self.settings.memory:
             return (
                 f"Redis memory at {load.memory_fraction:.0%} of maxmemory (limit {self.settings.memory:.0%})"

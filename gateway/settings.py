@@ -53,7 +53,7 @@ class CheckoutSettings(msgspec.Struct, frozen=True):
 
 
 class ShedSettings(msgspec.Struct, frozen=True):
-    lag: int = 100_000  # stream entries not yet persisted, over all streams, past which claims are shed
+    lag: int = 0  # stream entries not yet persisted past which claims are shed; 0: from memory (load.py)
     memory: float = 0.9  # fraction of Redis's maxmemory past which claims are shed
     check_seconds: float = 0.5  # how often the gateway measures both
 
@@ -252,7 +252,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             code_hash_key=_code_hash_key(env),
         ),
         shed=ShedSettings(
-            lag=_int(env, "SHED_LAG", 100_000),
+            lag=_int(env, "SHED_LAG", 0),
             memory=_fraction(env, "SHED_MEMORY", 0.9),
             check_seconds=_float(env, "LOAD_CHECK_SECONDS", 0.5),
         ),

@@ -264,7 +264,7 @@ async def ledger_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(
         LedgerStats(
             lag=load.lag,
-            lag_limit=settings.lag,
+            lag_limit=services.load.lag_limit(load),
             memory_used=load.memory_used,
             memory_max=load.memory_max,
             memory_limit=settings.memory,

@@ -29,7 +29,8 @@ def settings(a: argparse.Namespace, flags: list[str], tokens: int) -> dict[str, 
         "backlog": f"{a.backlog:,} claims, one worker",
         "naive baseline pool": f"{a.naive_pool} asyncpg connections per granian worker",
         "worker during the load phases": "not running (drained after; see How it was measured)",
-        "CLAIMGATE_SHED_LAG": f"{SHED_LAG:,} (default 100,000): the worker is stopped during the load phases",
+        "CLAIMGATE_SHED_LAG": f"{SHED_LAG:,} (default: none while Redis has maxmemory): the worker is stopped"
+        " during the load phases",
         "Valkey maxmemory": str(a.valkey_maxmemory),
     }
 

@@ -24,7 +24,7 @@ from gateway.campaign import (
 )
 from gateway.claims import ClaimResult
 from gateway.grants import GrantBody, GrantService
-from gateway.keys import ActivityKeys, KeySpace
+from gateway.keys import FENCE_CHECKED, ActivityKeys, KeySpace
 from gateway.outcomes import DomainError, Outcome
 from gateway.redis_client import RedisClient
 from gateway.tokens import UserIdentity
@@ -164,12 +164,13 @@ async def marks(consumer: Consumer) -> dict[str, int]:
 
 
 async def redis_state(client: RedisClient) -> dict[str, tuple[str, Any, int]]:
-    """Every key but the streams, seqs and the blocklist version (restore writes those anew), with its type,
-    value (JSON values decoded) and absolute expiry in ms (-1 when none)."""
+    """Every key but the streams, seqs and the blocklist version (restore writes those anew) and the fence's
+    record of checked run ids (no ledger state), with its type, value (JSON values decoded) and absolute expiry
+    in ms (-1 when none)."""
     found: dict[str, tuple[str, Any, int]] = {}
     async for raw_key in client.scan_iter(match="*", count=1000):
         key = text(raw_key)
-        if key.endswith((":events", ":seq", ":version", ":dead")):
+        if key.endswith((":events", ":seq", ":version", ":dead")) or key == FENCE_CHECKED:
             continue
         kind = text(await client.type(key))
         value: Any
