@@ -120,3 +120,71 @@ async def test_postgres_down_for_a_while_under_claims_loses_and_doubles_nothing(
     finally:
         procs.stop_all()  # before the server they use
         await asyncio.to_thread(stop_postgres, server, pidfile)
+
+
+LONG_OUTAGE_SECONDS = 60.0
+
+
+@pytest.mark.timeout(400)
+async def test_a_gateway_started_during_a_long_outage_serves_and_everything_is_persisted_after(
+    tmp_path: Path,
+    pidfile: PidFile,
+    valkey: ValkeyServer,
+    clean: None,
+    procs: Processes,
+    rdb: Redis,
+) -> None:
+    """Postgres away for a minute under claims. A gateway started meanwhile cannot check Redis against the
+    ledger, but Redis did not restart: another process already checked its run id, so it serves. The lag is no
+    shedding point of its own (the session's Valkey has 1 GB of maxmemory: its headroom decides), and no claim
+    is refused but for the sale's own reasons. Once Postgres is back, every acknowledged claim is persisted
+    exactly once."""
+    server: PostgresServer = await asyncio.to_thread(
+        start_postgres, tmp_path / "pg", durable=True, pidfile=pidfile
+    )
+    try:
+        await migrate(server.url)
+        env = process_env(valkey.url, server.url)  # no CLAIMGATE_SHED_LAG: Redis's memory decides
+        first = await procs.gateway(env, name="gw-first")
+        sale = await create_sale(first.url, stock=40_000, per_user_limit=1, pack_size=1)
+        worker = procs.worker(env, name="worker", worker_claim_idle_ms="1000")
+        streams = await registered_streams(server.url)
+        before = Load(first.url, sale.activity_id, plan(12_000, prefix="f"), concurrency=16, rate=180)
+        loading = [before.start()]
+        try:
+            await before.wait_acked(300)
+            await wait_until("the worker persisting", lambda: claims_rows(server.url), 30)
+            await asyncio.to_thread(kill_postgres, server)
+            down_at = asyncio.get_running_loop().time()
+            acked_at_stop = len(before.acked)
+            await asyncio.sleep(3)
+            second = await procs.gateway(env, name="gw-during")  # waits for its fence to open
+            during = Load(second.url, sale.activity_id, plan(12_000, prefix="s"), concurrency=16, rate=180)
+            loading.append(during.start())
+            await during.wait_acked(300)
+            await asyncio.sleep(max(0.0, LONG_OUTAGE_SECONDS - (asyncio.get_running_loop().time() - down_at)))
+            assert worker.alive(), worker.tail()
+            backlog = await stream_backlog(rdb, streams)
+            acked_while_down = len(before.acked) + len(during.acked) - acked_at_stop
+            server = await restart(server, pidfile)
+            await asyncio.wait_for(asyncio.gather(*loading), 200)
+            await wait_drained(rdb, server.url, [worker], within=120)
+        finally:
+            for task in loading:
+                await finish(task)
+        assert procs.stop(worker) == 0, worker.tail()
+        lag = sum(pending + lag for pending, lag in backlog.values())
+        print(
+            f"\n{acked_while_down} claims acknowledged in {LONG_OUTAGE_SECONDS:.0f} s without Postgres, lag then"
+            f" {lag} events; first gateway: {before.summary()}; started during the outage: {during.summary()}"
+        )
+        assert acked_while_down > 10_000 and during.acked, (before.summary(), during.summary())
+        before.assert_clean()  # no 5xx at all: nothing shed, nothing fenced
+        during.assert_clean()
+        both = Load(first.url, sale.activity_id)
+        both.acked = {**before.acked, **during.acked}
+        await assert_exactly_once(rdb, server.url, sale, both)
+        await assert_reconciled(env)
+    finally:
+        procs.stop_all()
+        await asyncio.to_thread(stop_postgres, server, pidfile)
