@@ -2,7 +2,8 @@
 
 Closed on start and whenever a connection reaches a Redis whose ``run_id`` this process has not checked (a
 restart or a failover); opened by ``ledger_check`` once every partition's ``seq`` is at or above the ledger's
-``partition_marks``. While closed, writes answer ``overloaded``.
+``partition_marks``. Also closed while this process's clock is further from Redis's than allowed (``clock``).
+While closed, writes answer ``overloaded``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,20 @@ class Fence:
         self._open = open_
         self.verified: frozenset[str] = frozenset()
         self.reason = "Redis not yet checked against the ledger"
+        self.clock_problem = ""  # why this process's clock cannot be trusted now; "" when it can
 
     @property
     def is_open(self) -> bool:
+        return self._open and not self.clock_problem
+
+    @property
+    def level(self) -> bool:
+        """Redis found level with the ledger (whatever the clock says)."""
         return self._open
+
+    def distrust_clock(self, problem: str) -> None:
+        """Close for state changes while the clock is off (``""``: trusted again), whatever Redis's state."""
+        self.clock_problem = problem
 
     def close(self, reason: str) -> None:
         self._open = False
@@ -37,10 +48,14 @@ class Fence:
     def trusts(self, run_id: str) -> bool:
         return run_id in self.verified
 
+    @property
+    def why_closed(self) -> str:
+        return self.clock_problem or self.reason
+
     def check(self) -> None:
-        if not self._open:
+        if not self.is_open:
             raise DomainError(
                 Outcome.OVERLOADED,
-                f"State changes are paused: {self.reason}.",
+                f"State changes are paused: {self.why_closed}.",
                 retry_after=FENCED_RETRY_AFTER,
             )

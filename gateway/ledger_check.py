@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import asyncpg
 from redis.asyncio import RedisCluster
 
+from gateway import clock
 from gateway.background import cancel_requested
 from gateway.fence import Fence
 from gateway.keys import FENCE_CHECKED, Partition
 from gateway.redis_client import RedisClient, drop_idle_connections
 
 log = logging.getLogger(__name__)
+CLOCK_CHECK_SECONDS = 10.0
 
 
 async def redis_run_ids(client: RedisClient) -> frozenset[str]:
@@ -55,7 +58,7 @@ async def check(
     """``client`` is a control client (no run-id guard): this is what clears the guard. ``scripts``, the
     script client, drops its idle connections when the fence opens on a Redis that restarted."""
     run_ids = await redis_run_ids(client)
-    if fence.is_open and run_ids <= fence.verified:
+    if fence.level and run_ids <= fence.verified:
         return
     restarted = bool(fence.verified) and not run_ids <= fence.verified
     fence.close(f"Redis {', '.join(sorted(run_ids))} not yet checked against the ledger")
@@ -82,6 +85,23 @@ async def checked_run_ids(client: RedisClient) -> frozenset[str]:
     return frozenset(str(raw).split(",")) if raw else frozenset()
 
 
+async def check_clock(client: RedisClient, fence: Fence, max_skew: float) -> float:
+    """Measure this process's clock against Redis's; distrust it (the fence closes) beyond ``max_skew``."""
+    off = await clock.skew(client)
+    if abs(off) > max_skew:
+        problem = (
+            f"this process's clock is {off:+.3f} s from Redis's (at most {max_skew:g} s allowed): fix its time"
+            " sync (NTP)"
+        )
+        if not fence.clock_problem:
+            log.error("state changes paused: %s", problem)
+        fence.distrust_clock(problem)
+    elif fence.clock_problem:
+        log.warning("clock back within %g s of Redis's (%+.3f s): state changes resume", max_skew, off)
+        fence.distrust_clock("")
+    return off
+
+
 async def watch(
     client: RedisClient,
     pool: asyncpg.Pool,
@@ -89,11 +109,17 @@ async def watch(
     interval: float = 1.0,
     *,
     scripts: RedisClient | None = None,
+    max_skew: float | None = None,
 ) -> None:
-    """Re-check whenever Redis's run id changes; keeps the fence closed until the check passes."""
+    """Re-check whenever Redis's run id changes; keeps the fence closed until the check passes. With
+    ``max_skew``, the clock is checked too, every ``CLOCK_CHECK_SECONDS``."""
+    clock_checked = 0.0
     while not cancel_requested():
         try:
             await check(client, pool, fence, scripts=scripts)
+            if max_skew is not None and time.monotonic() - clock_checked >= CLOCK_CHECK_SECONDS:
+                clock_checked = time.monotonic()
+                await check_clock(client, fence, max_skew)
         except Exception as exc:  # Redis unreachable: scripts fail on their own; check again next round
             log.warning("fence check failed: %s", exc)
         await asyncio.sleep(interval)

@@ -161,6 +161,8 @@ class Services:
         with contextlib.suppress(Exception):
             await ledger_check.check(redis.control, pool, redis.fence)
         with contextlib.suppress(Exception):
+            await ledger_check.check_clock(redis.control, redis.fence, settings.claim.max_clock_skew_seconds)
+        with contextlib.suppress(Exception):
             problem = shortfall(settings.redis, await redis_persistence(redis.control))
             if problem:
                 log.warning("durability: %s", problem)
@@ -170,7 +172,13 @@ class Services:
                     services.blocklist.keep_fresh(redis.control, settings.claim.blocklist_refresh_seconds)
                 ),
                 asyncio.create_task(
-                    ledger_check.watch(redis.control, pool, redis.fence, scripts=redis.scripts)
+                    ledger_check.watch(
+                        redis.control,
+                        pool,
+                        redis.fence,
+                        scripts=redis.scripts,
+                        max_skew=settings.claim.max_clock_skew_seconds,
+                    )
                 ),
                 asyncio.create_task(load.keep_measuring(redis.control, pool)),
                 asyncio.create_task(sold_out.keep_checking(redis.control, keyspace)),

@@ -45,6 +45,9 @@ class AuthSettings(msgspec.Struct, frozen=True):
 class ClaimSettings(msgspec.Struct, frozen=True):
     idempotency_ttl_seconds: int = 86_400 + 3_600
     blocklist_refresh_seconds: float = 1.0
+    max_clock_skew_seconds: float = (
+        1.0  # a process further than this from Redis's clock makes no state change
+    )
 
 
 class CheckoutSettings(msgspec.Struct, frozen=True):
@@ -236,6 +239,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         claim=ClaimSettings(
             idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL", 86_400 + 3_600, minimum=86_400),
             blocklist_refresh_seconds=_float(env, "BLOCKLIST_REFRESH", 1.0),
+            max_clock_skew_seconds=_float(env, "MAX_CLOCK_SKEW", 1.0),
         ),
         worker=WorkerSettings(
             name=env.get(PREFIX + "WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}",

@@ -362,7 +362,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     consumer = await start_consumer(settings)
     watcher = asyncio.create_task(
         ledger_check.watch(
-            consumer.client, consumer.pool, consumer.redis.fence, scripts=consumer.redis.scripts
+            consumer.client,
+            consumer.pool,
+            consumer.redis.fence,
+            scripts=consumer.redis.scripts,
+            max_skew=settings.claim.max_clock_skew_seconds,
         )
     )
     try:

@@ -271,7 +271,7 @@ async def ledger_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
             shedding=services.load.shedding,
             conflicts=conflicts,
             dead_letters=dead,
-            fence="open" if services.fence.is_open else f"closed: {services.fence.reason}",
+            fence="open" if services.fence.is_open else f"closed: {services.fence.why_closed}",
             measured_at=load.measured_at,
         )
     )

@@ -44,7 +44,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
         report["postgres"] = "ok"
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         report["postgres"] = f"unreachable: {exc.__class__.__name__}"
-    report["fence"] = "open" if services.fence.is_open else f"closed: {services.fence.reason}"
+    report["fence"] = "open" if services.fence.is_open else f"closed: {services.fence.why_closed}"
     if "redis" not in missing:
         report["durability"] = await describe(services.client, services.settings.redis)
     report["status"] = "ready" if not missing else "not ready"
