@@ -26,6 +26,7 @@ def _up(args: argparse.Namespace) -> int:
         api_key = next(iter(load_settings(env).auth.api_keys))
         print("claimgate is up")
         print(f"  gateway   {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/schema/openapi.json)")
+        print(f"  ops       {stack.ops_url}   (detailed readiness: {stack.ops_url}/readyz; loopback only)")
         print(f"  redis     {env[PREFIX + 'REDIS_URL']}")
         print(f"  postgres  {env[PREFIX + 'DATABASE_URL']}")
         print(f"  {PREFIX}JWT_SECRET={env[PREFIX + 'JWT_SECRET']}")

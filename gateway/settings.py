@@ -72,6 +72,14 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     lanes: int = 2  # 2: activities' streams and the rest read and written apart; 1: one batch at a time
 
 
+class OpsSettings(msgspec.Struct, frozen=True):
+    """The operations listeners (detailed readiness, metrics): loopback unless configured; port 0: none."""
+
+    host: str = "127.0.0.1"
+    port: int = 9180  # the gateway's
+    worker_port: int = 9181  # the worker's
+
+
 class Settings(msgspec.Struct, frozen=True):
     redis: RedisSettings
     postgres: PostgresSettings
@@ -80,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True):
     worker: WorkerSettings = WorkerSettings()
     shed: ShedSettings = ShedSettings()
     checkout: CheckoutSettings = CheckoutSettings()
+    ops: OpsSettings = OpsSettings()
 
 
 def _lanes(env: Mapping[str, str]) -> int:
@@ -100,6 +109,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     if value < minimum:
         raise SettingsError(f"{PREFIX}{name} must be at least {minimum}, got {value}")
     return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    port = _int(env, name, default, minimum=0)
+    if port > 65535:
+        raise SettingsError(f"{PREFIX}{name} must be a TCP port (0: none), got {port}")
+    return port
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -254,6 +270,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         checkout=CheckoutSettings(
             lock_seconds=_int(env, "LOCK_SECONDS", 900),
             code_hash_key=_code_hash_key(env),
+        ),
+        ops=OpsSettings(
+            host=env.get(PREFIX + "OPS_HOST") or "127.0.0.1",
+            port=_port(env, "OPS_PORT", 9180),
+            worker_port=_port(env, "WORKER_OPS_PORT", 9181),
         ),
         shed=ShedSettings(
             lag=_int(env, "SHED_LAG", 0),

@@ -77,6 +77,9 @@ def settings_env(redis_url: str, database_url: str, **extra: str) -> dict[str, s
         "CLAIMGATE_WALLET_BUCKETS": "8",
         "CLAIMGATE_CODE_BUCKETS": "4",
         "CLAIMGATE_WORKER_IDLE_SLEEP": "0.02",
+        # No fixed port in tests: a test that wants an operations listener names a free one.
+        "CLAIMGATE_OPS_PORT": "0",
+        "CLAIMGATE_WORKER_OPS_PORT": "0",
     }
     env.update({f"CLAIMGATE_{k.upper()}": v for k, v in extra.items()})
     return env

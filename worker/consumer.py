@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
+import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,6 +37,7 @@ from gateway.checkout import LockSweeper
 from gateway.claims import ClaimService
 from gateway.fence import Fence
 from gateway.keys import KeySpace, is_activity_stream
+from gateway.ops_listener import OpsListener, Route
 from gateway.outcomes import DomainError
 from gateway.redis_client import RedisClient, ScriptRunner
 from gateway.services import Clients, register_fixed_streams
@@ -337,6 +339,48 @@ class Consumer:
                 await _sleep_or_stop(stop, self.settings.worker.idle_sleep_seconds)
 
 
+def operations(consumer: Consumer, lanes: list[Consumer]) -> dict[str, Route]:
+    """The worker's operations listener: ``/readyz`` (200 when Redis and Postgres answer: it can persist; the
+    fence and what each lane persisted reported) and ``/healthz``."""
+
+    async def detailed() -> tuple[int, bytes]:
+        report: dict[str, object] = {}
+        missing = []
+        try:
+            await consumer.client.ping()
+            report["redis"] = "ok"
+        except Exception as exc:
+            report["redis"] = f"unreachable: {exc.__class__.__name__}"
+            missing.append("redis")
+        try:
+            async with consumer.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+            report["postgres"] = "ok"
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            report["postgres"] = f"unreachable: {exc.__class__.__name__}"
+            missing.append("postgres")
+        fence = consumer.redis.fence
+        report["fence"] = "open" if fence.is_open else f"closed: {fence.why_closed}"
+        report["lanes"] = {
+            lane.lane_name: {
+                "streams": len(lane.streams),
+                "persisted": lane.persisted,
+                "conflicts": lane.conflicts,
+                "dead_lettered": lane.dead_lettered,
+            }
+            for lane in lanes
+        }
+        report["status"] = "ready" if not missing else "not ready"
+        if missing:
+            report["missing"] = missing
+        return (200 if not missing else 503), msgspec.json.encode(report)
+
+    async def alive() -> tuple[int, bytes]:
+        return 200, b'{"status":"ok"}'
+
+    return {"/readyz": detailed, "/healthz": alive}
+
+
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
@@ -369,10 +413,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             max_skew=settings.claim.max_clock_skew_seconds,
         )
     )
+    lanes = consumer.lanes() if settings.worker.lanes > 1 else [consumer]
+    ops = OpsListener(
+        settings.ops.host, settings.ops.worker_port, operations(consumer, lanes), asyncio.get_running_loop()
+    )
+    if settings.ops.worker_port:
+        ops.start()
     try:
-        lanes = consumer.lanes() if settings.worker.lanes > 1 else [consumer]
         await asyncio.gather(*(lane.run(stop) for lane in lanes))
     finally:
+        await asyncio.to_thread(ops.stop)
         await stop_tasks([watcher])
         await consumer.redis.close()
         await consumer.pool.close()

@@ -29,6 +29,7 @@ class Stack:
     pidfile: PidFile
     env: dict[str, str]
     gateway_url: str = ""
+    ops_url: str = ""  # the gateway's operations listener (detailed readiness)
     valkey: ValkeyServer | None = None
     postgres: PostgresServer | None = None
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -79,6 +80,9 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
         subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True)
         port = gateway_port or free_port()
         stack.gateway_url = f"http://127.0.0.1:{port}"
+        for name in ("OPS_PORT", "WORKER_OPS_PORT"):  # free ones, unless configured: never a clash
+            env[PREFIX + name] = env.get(PREFIX + name) or str(free_port())
+        stack.ops_url = f"http://127.0.0.1:{env[PREFIX + 'OPS_PORT']}"
         gateway = spawn(
             [
                 sys.executable,
@@ -115,7 +119,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
             raise RuntimeError(f"the gateway exited with {process.returncode}; see its log")
         try:
             reply = httpx.get(f"{url}/readyz", timeout=2)
-            if reply.status_code == 200 and reply.json().get("fence") == "open":
+            if reply.status_code == 200:  # Redis answers, the scripts are loaded, the fence is open
                 return
             last = reply.text
         except httpx.HTTPError as exc:

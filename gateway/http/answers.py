@@ -91,6 +91,11 @@ class Durability(msgspec.Struct, omit_defaults=True):
     problem: str | None = None  # Redis runs weaker than the setting asks, and what that can cost
 
 
+class PublicReadiness(msgspec.Struct, omit_defaults=True):
+    status: str  # ready, not ready
+    missing: list[str] | None = None  # of redis, scripts, fence
+
+
 class Readiness(msgspec.Struct, omit_defaults=True):
     status: str
     redis: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from gateway.http import (
 from gateway.http.claim_routes import MOUNT
 from gateway.http.errors import EXCEPTION_HANDLERS
 from gateway.http.openapi import ContractDocument
+from gateway.ops_listener import OpsListener
 from gateway.services import Services
 from gateway.settings import Settings, load_settings
 
@@ -48,6 +50,11 @@ def create_app(settings: Settings) -> Gateway:
         app.state.services = services
         if isinstance(app, Gateway):
             app.claim_services = services
+        ops = OpsListener(
+            settings.ops.host, settings.ops.port, ops_routes.operations(services), asyncio.get_running_loop()
+        )
+        if settings.ops.port:
+            ops.start()
         gc.collect()
         gc.freeze()  # what start-up made lives as long as the process: no full collection walks it again
         try:
@@ -55,6 +62,7 @@ def create_app(settings: Settings) -> Gateway:
         finally:
             if isinstance(app, Gateway):
                 app.claim_services = None
+            await asyncio.to_thread(ops.stop)
             await services.stop()
 
     return Gateway(

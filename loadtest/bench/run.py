@@ -29,7 +29,7 @@ import asyncpg
 import httpx
 import redis
 
-from gateway.devstack.pidfile import PidFile, log_tail
+from gateway.devstack.pidfile import PidFile, free_port, log_tail
 from gateway.devstack.postgres import PostgresServer, start_postgres, stop_postgres
 from gateway.devstack.stack import made_up_settings
 from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
@@ -209,6 +209,8 @@ class Run:
                 PREFIX + "DATABASE_URL": self.pg.url,
                 PREFIX + "DURABILITY": self.primary,
                 PREFIX + "SHED_LAG": str(SHED_LAG),
+                PREFIX + "OPS_PORT": str(free_port()),
+                PREFIX + "WORKER_OPS_PORT": "0",
             }
         )
         self.env = env
@@ -618,7 +620,8 @@ class Run:
         self.rd.config_set("appendfsync", "always")
         try:
             self.gateway = self.start_gateway("safe")
-            durability = httpx.get(self.gateway.url + "/readyz", timeout=5).json().get("durability", {})
+            ops = f"http://127.0.0.1:{self.env[PREFIX + 'OPS_PORT']}"
+            durability = httpx.get(ops + "/readyz", timeout=5).json().get("durability", {})
             if durability.get("setting") != "safe" or durability.get("problem"):
                 self.fail(f"safe setting: the gateway reports {durability}")
             claim = self.warm_then_claim("warm_safe", "claim_safe", "claim_safe", "safe")

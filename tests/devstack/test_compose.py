@@ -58,6 +58,8 @@ def service_env(compose: dict[str, Any], name: str, redis_url: str, database_url
         value = interpolate(str(value))
         value = value.replace("redis://valkey:6379/0", redis_url)
         env[key] = value.replace("postgresql://claimgate:claimgate@postgres:5432/claimgate", database_url)
+    assert env["CLAIMGATE_OPS_HOST"] == "0.0.0.0"  # on the compose network; here: none, no fixed port
+    env.update(CLAIMGATE_OPS_HOST="127.0.0.1", CLAIMGATE_OPS_PORT="0", CLAIMGATE_WORKER_OPS_PORT="0")
     return {**os.environ, **env}
 
 

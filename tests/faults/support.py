@@ -160,16 +160,21 @@ class Processes:
         worker_env = with_settings(env, worker_name=name, **extra)
         return self.start("worker", name, [*CLAIMGATE, "worker"], worker_env, "gateway.cli worker")
 
-    def gateway_process(self, env: Mapping[str, str], port: int, name: str = "gw") -> Proc:
+    def gateway_process(
+        self, env: Mapping[str, str], port: int, name: str = "gw", ops_port: int | None = None
+    ) -> Proc:
         command = [*CLAIMGATE, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        ops_env = with_settings(env, ops_port=str(ops_port)) if ops_port else env
         # "--port N" is in the command line both before and after `serve` execs granian.
-        return self.start("gateway", name, command, env, f"--port {port}")
+        return self.start("gateway", name, command, ops_env, f"--port {port}")
 
     async def gateway(self, env: Mapping[str, str], port: int | None = None, name: str = "gw") -> Gateway:
-        """A gateway on ``port`` (a free one by default), once /readyz answers 200 with the fence open."""
+        """A gateway on ``port`` (a free one by default), with its operations listener on another free port,
+        once the detailed /readyz answers 200 with the fence open."""
         port = port or free_port()
-        proc = self.gateway_process(env, port, name)
-        gateway = Gateway(f"http://127.0.0.1:{port}", port, proc)
+        ops_port = free_port()
+        proc = self.gateway_process(env, port, name, ops_port)
+        gateway = Gateway(f"http://127.0.0.1:{port}", port, proc, f"http://127.0.0.1:{ops_port}")
         await wait_readiness(gateway, fence_open, "the gateway ready, fence open")
         return gateway
 
@@ -195,13 +200,14 @@ class Gateway:
     url: str
     port: int
     proc: Proc
+    ops_url: str  # its operations listener: the detailed /readyz
 
 
 async def readiness(gateway: Gateway) -> dict[str, Any]:
-    """GET /readyz: its JSON answer with ``http_status`` added (a 200 must be JSON; another answer that is not
-    is kept as ``body``)."""
+    """The operations listener's /readyz: its JSON answer with ``http_status`` added (a 200 must be JSON;
+    another answer that is not is kept as ``body``)."""
     async with httpx.AsyncClient(timeout=3) as http:
-        reply = await http.get(f"{gateway.url}/readyz")
+        reply = await http.get(f"{gateway.ops_url}/readyz")
     try:
         found: dict[str, Any] = reply.json()
     except ValueError:

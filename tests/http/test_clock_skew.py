@@ -38,7 +38,8 @@ async def test_a_clock_off_from_redis_pauses_state_changes_until_it_is_back(
     body = assert_refusal(refused, 503, "overloaded")
     assert "clock" in body["message"] and refused.headers["retry-after"]
     ready = await client.get("/readyz")
-    assert "clock" in ready.json()["fence"], ready.text
+    assert (ready.status_code, ready.json()) == (503, {"status": "not ready", "missing": ["fence"]})
+    assert "clock" in services.fence.why_closed
 
     clock.reset()
     await ledger_check.check_clock(redis_client, services.fence, max_skew)

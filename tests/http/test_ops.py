@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from gateway.devstack.pidfile import free_port
+from gateway.http.app import create_app
 from gateway.scripts import load_scripts
 from gateway.services import Services
+from gateway.settings import OpsSettings, Settings, load_settings
+from tests.conftest import settings_env
 from tests.helpers import ADMIN, bearer, create_activity
 from tests.http.support import assert_claim_answer, assert_refusal, claim_url
 
@@ -21,8 +27,25 @@ async def test_healthz(client: AsyncTestClient[Any]) -> None:
     assert reply.json() == {"status": "ok"}
 
 
-async def test_readyz_when_everything_is_up(client: AsyncTestClient[Any]) -> None:
-    reply = await client.get("/readyz")
+@pytest.fixture
+async def with_ops(settings: Settings, clean: None) -> AsyncIterator[tuple[AsyncTestClient[Any], str]]:
+    """The app with its operations listener on a free loopback port, and that listener's URL."""
+    port = free_port()
+    env = settings_env(settings.redis.url, settings.postgres.url, ops_port=str(port))
+    async with AsyncTestClient(app=create_app(load_settings(env))) as client:
+        yield client, f"http://127.0.0.1:{port}"
+
+
+async def ops_get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return await http.get(url)
+
+
+async def test_readyz_when_everything_is_up(with_ops: tuple[AsyncTestClient[Any], str]) -> None:
+    client, ops = with_ops
+    public = await client.get("/readyz")
+    assert (public.status_code, public.json()) == (200, {"status": "ready"})
+    reply = await ops_get(f"{ops}/readyz")
     assert reply.status_code == 200, reply.text
     body = reply.json()
     durability = body.pop("durability")
@@ -31,17 +54,27 @@ async def test_readyz_when_everything_is_up(client: AsyncTestClient[Any]) -> Non
     assert durability["setting"] == "fast" and durability["wait_replicas"] == 0
     assert durability["redis"] == "appendonly no, appendfsync everysec"
     assert durability["problem"].startswith("fast asked, but Redis runs without AOF")
+    assert (await ops_get(f"{ops}/healthz")).json() == {"status": "ok"}
+    assert (await ops_get(f"{ops}/v1/admin/templates")).status_code == 404  # nothing but operations there
 
 
-async def test_readyz_reports_a_closed_fence_without_gating(
-    client: AsyncTestClient[Any], services: Services, db: asyncpg.Pool
+async def test_a_closed_fence_is_named_publicly_and_detailed_only_on_the_operations_listener(
+    with_ops: tuple[AsyncTestClient[Any], str], db: asyncpg.Pool
 ) -> None:
+    client, ops = with_ops
+    services: Services = client.app.state.services
     await db.execute("INSERT INTO partition_marks VALUES ('{w:0}', 999)")  # keeps the watcher from reopening
-    services.fence.close("test")
-    reply = await client.get("/readyz")
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["fence"].startswith("closed: ")
-    assert reply.json()["status"] == "ready"
+    services.fence.close("Redis is behind the ledger in 1 partition(s): {w:0}; run restore")
+    public = await client.get("/readyz")
+    assert (public.status_code, public.json()) == (503, {"status": "not ready", "missing": ["fence"]})
+    assert "{w:0}" not in public.text and "run_id" not in public.text
+    detailed = (await ops_get(f"{ops}/readyz")).json()
+    assert detailed["fence"] == "closed: Redis is behind the ledger in 1 partition(s): {w:0}; run restore"
+    assert detailed["status"] == "ready" and "durability" in detailed
+
+
+def test_the_operations_listener_binds_loopback_by_default() -> None:
+    assert OpsSettings().host == "127.0.0.1"
 
 
 async def test_readyz_reloads_flushed_scripts(client: AsyncTestClient[Any], raw_redis: Redis) -> None:
@@ -52,7 +85,7 @@ async def test_readyz_reloads_flushed_scripts(client: AsyncTestClient[Any], raw_
     assert await raw_redis.script_exists(*shas) == [False] * len(shas)
     reply = await client.get("/readyz")
     assert reply.status_code == 200, reply.text
-    assert reply.json()["status"] == "ready"
+    assert reply.json() == {"status": "ready"}
     assert await raw_redis.script_exists(*shas) == [True] * len(shas)
 
 
