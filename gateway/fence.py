@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from gateway.outcomes import DomainError, Outcome
 
 FENCED_RETRY_AFTER = 1
+LEDGER_PAUSED = "State changes are paused until Redis is checked against the ledger; retry shortly."
+CLOCK_PAUSED = "State changes are paused: this gateway's clock is being corrected; retry shortly."
 
 
 class Fence:
@@ -53,9 +55,11 @@ class Fence:
         return self.clock_problem or self.reason
 
     def check(self) -> None:
+        """Refuse while closed. The answer names no internals (run ids, partitions, figures): those are the
+        operations listener's and the log's."""
         if not self.is_open:
             raise DomainError(
                 Outcome.OVERLOADED,
-                f"State changes are paused: {self.why_closed}.",
+                CLOCK_PAUSED if self.clock_problem else LEDGER_PAUSED,
                 retry_after=FENCED_RETRY_AFTER,
             )

@@ -29,6 +29,7 @@ from gateway.store import registered_streams
 
 log = logging.getLogger(__name__)
 SHED_RETRY_AFTER = 2
+SHED_MESSAGE = "The gateway is shedding load; retry shortly."
 # Without maxmemory Redis gives no headroom to measure: the lag then sheds at this many entries (about 4 s of
 # claims at peak; set CLAIMGATE_SHED_LAG, or better maxmemory, to allow more).
 FALLBACK_LAG = 100_000
@@ -99,12 +100,8 @@ class LoadWatch:
 
     def check(self) -> None:
         """On the claim path: the last verdict, no I/O."""
-        if self.shedding:
-            raise DomainError(
-                Outcome.OVERLOADED,
-                f"Shedding load: {self.shedding}; retry shortly.",
-                retry_after=SHED_RETRY_AFTER,
-            )
+        if self.shedding:  # why, with its figures, is for operators (stats, the log), not for every caller
+            raise DomainError(Outcome.OVERLOADED, SHED_MESSAGE, retry_after=SHED_RETRY_AFTER)
 
     def fixed_streams(self) -> list[str]:
         fixed = self.keyspace.wallet_partitions() + self.keyspace.code_partitions() + [BLOCKLIST]
@@ -128,7 +125,12 @@ class LoadWatch:
         else:
             used, most = int(memory["used_memory"]), int(memory["maxmemory"])
         self.load = Load(sum(lag.total for lag in lags), used, most, time.time())
-        self.shedding = self.verdict(self.load)
+        verdict = self.verdict(self.load)
+        if verdict and not self.shedding:
+            log.warning("shedding claims and grants: %s", verdict)
+        elif self.shedding and not verdict:
+            log.warning("shedding over")
+        self.shedding = verdict
         return self.load
 
     def lag_limit(self, load: Load) -> int:

@@ -134,3 +134,15 @@ async def test_unknown_route_is_404(client: AsyncTestClient[Any], path: str) -> 
 async def test_wrong_method_is_405(client: AsyncTestClient[Any], method: str, path: str) -> None:
     reply = await client.request(method, path, headers=ADMIN)
     assert_refusal(reply, 405, "invalid_request")
+
+
+async def test_a_refusal_while_fenced_shows_no_internals(
+    client: AsyncTestClient[Any], services: Services, db: asyncpg.Pool
+) -> None:
+    activity = await create_activity(client, stock=2)
+    await db.execute("INSERT INTO partition_marks VALUES ('{w:0}', 999)")  # keeps the watcher from reopening
+    services.fence.close("Redis 0123abcd not yet checked; behind the ledger in 1 partition(s): {w:0}")
+    refused = await client.post(claim_url(activity["id"]), headers=bearer("u1"))
+    body = assert_refusal(refused, 503, "overloaded")
+    assert "{w:0}" not in refused.text and "0123abcd" not in refused.text, body
+    assert refused.headers["retry-after"]
