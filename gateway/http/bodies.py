@@ -42,6 +42,8 @@ def decode(raw: bytes, type_: type[T], content_type: str) -> T:
         raise invalid_request(str(exc), field) from None
     except msgspec.DecodeError:
         raise invalid_request("The body is not valid JSON.") from None
+    except UnicodeDecodeError:  # msgspec checks a string's UTF-8 as it reads it, raising Python's own error
+        raise invalid_request("The body is not valid UTF-8.") from None
 
 
 async def body(request: Request[Any, Any, Any], type_: type[T]) -> T:

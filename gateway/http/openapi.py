@@ -87,7 +87,7 @@ def documented(**contract: Any) -> dict[str, Any]:
     return {"contract": Contract(**contract)}
 
 
-def _contracts(app: Litestar) -> Iterable[tuple[str, str, int, Contract]]:
+def contracts(app: Litestar) -> Iterable[tuple[str, str, int, Contract]]:
     for route in app.routes:
         if isinstance(route, ASGIRoute):
             contract = route.route_handler.opt.get("contract")
@@ -109,14 +109,14 @@ def _ref(kind: Any) -> dict[str, Any]:
 
 
 def complete(app: Litestar, document: dict[str, Any]) -> dict[str, Any]:
-    contracts = list(_contracts(app))
-    kinds = [k for _, _, _, c in contracts for k in (c.body, c.answer) if k is not None]
+    declared = list(contracts(app))
+    kinds = [k for _, _, _, c in declared for k in (c.body, c.answer) if k is not None]
     _, components = msgspec.json.schema_components(kinds, ref_template=COMPONENTS)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(components)
     schemas["Error"] = ERROR_SCHEMA
     error = {"application/json": {"schema": {"$ref": COMPONENTS.format(name="Error")}}}
-    for path, method, status, contract in contracts:
+    for path, method, status, contract in declared:
         if contract.method:
             document["paths"].setdefault(path, {})[method] = _raw_operation(path, contract)
         operation = document["paths"][path][method]
