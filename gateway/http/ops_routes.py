@@ -15,12 +15,20 @@ from gateway.http.errors import JSON
 from gateway.http.openapi import documented
 
 
-@get("/healthz", opt=documented(answer=Health, credential=False))
+@get("/healthz", opt=documented(description="The process is alive.", answer=Health))
 async def healthz() -> Response[bytes]:
     return Response(b'{"status":"ok"}', media_type=JSON)
 
 
-@get("/readyz", opt=documented(answer=Readiness, credential=False, scripts=True))
+@get(
+    "/readyz",
+    opt=documented(
+        description="Ready (200) when Redis answers and every script is loaded, else 503 naming what is "
+        "missing; Postgres and the fence are reported, not gating.",
+        answer=Readiness,
+        scripts=True,
+    ),
+)
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     """200 when Redis answers and every script is loaded; Postgres and the fence are reported, not gating."""
     services = auth.services(request)
