@@ -29,10 +29,11 @@ from gateway.http import (
 )
 from gateway.http.claim_routes import MOUNT
 from gateway.http.errors import EXCEPTION_HANDLERS, error_parts, no_such_route
-from gateway.http.openapi import ContractDocument
+from gateway.http.openapi import ContractDocument, schema_router
 from gateway.services import Services
 from gateway.settings import Settings, load_settings
 
+SCHEMA_PATH = "/schema"
 POLICY_VIOLATION = 1008  # RFC 6455's close code for a refused endpoint
 
 
@@ -126,7 +127,11 @@ def create_app(settings: Settings) -> Gateway:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
-            title="claimgate", version="0.1.0", path="/schema", render_plugins=[ContractDocument()]
+            title="claimgate",
+            version="0.1.0",
+            path=SCHEMA_PATH,
+            render_plugins=[ContractDocument()],
+            openapi_router=schema_router(SCHEMA_PATH),
         ),
         logging_config=None,
         debug=False,

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Response, Router
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.routes import ASGIRoute, HTTPRoute
 
+from gateway.http.errors import no_such_route, render
 from gateway.outcomes import (
     MESSAGES,
     METHOD_NOT_ALLOWED,
@@ -221,6 +222,16 @@ def _raw_operation(path: str, contract: Contract) -> dict[str, Any]:
         ],
         "responses": {},
     }
+
+
+def _contract_refusal(response: Response[Any]) -> Response[Any]:
+    """Litestar answers a path under the schema's that serves nothing with an HTML page: the contract's 404."""
+    return render(no_such_route()) if response.status_code == 404 else response
+
+
+def schema_router(path: str) -> Router:
+    """The router litestar serves the document from (``OpenAPIConfig.openapi_router``)."""
+    return Router(path, route_handlers=[], include_in_schema=False, after_request=_contract_refusal)
 
 
 class ContractDocument(JsonRenderPlugin):

@@ -192,3 +192,10 @@ async def test_the_documented_query_parameters_are_the_ones_a_route_takes(
                 assert "Unknown query parameter" not in reply.json()["message"], (path, name, reply.text)
             if "{" not in path:  # a list: a page
                 assert reply.status_code == 200, (path, name, reply.text)
+
+
+async def test_a_schema_path_that_serves_nothing_is_the_contracts_404(client: AsyncTestClient[Any]) -> None:
+    """Litestar's own answer there is an HTML page; the contract's is JSON."""
+    for path in ("/schema/swagger", "/schema/redoc", "/schema/nothing", "/schema/openapi.yaml"):
+        assert_refusal(await client.get(path), 404, "not_found")
+    assert (await client.get("/schema/openapi.json")).json()["openapi"].startswith("3.1")
