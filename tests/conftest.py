@@ -107,8 +107,7 @@ def flush_redis(url: str) -> None:
         client.flushall()
 
 
-@pytest.fixture
-async def clean(settings: Settings) -> None:
+async def empty_stores(settings: Settings) -> None:
     """Empty Redis and the ledger together (emptying one alone would look like a rollback to the fence)."""
     flush_redis(settings.redis.url)
     conn = await asyncpg.connect(settings.postgres.url)
@@ -116,6 +115,11 @@ async def clean(settings: Settings) -> None:
         await conn.execute(f"TRUNCATE {LEDGER_TABLES}")
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def clean(settings: Settings) -> None:
+    await empty_stores(settings)
 
 
 @pytest.fixture

@@ -25,12 +25,12 @@ from gateway.http.answers import (
     TemplatePage,
 )
 from gateway.http.errors import JSON
-from gateway.http.openapi import documented
+from gateway.http.openapi import OPERATOR, documented
 from gateway.load import dead_letter_count, stream_lags
 from gateway.outcomes import DomainError, Outcome
 
 ADMIN_BODY_LIMIT = 1024 * 1024
-_LIST_QUERY = frozenset({"limit", "cursor"})
+LIST_QUERY = (bodies.LIMIT, bodies.cursor_query(bodies.PATH_ID))
 
 
 def _json(value: object, status: int = 200) -> Response[bytes]:
@@ -44,7 +44,7 @@ async def _page(
 ) -> Response[bytes]:
     """A page newest first: ``{items, next_cursor}``, the cursor left out on the last page."""
     auth.operator(request)
-    bodies.only_query(request, _LIST_QUERY)
+    bodies.only_query(request)
     limit = bodies.list_limit(request)
     found = await fetch(auth.services(request).pool, before=bodies.cursor(request), limit=limit + 1)
     items = found[:limit]
@@ -54,15 +54,33 @@ async def _page(
     return _json(page)
 
 
-@post("/v1/admin/templates", status_code=201, opt=documented(body=TemplateIn, answer=Template))
+@post(
+    "/v1/admin/templates",
+    status_code=201,
+    opt=documented(
+        callers=OPERATOR,
+        description="Create a template (what a coupon is worth, where it applies, how long it is valid).",
+        body=TemplateIn,
+        answer=Template,
+    ),
+)
 async def create_template(request: Request[Any, Any, Any]) -> Response[bytes]:
     operator = auth.operator(request)
+    bodies.only_query(request)
     body = await bodies.body(request, TemplateIn)
     template = await auth.services(request).admin.create_template(body, operator, int(time.time()))
     return _json(template, 201)
 
 
-@get("/v1/admin/templates", opt=documented(answer=TemplatePage))
+@get(
+    "/v1/admin/templates",
+    opt=documented(
+        callers=OPERATOR,
+        description="List the templates, newest first, a page at a time.",
+        query=LIST_QUERY,
+        answer=TemplatePage,
+    ),
+)
 async def list_templates(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _page(request, store.list_templates)
 
@@ -70,16 +88,34 @@ async def list_templates(request: Request[Any, Any, Any]) -> Response[bytes]:
 @post(
     "/v1/admin/activities",
     status_code=201,
-    opt=documented(body=ActivityIn, answer=Activity, refusals=(Outcome.OVER_BUDGET,), scripts=True),
+    opt=documented(
+        callers=OPERATOR,
+        description="Create an activity: a pack of templates handed out from a stock within a window, "
+        "under per-user and per-device limits, an audience and a budget.",
+        body=ActivityIn,
+        answer=Activity,
+        refusals=(Outcome.OVER_BUDGET,),
+        scripts=True,
+    ),
 )
 async def create_activity(request: Request[Any, Any, Any]) -> Response[bytes]:
     operator = auth.operator(request)
+    bodies.only_query(request)
     body = await bodies.body(request, ActivityIn)
     activity = await auth.services(request).admin.create_activity(body, operator, int(time.time()))
     return _json(activity, 201)
 
 
-@get("/v1/admin/activities", opt=documented(answer=ActivityPage, scripts=True))
+@get(
+    "/v1/admin/activities",
+    opt=documented(
+        callers=OPERATOR,
+        description="List the activities, newest first, a page at a time, each with its live status and stock.",
+        query=LIST_QUERY,
+        answer=ActivityPage,
+        scripts=True,
+    ),
+)
 async def list_activities(request: Request[Any, Any, Any]) -> Response[bytes]:
     async def live(activity: Activity) -> object:
         return await _live_record(request, activity)
@@ -123,22 +159,36 @@ async def _live_record(request: Request[Any, Any, Any], activity: Activity) -> d
     return record
 
 
-@get("/v1/admin/activities/{activity_id:str}", opt=documented(answer=ActivityRecord, scripts=True))
+@get(
+    "/v1/admin/activities/{activity_id:str}",
+    opt=documented(
+        callers=OPERATOR,
+        description="One activity, with its live status and stock left.",
+        answer=ActivityRecord,
+        scripts=True,
+    ),
+)
 async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     auth.operator(request)
-    bodies.only_query(request, frozenset())
+    bodies.only_query(request)
     return _json(await _live_record(request, await activity_of_path(request, activity_id)))
 
 
 @patch(
     "/v1/admin/activities/{activity_id:str}",
     opt=documented(
-        body=ActivityPatch, answer=ActivityRecord, refusals=(Outcome.STATE_CONFLICT,), scripts=True
+        callers=OPERATOR,
+        description="Change an activity's name, or its window or limits before it starts.",
+        body=ActivityPatch,
+        answer=ActivityRecord,
+        refusals=(Outcome.STATE_CONFLICT,),
+        scripts=True,
     ),
 )
 async def patch_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Change the name, or the window or limits before the activity starts (``state_conflict`` after)."""
     operator = auth.operator(request)
+    bodies.only_query(request)
     changes = (await bodies.body(request, ActivityPatch)).changes()  # the request's shape before the domain
     activity = await _mirrored(request, activity_id)
     await auth.services(request).admin.patch(activity.id, changes, operator, int(time.time()))
@@ -147,7 +197,7 @@ async def patch_activity(request: Request[Any, Any, Any], activity_id: FromPath[
 
 async def _set_status(request: Request[Any, Any, Any], activity_id: str, action: str) -> Response[bytes]:
     operator = auth.operator(request)
-    bodies.only_query(request, frozenset())
+    bodies.only_query(request)
     activity = await _mirrored(request, activity_id)
     await auth.services(request).admin.set_status(activity.id, action, operator, int(time.time()))
     return _json(await _live_record(request, activity))
@@ -156,7 +206,13 @@ async def _set_status(request: Request[Any, Any, Any], activity_id: str, action:
 @post(
     "/v1/admin/activities/{activity_id:str}/pause",
     status_code=200,
-    opt=documented(answer=ActivityRecord, refusals=(Outcome.STATE_CONFLICT,), scripts=True),
+    opt=documented(
+        callers=OPERATOR,
+        description="Pause an activity: its claims are refused (paused) until it is resumed.",
+        answer=ActivityRecord,
+        refusals=(Outcome.STATE_CONFLICT,),
+        scripts=True,
+    ),
 )
 async def pause_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     return await _set_status(request, activity_id, "pause")
@@ -165,7 +221,13 @@ async def pause_activity(request: Request[Any, Any, Any], activity_id: FromPath[
 @post(
     "/v1/admin/activities/{activity_id:str}/resume",
     status_code=200,
-    opt=documented(answer=ActivityRecord, refusals=(Outcome.STATE_CONFLICT,), scripts=True),
+    opt=documented(
+        callers=OPERATOR,
+        description="Resume a paused activity.",
+        answer=ActivityRecord,
+        refusals=(Outcome.STATE_CONFLICT,),
+        scripts=True,
+    ),
 )
 async def resume_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     return await _set_status(request, activity_id, "resume")
@@ -174,7 +236,13 @@ async def resume_activity(request: Request[Any, Any, Any], activity_id: FromPath
 @post(
     "/v1/admin/activities/{activity_id:str}/end",
     status_code=200,
-    opt=documented(answer=ActivityRecord, refusals=(Outcome.STATE_CONFLICT,), scripts=True),
+    opt=documented(
+        callers=OPERATOR,
+        description="End an activity for good: its claims are refused (ended) from now on.",
+        answer=ActivityRecord,
+        refusals=(Outcome.STATE_CONFLICT,),
+        scripts=True,
+    ),
 )
 async def end_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     return await _set_status(request, activity_id, "end")
@@ -184,6 +252,8 @@ async def end_activity(request: Request[Any, Any, Any], activity_id: FromPath[st
     "/v1/admin/activities/{activity_id:str}/stock",
     status_code=200,
     opt=documented(
+        callers=OPERATOR,
+        description="Add packs to the stock (a positive delta) or remove some (negative, never below zero left).",
         body=StockChange,
         answer=ActivityRecord,
         refusals=(Outcome.STATE_CONFLICT, Outcome.OVER_BUDGET),
@@ -193,6 +263,7 @@ async def end_activity(request: Request[Any, Any, Any], activity_id: FromPath[st
 async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Add (positive ``delta``) or remove (negative; never below zero left) packs."""
     operator = auth.operator(request)
+    bodies.only_query(request)
     body = await bodies.body(request, StockChange)
     body.check()  # the request's shape before the domain
     activity = await _mirrored(request, activity_id)
@@ -204,6 +275,8 @@ async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[st
     "/v1/admin/activities/{activity_id:str}/grants",
     status_code=200,
     opt=documented(
+        callers=OPERATOR,
+        description="Push the activity's pack to up to 10,000 users, each user's result carrying its own refusal.",
         idempotency=True,
         body=GrantBody,
         answer=GrantResults,
@@ -215,6 +288,7 @@ async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> 
     """Push the pack to up to 10,000 users: ``{results:[{user_id, claim_id?, error?}]}``, each user's refusal
     its own. Window and eligibility are skipped; pause, end, blocklist, per-user limit and stock hold."""
     operator = auth.operator(request)
+    bodies.only_query(request)
     body = await bodies.body(request, GrantBody)
     body.check()  # the request's shape before the domain
     key = bodies.idempotency_key(request)
@@ -223,12 +297,21 @@ async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> 
     return Response(answer, media_type=JSON)
 
 
-@get("/v1/admin/activities/{activity_id:str}/stats", opt=documented(answer=ActivityStats, scripts=True))
+@get(
+    "/v1/admin/activities/{activity_id:str}/stats",
+    opt=documented(
+        callers=OPERATOR,
+        description="An activity's live figures: packs left, claimed and persisted, coupons locked and redeemed, "
+        "and their values.",
+        answer=ActivityStats,
+        scripts=True,
+    ),
+)
 async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Live figures: packs left and handed out (claims, grants, redeemed codes: Redis), packs persisted (the
     ledger), face value out; coupons locked and redeemed and the discounts redeemed (Redis, every wallet bucket)."""
     auth.operator(request)
-    bodies.only_query(request, frozenset())
+    bodies.only_query(request)
     services = auth.services(request)
     activity = await activity_of_path(request, activity_id)
     hot = await services.admin.live_state(activity, int(time.time()))
@@ -251,11 +334,20 @@ async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[
     )
 
 
-@get("/v1/admin/stats", opt=documented(answer=LedgerStats, scripts=True))
+@get(
+    "/v1/admin/stats",
+    opt=documented(
+        callers=OPERATOR,
+        description="Persistence and load now: stream lag, Redis memory, shedding, conflicts, dead letters and "
+        "the fence.",
+        answer=LedgerStats,
+        scripts=True,
+    ),
+)
 async def ledger_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Persistence and load: lag, Redis memory, shedding, conflicts, dead letters and the fence, measured now."""
     auth.operator(request)
-    bodies.only_query(request, frozenset())
+    bodies.only_query(request)
     services = auth.services(request)
     load = await services.load.measure(services.client, services.pool)
     dead = await dead_letter_count(services.client, await services.load.streams(services.pool))

@@ -10,6 +10,14 @@ from typing import Any
 
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
+from litestar.types import (
+    Receive,
+    Send,
+    WebSocketCloseEvent,
+    WebSocketResponseBodyEvent,
+    WebSocketResponseStartEvent,
+    WebSocketScope,
+)
 
 from gateway.http import (
     admin_routes,
@@ -21,11 +29,14 @@ from gateway.http import (
     wallet_routes,
 )
 from gateway.http.claim_routes import MOUNT
-from gateway.http.errors import EXCEPTION_HANDLERS
-from gateway.http.openapi import ContractDocument
+from gateway.http.errors import EXCEPTION_HANDLERS, error_parts, no_such_route
+from gateway.http.openapi import ContractDocument, schema_router
 from gateway.ops_listener import OpsListener
 from gateway.services import Services
 from gateway.settings import Settings, load_settings
+
+SCHEMA_PATH = "/schema"
+POLICY_VIOLATION = 1008  # RFC 6455's close code for a refused endpoint
 
 
 class Gateway(Litestar):
@@ -34,13 +45,50 @@ class Gateway(Litestar):
     claim_services: Services | None = None  # set once the lifespan has started the services
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        services = self.claim_services
-        if services is not None and scope["type"] == "http":
+        kind = scope["type"]
+        if kind == "http":
+            services = self.claim_services
             path: str = scope["path"]
-            if path.startswith(MOUNT) and (len(path) == len(MOUNT) or path[len(MOUNT)] == "/"):
+            if services is not None and (
+                path.startswith(MOUNT) and (len(path) == len(MOUNT) or path[len(MOUNT)] == "/")
+            ):
                 await claim_routes.answer(services, scope, receive, send, path[len(MOUNT) :])
                 return
+        elif kind == "websocket":
+            await refuse_websocket(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
+
+
+async def refuse_websocket(scope: WebSocketScope, receive: Receive, send: Send) -> None:
+    """No route takes a WebSocket: every handshake is refused before it is accepted, the way a path without a
+    route is (404 ``not_found`` in the contract's body) where the server lets the app answer the handshake in
+    HTTP (the ASGI "websocket.http.response" extension, which granian offers), else by closing it (the
+    server then answers 403). Litestar would run the claim route's raw handler on it (an HTTP answer to a
+    WebSocket scope) or close it with its own code 4500."""
+    if (await receive())["type"] != "websocket.connect":
+        return  # the client left before its handshake arrived: no one to answer
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        status, body, headers = error_parts(no_such_route())
+        start: WebSocketResponseStartEvent = {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", b"%d" % len(body))],
+        }
+        await send(start)
+        end: WebSocketResponseBodyEvent = {
+            "type": "websocket.http.response.body",
+            "body": body,
+            "more_body": False,
+        }
+        await send(end)
+        return
+    close: WebSocketCloseEvent = {
+        "type": "websocket.close",
+        "code": POLICY_VIOLATION,
+        "reason": "No such route.",
+    }
+    await send(close)
 
 
 def create_app(settings: Settings) -> Gateway:
@@ -87,7 +135,11 @@ def create_app(settings: Settings) -> Gateway:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
-            title="claimgate", version="0.1.0", path="/schema", render_plugins=[ContractDocument()]
+            title="claimgate",
+            version="0.1.0",
+            path=SCHEMA_PATH,
+            render_plugins=[ContractDocument()],
+            openapi_router=schema_router(SCHEMA_PATH),
         ),
         logging_config=None,
         debug=False,

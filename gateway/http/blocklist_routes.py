@@ -13,9 +13,10 @@ from gateway.campaign import BlocklistChange
 from gateway.http import auth, bodies
 from gateway.http.answers import BlocklistChanged, BlocklistPage
 from gateway.http.errors import JSON
-from gateway.http.openapi import documented
+from gateway.http.openapi import OPERATOR, documented
 
 _CURSOR = re.compile(r"([0-9]{1,15})\.(user|device)\.([A-Za-z0-9_.:-]{1,64})")
+_QUERY = (bodies.LIMIT, bodies.cursor_query(_CURSOR))
 
 
 def _json(value: object) -> Response[bytes]:
@@ -24,6 +25,7 @@ def _json(value: object) -> Response[bytes]:
 
 async def _change(request: Request[Any, Any, Any], action: str) -> Response[bytes]:
     operator = auth.operator(request)
+    bodies.only_query(request)
     body = await bodies.body(request, BlocklistChange)
     changed = await auth.services(request).admin.change_blocklist(action, body, operator, int(time.time()))
     return _json({"changed": changed})
@@ -32,7 +34,13 @@ async def _change(request: Request[Any, Any, Any], action: str) -> Response[byte
 @post(
     "/v1/admin/blocklist",
     status_code=200,
-    opt=documented(body=BlocklistChange, answer=BlocklistChanged, scripts=True),
+    opt=documented(
+        callers=OPERATOR,
+        description="Block users and devices from claiming, redeeming codes and receiving grants.",
+        body=BlocklistChange,
+        answer=BlocklistChanged,
+        scripts=True,
+    ),
 )
 async def add_to_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Block users and devices from claiming, redeeming codes and receiving grants."""
@@ -42,17 +50,31 @@ async def add_to_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
 @post(
     "/v1/admin/blocklist/remove",
     status_code=200,
-    opt=documented(body=BlocklistChange, answer=BlocklistChanged, scripts=True),
+    opt=documented(
+        callers=OPERATOR,
+        description="Take users and devices off the blocklist.",
+        body=BlocklistChange,
+        answer=BlocklistChanged,
+        scripts=True,
+    ),
 )
 async def remove_from_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _change(request, "remove")
 
 
-@get("/v1/admin/blocklist", opt=documented(answer=BlocklistPage))
+@get(
+    "/v1/admin/blocklist",
+    opt=documented(
+        callers=OPERATOR,
+        description="The blocked users and devices, newest first, a page at a time.",
+        query=_QUERY,
+        answer=BlocklistPage,
+    ),
+)
 async def list_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
     """``{items:[{kind, id, added_at, by}], next_cursor}``, newest first."""
     auth.operator(request)
-    bodies.only_query(request, frozenset({"limit", "cursor"}))
+    bodies.only_query(request)
     limit = bodies.list_limit(request)
     raw_cursor = request.query_params.get("cursor")
     if raw_cursor is not None and not _CURSOR.fullmatch(raw_cursor):

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request
 
+from gateway.http.openapi import Contract, Query
 from gateway.outcomes import UNSUPPORTED_MEDIA_TYPE, DomainError, Outcome
 
 T = TypeVar("T")
@@ -19,6 +20,19 @@ PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 COUPON_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,6}")  # "<claim id>.<place in the pack>"
 MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 20
+LIMIT = Query(
+    "limit",
+    f"Items on a page, 1-{MAX_LIST_LIMIT} (default {DEFAULT_LIST_LIMIT}).",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+)
+
+
+def cursor_query(pattern: re.Pattern[str]) -> Query:
+    return Query(
+        "cursor",
+        "The next_cursor of the page before (absent: the first page).",
+        {"type": "string", "pattern": f"^{pattern.pattern}$"},
+    )
 
 
 def invalid_request(message: str, field: str | None = None) -> DomainError:
@@ -42,6 +56,8 @@ def decode(raw: bytes, type_: type[T], content_type: str) -> T:
         raise invalid_request(str(exc), field) from None
     except msgspec.DecodeError:
         raise invalid_request("The body is not valid JSON.") from None
+    except UnicodeDecodeError:  # msgspec checks a string's UTF-8 as it reads it, raising Python's own error
+        raise invalid_request("The body is not valid UTF-8.") from None
 
 
 async def body(request: Request[Any, Any, Any], type_: type[T]) -> T:
@@ -60,8 +76,10 @@ def checked_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def only_query(request: Request[Any, Any, Any], allowed: frozenset[str]) -> None:
-    only_names(request.query_params, allowed)
+def only_query(request: Request[Any, Any, Any]) -> None:
+    """Refuse a query parameter the route's contract does not document (``openapi.Contract.query``)."""
+    contract = request.route_handler.opt.get("contract")
+    only_names(request.query_params, contract.query_names if isinstance(contract, Contract) else frozenset())
 
 
 def only_names(names: Iterable[str], allowed: frozenset[str]) -> None:

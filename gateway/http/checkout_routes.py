@@ -13,7 +13,7 @@ from msgspec import Meta
 from gateway.checkout import OrderView
 from gateway.http import auth, bodies
 from gateway.http.errors import JSON
-from gateway.http.openapi import documented
+from gateway.http.openapi import USER_ID, USER_OR_SERVICE, documented
 from gateway.outcomes import DomainError, Outcome
 from gateway.quote import Held, Line, Quote, Share, quote
 from gateway.tokens import ID_PATTERN
@@ -69,12 +69,23 @@ class RefundAnswer(msgspec.Struct):
     returned: bool
 
 
-@post("/v1/checkout/quote", status_code=200, opt=documented(body=QuoteBody, answer=Quote, scripts=True))
+@post(
+    "/v1/checkout/quote",
+    status_code=200,
+    opt=documented(
+        callers=USER_OR_SERVICE,
+        description="The user's coupons on a cart: the usable ones best first with their discount and its split "
+        "over the lines, the unusable ones with the reason.",
+        body=QuoteBody,
+        answer=Quote,
+        scripts=True,
+    ),
+)
 async def checkout_quote(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The caller's coupons on this cart: usable ones with their discount and its split over the lines, best
     first; unusable ones with the reason (scope, threshold, expired, locked)."""
     who = auth.caller(request)
-    bodies.only_query(request, frozenset())
+    bodies.only_query(request)
     body = await bodies.body(request, QuoteBody)
     user_id = who.acting_for(body.user_id)
     _distinct_skus(body.lines)
@@ -94,6 +105,8 @@ async def checkout_quote(request: Request[Any, Any, Any]) -> Response[bytes]:
     "/v1/checkout/lock",
     status_code=200,
     opt=documented(
+        callers=USER_OR_SERVICE,
+        description="Lock one of the user's coupons to an order until locked_until.",
         body=LockBody,
         answer=LockAnswer,
         refusals=(Outcome.COUPON_UNAVAILABLE, Outcome.NOT_APPLICABLE),
@@ -104,7 +117,7 @@ async def checkout_lock(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Lock one of the user's coupons to an order until ``locked_until``; the same lock again answers the
     existing one. Another coupon for an order holding one, or a coupon another order holds: coupon_unavailable."""
     who = auth.caller(request)
-    bodies.only_query(request, frozenset())
+    bodies.only_query(request)
     body = await bodies.body(request, LockBody)
     user_id = who.acting_for(body.user_id)
     _distinct_skus(body.lines)
@@ -116,7 +129,7 @@ async def checkout_lock(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 async def _order_call(request: Request[Any, Any, Any], action: str) -> Response[bytes]:
     who = auth.caller(request)
-    bodies.only_query(request, frozenset())
+    bodies.only_query(request)
     body = await bodies.body(request, OrderBody)
     user_id = who.acting_for(body.user_id)
     checkout = auth.services(request).checkout
@@ -131,7 +144,14 @@ _UNAVAILABLE = (Outcome.COUPON_UNAVAILABLE,)
 @post(
     "/v1/checkout/redeem",
     status_code=200,
-    opt=documented(body=OrderBody, answer=OrderAnswer, refusals=_UNAVAILABLE, scripts=True),
+    opt=documented(
+        callers=USER_OR_SERVICE,
+        description="The order is paid: the coupon locked to it is redeemed.",
+        body=OrderBody,
+        answer=OrderAnswer,
+        refusals=_UNAVAILABLE,
+        scripts=True,
+    ),
 )
 async def checkout_redeem(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The order is paid: its coupon is redeemed. After the lock's deadline only if the coupon is still free
@@ -142,7 +162,14 @@ async def checkout_redeem(request: Request[Any, Any, Any]) -> Response[bytes]:
 @post(
     "/v1/checkout/release",
     status_code=200,
-    opt=documented(body=OrderBody, answer=OrderAnswer, refusals=_UNAVAILABLE, scripts=True),
+    opt=documented(
+        callers=USER_OR_SERVICE,
+        description="The order was cancelled before payment: its coupon is available again.",
+        body=OrderBody,
+        answer=OrderAnswer,
+        refusals=_UNAVAILABLE,
+        scripts=True,
+    ),
 )
 async def checkout_release(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Cancelled before payment: the coupon is available again. After the lock lapsed, the coupon's state."""
@@ -152,7 +179,14 @@ async def checkout_release(request: Request[Any, Any, Any]) -> Response[bytes]:
 @post(
     "/v1/checkout/refund",
     status_code=200,
-    opt=documented(body=OrderBody, answer=RefundAnswer, refusals=_UNAVAILABLE, scripts=True),
+    opt=documented(
+        callers=USER_OR_SERVICE,
+        description="The order was refunded in full: its coupon comes back while it is still valid.",
+        body=OrderBody,
+        answer=RefundAnswer,
+        refusals=_UNAVAILABLE,
+        scripts=True,
+    ),
 )
 async def checkout_refund(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Refunded in full: the coupon comes back while still valid; past its validity it stays redeemed and
@@ -160,12 +194,21 @@ async def checkout_refund(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _order_call(request, "refund")
 
 
-@get("/v1/checkout/orders/{order_id:str}", opt=documented(answer=OrderView, scripts=True))
+@get(
+    "/v1/checkout/orders/{order_id:str}",
+    opt=documented(
+        callers=USER_OR_SERVICE,
+        description="The coupon locked to an order, with its status and discount.",
+        query=(USER_ID,),
+        answer=OrderView,
+        scripts=True,
+    ),
+)
 async def checkout_order(request: Request[Any, Any, Any], order_id: FromPath[str]) -> Response[bytes]:
     """The order's coupon: ``{order_id, coupon_id, status, discount, locked_until?}``; a service names the
     user with ``?user_id=``."""
     who = auth.caller(request)
-    bodies.only_query(request, frozenset({"user_id"}))
+    bodies.only_query(request)
     user_id = who.acting_for(request.query_params.get("user_id"))
     if not ID_PATTERN.fullmatch(order_id):
         raise DomainError(Outcome.NOT_FOUND, "No coupon is locked to this order.")

@@ -30,7 +30,7 @@ from gateway.http.errors import (
     no_such_route,
     payload_too_large,
 )
-from gateway.http.openapi import documented
+from gateway.http.openapi import USER, documented
 from gateway.outcomes import DomainError, Outcome
 from gateway.services import Services
 
@@ -106,7 +106,8 @@ async def read_body(receive: Receive, declared_length: bytes | None) -> bytes:
         method="post",
         status_code=201,
         summary="Claim",
-        description="Claim one pack of an activity. Answers 201 {claim_id, coupons}; a keyed retry answers "
+        callers=USER,
+        description="Claim one pack of an activity for the user; a retry with the same Idempotency-Key answers "
         "the first success.",
         idempotency=True,
         body=ClaimBody,

@@ -14,7 +14,7 @@ from gateway.http import auth, bodies
 from gateway.http.admin_routes import activity_of_path
 from gateway.http.answers import ClaimAnswer
 from gateway.http.errors import JSON
-from gateway.http.openapi import documented
+from gateway.http.openapi import OPERATOR, USER, documented
 from gateway.outcomes import Outcome
 
 MAX_BATCH = 100_000
@@ -37,13 +37,22 @@ class RedeemBody(msgspec.Struct, forbid_unknown_fields=True):
 @post(
     "/v1/admin/activities/{activity_id:str}/codes",
     status_code=201,
-    opt=documented(body=BatchBody, answer=BatchAnswer, refusals=(Outcome.STATE_CONFLICT,), scripts=True),
+    opt=documented(
+        callers=OPERATOR,
+        description="Make count one-use codes for the activity, their packs taken from its stock; the codes are "
+        "shown in this answer only (JSON, or CSV under Accept: text/csv).",
+        body=BatchBody,
+        answer=BatchAnswer,
+        csv=True,
+        refusals=(Outcome.STATE_CONFLICT,),
+        scripts=True,
+    ),
 )
 async def make_codes(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Make ``count`` codes, their packs taken from stock; they come back once: ``{batch_id, codes}``, or CSV
     (``batch_id,code``) under ``Accept: text/csv``."""
     operator = auth.operator(request)
-    bodies.only_query(request, frozenset())
+    bodies.only_query(request)
     body = await bodies.body(request, BatchBody)
     services = auth.services(request)
     now = int(time.time())
@@ -62,6 +71,9 @@ async def make_codes(request: Request[Any, Any, Any], activity_id: FromPath[str]
     "/v1/codes/redeem",
     status_code=201,
     opt=documented(
+        callers=USER,
+        description="Redeem a code for its activity's pack; the user who redeemed it and asks again gets the "
+        "first answer.",
         idempotency=True,
         body=RedeemBody,
         answer=ClaimAnswer,
@@ -82,7 +94,7 @@ async def redeem_code(request: Request[Any, Any, Any]) -> Response[bytes]:
     rolling hour, by the user or the device, and every redeem is rate_limited (with Retry-After)."""
     services = auth.services(request)
     who = auth.user(request)
-    bodies.only_query(request, frozenset())
+    bodies.only_query(request)
     body = await bodies.body(request, RedeemBody)
     key = bodies.idempotency_key(request)
     redeemed = await services.codes.redeem(

@@ -17,12 +17,21 @@ from gateway.ops_listener import Route
 from gateway.services import Services
 
 
-@get("/healthz", opt=documented(answer=Health, credential=False))
+@get("/healthz", opt=documented(description="The process is alive.", answer=Health))
 async def healthz() -> Response[bytes]:
     return Response(b'{"status":"ok"}', media_type=JSON)
 
 
-@get("/readyz", opt=documented(answer=PublicReadiness, credential=False, scripts=True))
+@get(
+    "/readyz",
+    opt=documented(
+        description="Ready (200) when Redis answers, every script is loaded and the fence is open; else 503 "
+        "naming what is missing (redis, scripts, fence) and nothing more: the details are on the operations "
+        "listener.",
+        answer=PublicReadiness,
+        scripts=True,
+    ),
+)
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     """200 when Redis answers, every script is loaded and the fence is open; else 503 naming what is missing
     (``redis``, ``scripts``, ``fence``). Nothing else: run ids, partitions and memory are the operations

@@ -10,18 +10,32 @@ from litestar import Request, Response, get
 from gateway.http import auth, bodies
 from gateway.http.answers import WalletPage
 from gateway.http.errors import JSON
-from gateway.http.openapi import documented
+from gateway.http.openapi import USER_ID, USER_OR_SERVICE, Query, documented
 from gateway.wallet import STATUSES
 
-_QUERY = frozenset({"status", "limit", "cursor", "user_id"})
+STATUS = Query(
+    "status",
+    "Only the coupons in this state (absent: all).",
+    {"type": "string", "enum": list(STATUSES)},
+)
 
 
-@get("/v1/coupons", opt=documented(answer=WalletPage, scripts=True))
+@get(
+    "/v1/coupons",
+    opt=documented(
+        callers=USER_OR_SERVICE,
+        description="The caller's coupons (or, for the order service, the named user's), newest first, "
+        "a page at a time.",
+        query=(STATUS, bodies.LIMIT, bodies.cursor_query(bodies.COUPON_ID), USER_ID),
+        answer=WalletPage,
+        scripts=True,
+    ),
+)
 async def wallet(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The caller's coupons, newest first: ``?status=`` one of available, locked, redeemed, expired (absent:
     all), ``limit`` ≤ 100, ``cursor``; a service names the user with ``?user_id=``."""
     who = auth.caller(request)
-    bodies.only_query(request, _QUERY)
+    bodies.only_query(request)
     user_id = who.acting_for(request.query_params.get("user_id"))
     status = request.query_params.get("status", "")
     if status and status not in STATUSES:

@@ -6,11 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from gateway.campaign import Activity, Template
 from gateway.http import answers
+from tests.conftest import SERVICE_KEY
 from tests.helpers import ADMIN, bearer, create_activity
+from tests.http.support import assert_refusal
 
 ROUTES = {
     ("/v1/activities/{activity_id}/claim", "post"): {"409", "403", "422", "503", "401", "400", "404"},
@@ -87,3 +90,112 @@ async def test_real_answers_match_the_documented_types(client: AsyncTestClient[A
     msgspec.convert(template, Template)
     msgspec.json.decode((await client.get("/healthz")).content, type=answers.Health)
     msgspec.json.decode((await client.get("/readyz")).content, type=answers.Readiness)
+
+
+OPS_PATHS = {"/healthz", "/readyz"}  # no credential; the schema routes are left out of the document itself
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(path, method, op) for path, ops in document["paths"].items() for method, op in ops.items()]
+
+
+def _app_routes(client: AsyncTestClient[Any]) -> set[tuple[str, str]]:
+    """Every (path, method) the app routes, the raw claim route by its documented path."""
+    found: set[tuple[str, str]] = set()
+    for route in client.app.routes:
+        if isinstance(route, HTTPRoute) and not route.path.startswith("/schema"):
+            found |= {(route.path_format, m.lower()) for m in route.methods if m not in ("HEAD", "OPTIONS")}
+    found.add(("/v1/activities/{activity_id}/claim", "post"))
+    return found
+
+
+async def test_every_route_states_its_credentials(client: AsyncTestClient[Any]) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["UserToken"] == {**schemes["UserToken"], "type": "http", "scheme": "bearer"}
+    assert schemes["OperatorKey"] == {**schemes["OperatorKey"], "type": "apiKey", "in": "header"}
+    assert schemes["OperatorKey"]["name"] == "X-API-Key"
+    assert schemes["ServiceKey"] == {**schemes["ServiceKey"], "type": "apiKey", "in": "header"}
+    assert schemes["ServiceKey"]["name"] == "X-Service-Key"
+    operations = _operations(document)
+    assert {(path, method) for path, method, _ in operations} == _app_routes(client)
+    for path, method, operation in operations:
+        security = operation["security"]
+        if path in OPS_PATHS:
+            assert security == [], path
+            continue
+        if path.startswith("/v1/admin/"):
+            expected = [{"OperatorKey": []}]
+        elif path.startswith(("/v1/checkout/", "/v1/coupons")):
+            expected = [{"UserToken": []}, {"ServiceKey": []}]  # a user, or the order service for one
+        else:
+            expected = [{"UserToken": []}]  # claim and code redeem: users only
+        assert security == expected, (path, method, security)
+        assert "401" in operation["responses"], (path, method)
+
+
+async def test_every_route_has_a_one_sentence_description(client: AsyncTestClient[Any]) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    for path, method, operation in _operations(document):
+        description = operation.get("description", "")
+        assert description.endswith(".") and ". " not in description.rstrip("."), (path, method, description)
+        assert 20 <= len(description) <= 200 or path == "/healthz", (path, method, description)
+
+
+EXAMPLES = {"limit": "5", "status": "available", "user_id": "u1"}
+CURSORS = {"/v1/coupons": "c1.1", "/v1/admin/blocklist": "1700000000.user.u1"}  # else an id
+
+
+def _credentials(operation: dict[str, Any], service: bool) -> dict[str, str]:
+    """Headers for the operation's documented credential: a user's token, or the service key when the route
+    takes one and ``service`` is asked for, or an operator key; none for a route without one."""
+    schemes = {name for requirement in operation["security"] for name in requirement}
+    if service and "ServiceKey" in schemes:
+        return {"X-Service-Key": SERVICE_KEY}
+    if "UserToken" in schemes:
+        return bearer("u1")
+    return ADMIN if "OperatorKey" in schemes else {}
+
+
+def _url(path: str) -> str:
+    return path.replace("{activity_id}", "nosuch").replace("{order_id}", "o1")
+
+
+async def test_the_documented_query_parameters_are_the_ones_a_route_takes(
+    client: AsyncTestClient[Any],
+) -> None:
+    """Each documented query parameter is taken (not refused as unknown); any other is refused, naming it."""
+    document = (await client.get("/schema/openapi.json")).json()
+    documented_names = {
+        "/v1/coupons": {"status", "limit", "cursor", "user_id"},
+        "/v1/admin/templates": {"limit", "cursor"},
+        "/v1/admin/activities": {"limit", "cursor"},
+        "/v1/admin/blocklist": {"limit", "cursor"},
+        "/v1/checkout/orders/{order_id}": {"user_id"},
+    }
+    for path, method, operation in _operations(document):
+        if path in OPS_PATHS:
+            continue
+        names = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+        assert names == (documented_names.get(path, set()) if method == "get" else set()), (path, method)
+        for parameter in (p for p in operation.get("parameters", []) if p["in"] == "query"):
+            assert parameter["description"] and parameter["schema"], (path, parameter)
+        headers = _credentials(operation, service=False)
+        reply = await client.request(method, _url(path), params={"undocumented": "1"}, headers=headers)
+        assert_refusal(reply, 400, "invalid_request", field="undocumented")
+        for name in names:
+            value = EXAMPLES.get(name) or CURSORS.get(path, "id1")
+            headers = _credentials(operation, service=name == "user_id")
+            reply = await client.request(method, _url(path), params={name: value}, headers=headers)
+            assert reply.status_code < 500, (path, name, reply.text)
+            if reply.status_code == 400:
+                assert "Unknown query parameter" not in reply.json()["message"], (path, name, reply.text)
+            if "{" not in path:  # a list: a page
+                assert reply.status_code == 200, (path, name, reply.text)
+
+
+async def test_a_schema_path_that_serves_nothing_is_the_contracts_404(client: AsyncTestClient[Any]) -> None:
+    """Litestar's own answer there is an HTML page; the contract's is JSON."""
+    for path in ("/schema/swagger", "/schema/redoc", "/schema/nothing", "/schema/openapi.yaml"):
+        assert_refusal(await client.get(path), 404, "not_found")
+    assert (await client.get("/schema/openapi.json")).json()["openapi"].startswith("3.1")
