@@ -103,13 +103,19 @@ class ClaimService:
         if outcome not in (Outcome.OK, Outcome.REPLAY):
             raise DomainError(outcome)
         answer: str = reply[1]
-        try:
-            await self.deliver(who.user_id, activity_id, answer, now=now)
-        except DomainError as exc:
-            # The pack is taken and the claim is in the ledger's stream: the worker delivers it when it
-            # persists the claim, so the answer stands.
-            log.warning("deliver deferred to the worker for claim in %s: %s", activity_id, exc.message)
+        await self.deliver_or_defer(who.user_id, activity_id, answer, now=now)
         return ClaimResult(outcome, answer)
+
+    async def deliver_or_defer(self, user_id: str, activity_id: str, answer: str, *, now: int) -> None:
+        """``deliver`` after the pack was taken: whatever fails here (fenced, Redis busy or unreachable, a lost
+        reply, a bug) leaves the claim standing and answered. The claim is in the ledger's stream, and the worker
+        delivers it (the same script, the same ids) when it persists it; a replay delivers it again too."""
+        try:
+            await self.deliver(user_id, activity_id, answer, now=now)
+        except DomainError as exc:
+            log.warning("deliver deferred to the worker for a claim in %s: %s", activity_id, exc.message)
+        except Exception:
+            log.exception("deliver failed, deferred to the worker, for a claim in %s", activity_id)
 
     async def deliver(self, user_id: str, activity_id: str, answer: str, *, now: int) -> Outcome:
         """Create a claim's coupons in the owner's wallet; a repeat changes nothing."""

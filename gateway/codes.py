@@ -221,10 +221,7 @@ class CodeService:
             raise DomainError(outcome)
         succeeded = outcome in (Outcome.OK, Outcome.REPLAY)
         if succeeded:
-            try:
-                await self.claims.deliver(who.user_id, reply[2], reply[1], now=now)
-            except DomainError as exc:
-                log.warning("deliver deferred to the worker for a code of %s: %s", reply[2], exc.message)
+            await self.claims.deliver_or_defer(who.user_id, reply[2], reply[1], now=now)
         await asyncio.gather(
             self._settle(
                 user_gate,

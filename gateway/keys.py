@@ -75,6 +75,16 @@ class ActivityKeys(Partition):
         """Placeholder in the same slot for calls without an Idempotency-Key; scripts never touch it."""
         return f"{self.tag}:idem:-"
 
+    def grant_call(self, operator: str, key: str) -> str:
+        """A keyed grant call's record (``grant_call``): ``<body hash>|`` while open, ``<body hash>|<answer>``
+        once closed; kept as long as any idempotency record."""
+        return self.idempotency(f"grant-call\x1f{operator}", key)
+
+    def grant_results(self, operator: str, key: str) -> str:
+        """The final results of an open keyed grant call's users (place in the body -> result JSON); deleted when
+        the call closes, and never kept longer than its record."""
+        return f"{self.tag}:grant:{idempotency_digest('grant-call', operator, key)}"
+
     def claim_keys(self, idempotency: str | None = None) -> list[str]:
         """KEYS of the ``claim`` script, in its header's order (``idempotency``: the record's key, if keyed)."""
         idem = idempotency or self.no_idempotency

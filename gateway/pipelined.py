@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlparse
 import hiredis
 from redis.asyncio import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.fence import Fence
@@ -44,11 +44,15 @@ class Moved(ResponseError):
 
 
 def reply_error(message: str) -> ResponseError:
-    """A server's error reply as the redis-py exception the script runner already maps."""
+    """A server's error reply as the redis-py exception the script runner maps: ``NOSCRIPT`` reloads, ``MOVED``
+    and the like retry on the right node; the rest (``OOM``, ``READONLY``, ``BUSY``, ``MISCONF``, a script's own
+    error) become ``overloaded`` there (``redis_client.redis_refused``)."""
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
     if message.startswith("OOM"):
         return OutOfMemoryError(message)
+    if message.startswith("READONLY"):
+        return ReadOnlyError(message)
     if message.startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
         return Moved(message)
     return ResponseError(message)

@@ -1,13 +1,15 @@
 """The one wrapper through which every script call goes.
 
 It loads scripts once by SHA, calls ``EVALSHA`` and reloads on ``NOSCRIPT`` (after a restart, a failover or a
-``SCRIPT FLUSH``), checks that a call's KEYS share one slot, holds the fence, and maps Redis's memory refusal
-to ``overloaded``. It works with a single node and with a cluster client.
+``SCRIPT FLUSH``), checks that a call's KEYS share one slot, holds the fence, and maps Redis's refusals (memory
+full, busy, read-only, writes stopped) and a script's own error to ``overloaded``. It works with a single node
+and with a cluster client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,13 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError, RedisClusterException
+from redis.exceptions import (
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -27,9 +35,28 @@ from gateway.scripts import Script
 if TYPE_CHECKING:
     from gateway.pipelined import PipelinedScripts
 
+log = logging.getLogger(__name__)
 RedisClient = Redis | RedisCluster
 MEMORY_RETRY_AFTER = 2
 UNREACHABLE_RETRY_AFTER = 1
+REFUSED_RETRY_AFTER = 1
+# Error replies of a Redis that cannot take a call now and did not run it: a script running too long (BUSY),
+# writes stopped after a failed save (MISCONF), a replica (READONLY), a dataset loading (LOADING), too few
+# replicas (NOREPLICAS), a cluster moving or without its master (MOVED, ASK, TRYAGAIN, MASTERDOWN, CLUSTERDOWN).
+UNAVAILABLE_REPLIES = frozenset(
+    {
+        "BUSY",
+        "MISCONF",
+        "READONLY",
+        "LOADING",
+        "NOREPLICAS",
+        "MOVED",
+        "ASK",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+    }
+)
 SPARE_CONNECTIONS = 4
 SOCKET_TIMEOUT_SECONDS = 2.0
 CONNECT_TIMEOUT_SECONDS = 1.0
@@ -132,6 +159,25 @@ def redis_unreachable() -> DomainError:
     )
 
 
+def redis_unavailable(exc: ResponseError) -> bool:
+    """An error reply that says Redis cannot take calls now (``UNAVAILABLE_REPLIES``), not that this call is
+    wrong. redis-py strips the code of the replies it has a class for (``ReadOnlyError``), and keeps the others'."""
+    return isinstance(exc, ReadOnlyError) or str(exc).split(" ", 1)[0] in UNAVAILABLE_REPLIES
+
+
+def redis_refused(name: str, exc: ResponseError) -> DomainError:
+    """A script call Redis answered with an error: ``overloaded``, nothing was done (a busy or read-only Redis
+    runs no script; every script makes all its checks, and fails on malformed input, before its first write).
+    A script's own failure is a bug as well: logged whole, while the caller may retry."""
+    if redis_unavailable(exc):
+        log.warning("Redis refused script %s: %s", name, exc)
+    else:
+        log.error("script %s failed in Redis: %s", name, exc)
+    return DomainError(
+        Outcome.OVERLOADED, "Redis refused the call; nothing was done.", retry_after=REFUSED_RETRY_AFTER
+    )
+
+
 class ScriptRunner:
     """Runs scripts on ``client`` (the guarded script client); loads and inspects them via ``control``."""
 
@@ -195,6 +241,8 @@ class ScriptRunner:
             value = await self.client.hget(key, field)
         except (RedisConnectionError, RedisTimeoutError):
             raise redis_unreachable() from None
+        except ResponseError as exc:
+            raise redis_refused("HGET", exc) from exc
         finally:
             self._in_flight.release()
         return None if value is None else str(value)  # decode_responses: already a str
@@ -219,6 +267,8 @@ class ScriptRunner:
         except (RedisConnectionError, RedisTimeoutError):
             # The call may or may not have run; a keyed retry gets its first answer either way.
             raise redis_unreachable() from None
+        except ResponseError as exc:
+            raise redis_refused(name, exc) from exc
         finally:
             self._in_flight.release()
         if not isinstance(reply, list) or not reply or reply[0] not in script.replies:

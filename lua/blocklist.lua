@@ -19,10 +19,30 @@ REPLY ok changed     the number of entries added or removed
 REPLY replay         nothing to change; nothing written
 EVENT blocklist_changed
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("blocklist: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+local function ids(json, name)
+  local list = cjson.decode(json)
+  if type(list) ~= "table" then
+    error("blocklist: " .. name .. " must be a JSON array of ids")
+  end
+  for _, id in ipairs(list) do
+    if type(id) ~= "string" then
+      error("blocklist: " .. name .. " must hold strings only")
+    end
+  end
+  return list
+end
+
 local users_key, devices_key, entries_key = KEYS[1], KEYS[2], KEYS[3]
 local version_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
-local now, event_id, operator, action = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local users, devices = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
+local now, event_id, operator, action = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
+local users, devices = ids(ARGV[5], "users"), ids(ARGV[6], "devices")
 
 if action ~= "add" and action ~= "remove" then
   return redis.error_reply("blocklist: unknown action " .. tostring(action))

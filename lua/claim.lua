@@ -42,16 +42,33 @@ REPLY not_eligible
 REPLY limit_reached
 EVENT claimed
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("claim: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+local function optional_integer(value, name)
+  if value == "" then
+    return nil
+  end
+  return integer(value, name)
+end
+
 local config_key, user_counts_key, dev_counts_key = KEYS[1], KEYS[2], KEYS[3]
 local allow_key, idem_key_name, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local now = tonumber(ARGV[1])
+local now = integer(ARGV[1], "now")
 local activity_id, user_id, device_id, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local blocked = ARGV[6] == "1"
-local idem_key, body_hash, idem_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local idem_key, body_hash, idem_ttl = ARGV[7], ARGV[8], integer(ARGV[9], "idem_ttl")
 local claim_id, event_id = ARGV[10], ARGV[11]
-local reg, orders = tonumber(ARGV[12]), tonumber(ARGV[13])
+local reg, orders = optional_integer(ARGV[12], "reg"), optional_integer(ARGV[13], "orders")
 local tags_joined, mode, operator = ARGV[14], ARGV[15], ARGV[16]
 local is_grant = mode == "grant"
+if idem_ttl <= 0 or (mode ~= "claim" and mode ~= "grant") or operator == nil then
+  error("claim: idem_ttl must be positive, mode claim or grant, and all 16 arguments given")
+end
 
 if idem_key ~= "" then
   local record = redis.call("GET", idem_key_name)

@@ -20,9 +20,20 @@ REPLY state_conflict    reserve: ended, more packs than are left, or the batch w
 EVENT codes_reserved
 EVENT codes_voided
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("code_batch: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local config_key, batches_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, event_id, operator, activity_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local batch_id, count, action = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
+local batch_id, count, action = ARGV[5], integer(ARGV[6], "count"), ARGV[7]
+if count < 0 or (action ~= "reserve" and action ~= "void") then
+  error("code_batch: count must be 0 or more and action reserve or void")
+end
 
 local config = redis.call("HMGET", config_key, "status", "stock_left")
 if not config[1] then

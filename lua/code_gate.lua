@@ -17,9 +17,21 @@ REPLY rate_limited retry_after seconds until the oldest failed attempt leaves th
 REPLY replay answer            the first success with this key (nothing counted)
 REPLY idempotency_conflict     the key was used with another body (nothing counted)
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("code_gate: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local fails_key, idem_key_name = KEYS[1], KEYS[2]
-local now, attempt_id, limit, window = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, attempt_id = integer(ARGV[1], "now"), ARGV[2]
+local limit, window = integer(ARGV[3], "limit"), integer(ARGV[4], "window")
 local idem_key, body_hash = ARGV[5], ARGV[6]
+if window <= 0 or body_hash == nil then
+  error("code_gate: window must be positive, and all 6 arguments given")
+end
 
 redis.call("ZREMRANGEBYSCORE", fails_key, "-inf", now - window)
 if redis.call("ZCARD", fails_key) >= limit then

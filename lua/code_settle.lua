@@ -16,9 +16,20 @@ ARGV[7] answer     the success's answer JSON
 REPLY ok
 EVENT idempotency_recorded
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("code_settle: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local fails_key, idem_key_name, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, event_id, attempt_id = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local idem_key, body_hash, ttl, answer = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local now, event_id, attempt_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3]
+local idem_key, body_hash, ttl, answer = ARGV[4], ARGV[5], integer(ARGV[6], "ttl"), ARGV[7]
+if ttl <= 0 or answer == nil then
+  error("code_settle: ttl must be positive, and all 7 arguments given")
+end
 
 redis.call("ZREM", fails_key, attempt_id)
 if idem_key ~= "" and redis.call("SET", idem_key_name, body_hash .. "|" .. answer, "NX", "EX", ttl) then

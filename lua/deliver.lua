@@ -16,19 +16,38 @@ REPLY ok       coupons created
 REPLY replay   this claim's coupons were already delivered; nothing written
 EVENT delivered
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("deliver: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local coupons_key, index_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, event_id, user_id, activity_id, answer = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now, event_id, user_id, activity_id, answer = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 local claim = cjson.decode(answer)
+local well_formed = type(claim) == "table" and type(claim.claim_id) == "string"
+  and type(claim.coupons) == "table" and #claim.coupons > 0
+for _, coupon in ipairs(well_formed and claim.coupons or {}) do
+  well_formed = well_formed and type(coupon) == "table" and type(coupon.coupon_id) == "string"
+end
+if not well_formed then
+  error("deliver: answer must be {claim_id, coupons:[{coupon_id, ...}, ...]}")
+end
 if redis.call("HEXISTS", coupons_key, claim.coupons[1].coupon_id) == 1 then
   return {"replay"}
 end
-for _, coupon in ipairs(claim.coupons) do
-  local record = cjson.encode({
+local records = {}
+for i, coupon in ipairs(claim.coupons) do
+  records[i] = cjson.encode({
     user = user_id, activity = activity_id, template = coupon.template_id, claim = claim.claim_id,
     valid_from = coupon.valid_from, valid_until = coupon.valid_until, status = "available", version = 1,
   })
-  redis.call("HSET", coupons_key, coupon.coupon_id, record)
+end
+for i, coupon in ipairs(claim.coupons) do
+  redis.call("HSET", coupons_key, coupon.coupon_id, records[i])
   redis.call("ZADD", index_key, 0, coupon.coupon_id)
 end
 local seq = redis.call("INCR", seq_key)

@@ -28,10 +28,24 @@ REPLY coupon_unavailable locked by another order, redeemed, expired or not yet v
 REPLY not_applicable     the coupon does not apply to these lines
 EVENT locked
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("lock: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
 local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
-local now, event_id, user_id, order_id, coupon_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local discount, split, lock_seconds = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local now, event_id, user_id, order_id, coupon_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local discount, split, lock_seconds = ARGV[6], ARGV[7], integer(ARGV[8], "lock_seconds")
+if discount ~= "" and integer(discount, "discount") < 0 then
+  error("lock: discount must be 0 or more")
+end
+if type(cjson.decode(split)) ~= "table" then
+  error("lock: split must be a JSON array")
+end
 local order_field = user_id .. "/" .. order_id
 
 local function answer_of(order)

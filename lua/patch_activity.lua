@@ -17,9 +17,32 @@ REPLY state_conflict     ended, or the window or limits after the start
 REPLY invalid_request    the resulting window would not end after it starts
 EVENT activity_patched
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("patch_activity: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
-local now, event_id, operator, activity_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
 local changes = cjson.decode(ARGV[5])
+local NUMBERS = {starts_at = true, ends_at = true, per_user_limit = true, per_device_limit = true}
+if type(changes) ~= "table" or next(changes) == nil then
+  error("patch_activity: changes must be a JSON object with at least one field")
+end
+for name, value in pairs(changes) do
+  if name == "name" then
+    if type(value) ~= "string" then
+      error("patch_activity: name must be a string")
+    end
+  elseif NUMBERS[name] then
+    integer(value, name)
+  else
+    error("patch_activity: " .. tostring(name) .. " cannot be changed")
+  end
+end
 
 local current = redis.call("HMGET", config_key, "status", "starts_at", "ends_at")
 if not current[1] then

@@ -18,14 +18,38 @@ REPLY ok seq     mirrored; the event's seq
 REPLY replay     already mirrored; nothing written
 EVENT activity_created
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("put_activity: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local config_key, allow_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, event_id, operator, activity_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
 local config_json, allow_json = ARGV[5], ARGV[6]
 
 if redis.call("EXISTS", config_key) == 1 then
   return {"replay"}
 end
-local config = cjson.decode(config_json)
+local config, allow = cjson.decode(config_json), cjson.decode(allow_json)
+if type(config) ~= "table" or type(allow) ~= "table" then
+  error("put_activity: config must be a JSON object and allow_users a JSON array")
+end
+for name, value in pairs(config) do
+  if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
+    error("put_activity: config values must be strings or numbers")
+  end
+end
+if integer(config.stock, "stock") < 0 then
+  error("put_activity: stock must be 0 or more")
+end
+for _, id in ipairs(allow) do
+  if type(id) ~= "string" then
+    error("put_activity: allow_users must hold strings only")
+  end
+end
 -- cjson reads numbers as doubles and tostring keeps 14 digits: write integers out whole.
 local function as_stored(value)
   if type(value) == "number" then
@@ -40,14 +64,14 @@ for name, value in pairs(config) do
     fields[#fields + 1] = as_stored(value)
   end
 end
-redis.call("HSET", config_key, "stock_left", as_stored(config.stock), "taken", 0, unpack(fields))
-local allow = cjson.decode(allow_json)
-for i = 1, #allow, 1000 do
-  redis.call("SADD", allow_key, unpack(allow, i, math.min(i + 999, #allow)))
-end
+-- The group first: the one write that may fail (the events key of another type) then leaves nothing behind.
 local created = redis.pcall("XGROUP", "CREATE", events_key, events_key, "0", "MKSTREAM")
 if type(created) == "table" and created.err and not string.find(created.err, "BUSYGROUP") then
   return created
+end
+redis.call("HSET", config_key, "stock_left", as_stored(config.stock), "taken", 0, unpack(fields))
+for i = 1, #allow, 1000 do
+  redis.call("SADD", allow_key, unpack(allow, i, math.min(i + 999, #allow)))
 end
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",

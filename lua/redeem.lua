@@ -19,9 +19,20 @@ REPLY not_found          the order never locked a coupon
 REPLY coupon_unavailable the lock lapsed and the coupon was taken, used or expired; or the order was refunded
 EVENT redeemed
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("redeem: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
 local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
-local now, event_id, user_id, order_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local now, event_id, user_id, order_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
+if order_id == nil then
+  error("redeem: all 4 arguments must be given")
+end
 local order_field = user_id .. "/" .. order_id
 
 local order_raw = redis.call("HGET", orders_key, order_field)

@@ -24,9 +24,20 @@ REPLY not_started
 REPLY ended
 EVENT code_redeemed
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("redeem_code: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local codes_key, batches_key, counters_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now, event_id, code_hash, user_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local now, event_id, code_hash, user_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
 local device_id, blocked, claim_id = ARGV[5], ARGV[6] == "1", ARGV[7]
+if claim_id == nil then
+  error("redeem_code: all 7 arguments must be given")
+end
 
 local raw = redis.call("HGET", codes_key, code_hash)
 local code = raw and cjson.decode(raw)

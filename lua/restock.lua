@@ -19,9 +19,18 @@ REPLY state_conflict     ended, or removing more than is left
 REPLY over_budget        adding would let the face value out exceed the budget
 EVENT stock_changed
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("restock: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
-local now, event_id, operator, activity_id = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local delta, face, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
+local delta, face = integer(ARGV[5], "delta"), integer(ARGV[6], "face")
+local budget = ARGV[7] ~= "" and integer(ARGV[7], "budget") or nil
 
 local config = redis.call("HMGET", config_key, "status", "stock_left", "taken", "reserved")
 if not config[1] then

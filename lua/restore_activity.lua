@@ -14,23 +14,44 @@ ARGV[2] payload  JSON {config: [field, value, ...], users: [id, n, ...], devices
                  batches: [id, n or "void", ...]} (values as strings; config only with "reset")
 REPLY ok
 ]]
+local function flat(list, name, even)  -- malformed ARGV fails here, before any write
+  if type(list) ~= "table" then
+    error("restore_activity: " .. name .. " must be a JSON array")
+  end
+  for _, item in ipairs(list) do
+    if type(item) ~= "string" and type(item) ~= "number" then
+      error("restore_activity: " .. name .. " must hold strings and numbers only")
+    end
+  end
+  if even and #list % 2 ~= 0 then
+    error("restore_activity: " .. name .. " must hold pairs")
+  end
+  return list
+end
+
 local config_key, users_key, devices_key, allow_key, batches_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local step, payload = ARGV[1], cjson.decode(ARGV[2])
 
+if step ~= "reset" and step ~= "more" then
+  return redis.error_reply("restore_activity: unknown step " .. tostring(step))
+end
+if type(payload) ~= "table" then
+  error("restore_activity: payload must be a JSON object")
+end
+local config = payload.config
+if step == "reset" and type(config) ~= "table" then
+  return redis.error_reply("restore_activity: reset needs the config")
+end
+local users, devices = flat(payload.users or {}, "users", true), flat(payload.devices or {}, "devices", true)
+local allow, batches = flat(payload.allow or {}, "allow", false), flat(payload.batches or {}, "batches", true)
+
 if step == "reset" then
-  local config = payload.config
-  if type(config) ~= "table" then
-    return redis.error_reply("restore_activity: reset needs the config")
-  end
+  flat(config, "config", true)
   redis.call("DEL", config_key, users_key, devices_key, allow_key, batches_key)
   for i = 1, #config, 2 do
     redis.call("HSET", config_key, config[i], config[i + 1])
   end
-elseif step ~= "more" then
-  return redis.error_reply("restore_activity: unknown step " .. tostring(step))
 end
-local users, devices, allow = payload.users or {}, payload.devices or {}, payload.allow or {}
-local batches = payload.batches or {}
 for i = 1, #users, 2 do
   redis.call("HSET", users_key, users[i], users[i + 1])
 end

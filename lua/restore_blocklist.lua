@@ -11,21 +11,41 @@ ARGV[1] step     "reset" or "more"
 ARGV[2] payload  JSON {users: [id, ...], devices: [id, ...], entries: [name, record JSON, ...]}
 REPLY ok
 ]]
+local function flat(list, name, even)  -- malformed ARGV fails here, before any write
+  if type(list) ~= "table" then
+    error("restore_blocklist: " .. name .. " must be a JSON array")
+  end
+  for _, item in ipairs(list) do
+    if type(item) ~= "string" and type(item) ~= "number" then
+      error("restore_blocklist: " .. name .. " must hold strings and numbers only")
+    end
+  end
+  if even and #list % 2 ~= 0 then
+    error("restore_blocklist: " .. name .. " must hold pairs")
+  end
+  return list
+end
+
 local users_key, devices_key, entries_key, version_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local step, payload = ARGV[1], cjson.decode(ARGV[2])
 
-if step == "reset" then
-  redis.call("DEL", users_key, devices_key, entries_key)
-elseif step ~= "more" then
+if step ~= "reset" and step ~= "more" then
   return redis.error_reply("restore_blocklist: unknown step " .. tostring(step))
 end
-for _, id in ipairs(payload.users) do
+if type(payload) ~= "table" then
+  error("restore_blocklist: payload must be a JSON object")
+end
+local users, devices = flat(payload.users, "users", false), flat(payload.devices, "devices", false)
+local entries = flat(payload.entries, "entries", true)
+if step == "reset" then
+  redis.call("DEL", users_key, devices_key, entries_key)
+end
+for _, id in ipairs(users) do
   redis.call("SADD", users_key, id)
 end
-for _, id in ipairs(payload.devices) do
+for _, id in ipairs(devices) do
   redis.call("SADD", devices_key, id)
 end
-local entries = payload.entries
 for i = 1, #entries, 2 do
   redis.call("HSET", entries_key, entries[i], entries[i + 1])
 end

@@ -12,15 +12,35 @@ ARGV[2] payload   JSON {codes: [hash, record JSON, ...], batches: [id, record JS
                   counters: [activity, n, ...]} (values as strings)
 REPLY ok
 ]]
+local function flat(list, name, even)  -- malformed ARGV fails here, before any write
+  if type(list) ~= "table" then
+    error("restore_codes: " .. name .. " must be a JSON array")
+  end
+  for _, item in ipairs(list) do
+    if type(item) ~= "string" and type(item) ~= "number" then
+      error("restore_codes: " .. name .. " must hold strings and numbers only")
+    end
+  end
+  if even and #list % 2 ~= 0 then
+    error("restore_codes: " .. name .. " must hold pairs")
+  end
+  return list
+end
+
 local codes_key, batches_key, counters_key = KEYS[1], KEYS[2], KEYS[3]
 local step, payload = ARGV[1], cjson.decode(ARGV[2])
 
-if step == "reset" then
-  redis.call("DEL", codes_key, batches_key, counters_key)
-elseif step ~= "more" then
+if step ~= "reset" and step ~= "more" then
   return redis.error_reply("restore_codes: unknown step " .. tostring(step))
 end
-local codes, batches, counters = payload.codes or {}, payload.batches or {}, payload.counters or {}
+if type(payload) ~= "table" then
+  error("restore_codes: payload must be a JSON object")
+end
+local codes, batches = flat(payload.codes or {}, "codes", true), flat(payload.batches or {}, "batches", true)
+local counters = flat(payload.counters or {}, "counters", true)
+if step == "reset" then
+  redis.call("DEL", codes_key, batches_key, counters_key)
+end
 for i = 1, #codes, 2 do
   redis.call("HSET", codes_key, codes[i], codes[i + 1])
 end

@@ -13,8 +13,20 @@ ARGV[5] summary     JSON: what was restored (counts), for the audit
 REPLY ok seq     the seq of the restored event
 EVENT restored
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("restore_finish: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local seq_key, events_key = KEYS[1], KEYS[2]
-local now, event_id, operator, at_least, summary = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local now, event_id, operator = integer(ARGV[1], "now"), ARGV[2], ARGV[3]
+local at_least, summary = integer(ARGV[4], "at_least"), ARGV[5]
+if summary == nil then
+  error("restore_finish: all 5 arguments must be given")
+end
 
 local created = redis.pcall("XGROUP", "CREATE", events_key, events_key, "0", "MKSTREAM")
 if type(created) == "table" and created.err and not string.find(created.err, "BUSYGROUP") then

@@ -16,6 +16,18 @@ ARGV[2] payload   "user": JSON [coupon id, record JSON, ...]; "checkout": JSON {
                   locks: [coupon id, deadline, ...], counters: [field, value, ...]}; "[]" otherwise
 REPLY ok
 ]]
+local function pairs_list(list, name)  -- malformed ARGV fails here, before any write
+  if type(list) ~= "table" or #list % 2 ~= 0 then
+    error("restore_wallet: " .. name .. " must be a JSON array of pairs")
+  end
+  for _, item in ipairs(list) do
+    if type(item) ~= "string" and type(item) ~= "number" then
+      error("restore_wallet: " .. name .. " must hold strings and numbers only")
+    end
+  end
+  return list
+end
+
 local coupons_key, index_key, orders_key, locks_key, counters_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local step = ARGV[1]
 
@@ -29,7 +41,16 @@ if step == "drop" then
 end
 if step == "checkout" then
   local payload = cjson.decode(ARGV[2])
-  local orders, locks, counters = payload.orders or {}, payload.locks or {}, payload.counters or {}
+  if type(payload) ~= "table" then
+    error("restore_wallet: the checkout payload must be a JSON object")
+  end
+  local orders, locks = pairs_list(payload.orders or {}, "orders"), pairs_list(payload.locks or {}, "locks")
+  local counters = pairs_list(payload.counters or {}, "counters")
+  for i = 2, #locks, 2 do
+    if tonumber(locks[i]) == nil or tonumber(locks[i]) ~= tonumber(locks[i]) then
+      error("restore_wallet: a lock's deadline must be a number")
+    end
+  end
   for i = 1, #orders, 2 do
     redis.call("HSET", orders_key, orders[i], orders[i + 1])
   end
@@ -44,7 +65,7 @@ end
 if step ~= "user" then
   return redis.error_reply("restore_wallet: unknown step " .. tostring(step))
 end
-local records = cjson.decode(ARGV[2])
+local records = pairs_list(cjson.decode(ARGV[2]), "records")
 redis.call("DEL", index_key)
 for i = 1, #records, 2 do
   redis.call("HSET", coupons_key, records[i], records[i + 1])

@@ -16,9 +16,17 @@ ARGV[3] limit      most locks expired in one pass
 REPLY ok expired seen   how many locks this pass expired, and how many index entries it looked at
 EVENT lock_expired
 ]]
+local function integer(value, name)  -- malformed ARGV fails here, before any write
+  local n = tonumber(value)
+  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
+    error("sweep_locks: " .. name .. " must be an integer, not " .. tostring(value))
+  end
+  return n
+end
+
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
 local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
-local now, event_id, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local now, event_id, limit = integer(ARGV[1], "now"), ARGV[2], integer(ARGV[3], "limit")
 
 local expired = 0
 local due = redis.call("ZRANGEBYSCORE", locks_key, "-inf", now, "LIMIT", 0, limit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class ValkeyServer:
     appendfsync: str = "everysec"
     maxmemory: str = "512mb"
     auto_aof_rewrite: bool = True
+    extra_args: tuple[str, ...] = ()  # further valkey-server options, as given to start_valkey
 
     @property
     def url(self) -> str:
@@ -140,9 +142,11 @@ def start_valkey(
     maxmemory: str = "512mb",
     auto_aof_rewrite: bool = True,
     pidfile: PidFile | None = None,
+    extra_args: Sequence[str] = (),
 ) -> ValkeyServer:
     """Start valkey-server with ``--dir workdir`` and wait until it answers PING (and, in cluster mode, until
-    this single node owns all 16384 slots and reports ``cluster_state:ok``)."""
+    this single node owns all 16384 slots and reports ``cluster_state:ok``). ``extra_args``: further options
+    (``--name value`` pairs), for tests that need a server set up otherwise."""
     if appendfsync not in ("always", "everysec", "no"):
         raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
     workdir = Path(workdir).resolve()
@@ -163,6 +167,7 @@ def start_valkey(
     ]  # fmt: skip
     if not auto_aof_rewrite:
         args += ["--auto-aof-rewrite-percentage", "0"]
+    args += extra_args
     if cluster:
         # The bus port defaults to port + 10000, which fails for a free port above 55535: give it its own.
         args += [
@@ -196,6 +201,7 @@ def start_valkey(
         appendfsync=appendfsync,
         maxmemory=maxmemory,
         auto_aof_rewrite=auto_aof_rewrite,
+        extra_args=tuple(extra_args),
     )
 
 
@@ -228,4 +234,5 @@ def restart_valkey(server: ValkeyServer, pidfile: PidFile | None = None) -> Valk
         maxmemory=server.maxmemory,
         auto_aof_rewrite=server.auto_aof_rewrite,
         pidfile=pidfile,
+        extra_args=server.extra_args,
     )

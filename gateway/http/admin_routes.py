@@ -286,7 +286,9 @@ async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[st
 )
 async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Push the pack to up to 10,000 users: ``{results:[{user_id, claim_id?, error?}]}``, each user's refusal
-    its own. Window and eligibility are skipped; pause, end, blocklist, per-user limit and stock hold."""
+    its own. Window and eligibility are skipped; pause, end, blocklist, per-user limit and stock hold. With an
+    Idempotency-Key, a retry replays every final result and judges again only the users whose result was
+    ``overloaded`` (temporary, or unknown); nobody is granted twice."""
     operator = auth.operator(request)
     bodies.only_query(request)
     body = await bodies.body(request, GrantBody)

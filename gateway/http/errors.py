@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
-from redis.exceptions import ClusterDownError, RedisClusterException
+from redis.exceptions import ClusterDownError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -21,6 +21,7 @@ from gateway.outcomes import (
     DomainError,
     Outcome,
 )
+from gateway.redis_client import redis_unavailable
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
@@ -84,11 +85,14 @@ def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response
     return Response(INTERNAL_ERROR, status_code=500, media_type=JSON)
 
 
-# A store that cannot be reached (refused, reset, timed out, a cluster without its nodes) is not a bug of the
-# request: every route answers it as the contract's overloaded, with Retry-After, and nothing was done.
+# A store that cannot be reached (refused, reset, timed out, a cluster without its nodes) or cannot take the
+# request now (Postgres out of connections or cancelling a query past its statement_timeout, shutting down) is
+# not a bug of the request: every route answers it as the contract's overloaded, with Retry-After, and nothing
+# was done (a Postgres error rolls its transaction back). Redis's own "not now" replies (BUSY, MISCONF,
+# READONLY, ...: ``redis_client.UNAVAILABLE_REPLIES``) are ResponseErrors, told apart by their code.
 STORE_UNREACHABLE: tuple[type[Exception], ...] = (
     OSError,
-    TimeoutError,
+    TimeoutError,  # asyncio.TimeoutError too: the same class since Python 3.11
     RedisConnectionError,
     RedisTimeoutError,
     ClusterDownError,
@@ -96,21 +100,27 @@ STORE_UNREACHABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
 )
 UNREACHABLE_RETRY_AFTER = 1
 
 
 def store_unreachable(exc: Exception) -> DomainError:
-    log.warning("a store is unreachable: %r", exc)
+    log.warning("a store is unreachable or busy: %r", exc)
     return DomainError(
-        Outcome.OVERLOADED, "A data store is unreachable; retry shortly.", retry_after=UNREACHABLE_RETRY_AFTER
+        Outcome.OVERLOADED,
+        "A data store is unreachable or busy; retry shortly.",
+        retry_after=UNREACHABLE_RETRY_AFTER,
     )
 
 
 def failure_parts(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """An exception that is not a refusal: a store unreachable is overloaded (nothing was done); anything else
-    is a bug, logged whole and answered 500 without details. For every route, the raw claim route included."""
-    if isinstance(exc, STORE_UNREACHABLE):
+    """An exception that is not a refusal: a store unreachable or busy is overloaded (nothing was done); anything
+    else is a bug, logged whole and answered 500 without details. For every route, the raw claim route included."""
+    if isinstance(exc, STORE_UNREACHABLE) or (isinstance(exc, ResponseError) and redis_unavailable(exc)):
         return error_parts(store_unreachable(exc))
     log.exception("unhandled error", exc_info=exc)
     return 500, INTERNAL_ERROR, [(b"content-type", JSON.encode())]

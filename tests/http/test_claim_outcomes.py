@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from gateway.fence import FENCED_RETRY_AFTER
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.services import Services
+from gateway.settings import Settings
 from tests.helpers import bearer, create_activity, create_template
 from tests.http.support import (
     admin_activity,
@@ -23,6 +24,7 @@ from tests.http.support import (
     stock_left,
     wait_blocked,
 )
+from tests.worker.conftest import persist
 
 DAY = 86_400
 
@@ -443,3 +445,26 @@ async def test_unknown_query_parameter_is_400(client: AsyncTestClient[Any]) -> N
     )
     assert_refusal(reply, 400, "invalid_request", "user_id")
     assert await stock_left(client, activity["id"]) == 5
+
+
+# --- a deliver that fails after the pack was taken
+
+
+async def test_a_failed_deliver_leaves_the_claim_standing_answered_and_delivered_by_the_worker(
+    client: AsyncTestClient[Any], raw_redis: Redis, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    activity = await create_activity(client, stock=2)
+    user = "deliver-fails"
+    wallet = KeySpace(settings.redis.wallet_buckets, settings.redis.code_buckets).wallet(user)
+    await raw_redis.set(wallet.coupons, "not a hash")  # every deliver into this bucket now fails (WRONGTYPE)
+
+    reply = await client.post(claim_url(activity["id"]), headers=bearer(user))
+
+    body = assert_claim_answer(reply, [activity["pack"][0]["template_id"]])  # the claim is answered
+    assert await stock_left(client, activity["id"]) == 1  # and stands
+    assert "deliver" in caplog.text and activity["id"] in caplog.text  # logged
+    assert await raw_redis.exists(wallet.user_index(user)) == 0  # not delivered yet
+    await raw_redis.delete(wallet.coupons)  # the bucket is sound again
+    await persist(settings)  # the worker persists the claim and delivers it: same ids
+    wallet_reply = await client.get("/v1/coupons", headers=bearer(user))
+    assert [item["coupon_id"] for item in wallet_reply.json()["items"]] == [body["coupons"][0]["coupon_id"]]

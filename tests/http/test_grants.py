@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from typing import Any
 
 import asyncpg
+import redis
 from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
 
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient
+from gateway.redis_client import SOCKET_TIMEOUT_SECONDS, RedisClient
+from gateway.services import Services
 from gateway.settings import Settings
 from tests.helpers import ADMIN, create_activity
+from tests.http.support import wait_blocked, wait_until
 from tests.worker.conftest import persist
 
 
@@ -198,3 +204,94 @@ async def test_a_grant_mirrors_an_unmirrored_activity_first(
 async def test_request_shape_is_judged_before_the_activity(client: AsyncTestClient[Any]) -> None:
     reply = await client.post(grants_url("no-such-activity"), headers=ADMIN, json={"user_ids": ["a", "a"]})
     assert (reply.status_code, reply.json()["error"]) == (400, "invalid_request")
+
+
+# Redis held by one script for longer than the gateway waits for a reply (SOCKET_TIMEOUT_SECONDS): calls already
+# sent time out at the gateway, which drops their connection, and Redis runs them once the script is done (their
+# replies lost); calls made meanwhile cannot connect (the connection's INFO waits too) and never run. The script
+# measures CPU time (os.clock): TIME stands still within a script. At least that long in wall time, then.
+STALL = """#!lua flags=no-writes
+local start = os.clock()
+while os.clock() - start < tonumber(ARGV[1]) do end
+return 1
+"""
+STALL_SECONDS = SOCKET_TIMEOUT_SECONDS + 0.5
+GRANTED_USERS = 4_000
+
+
+async def test_a_keyed_retry_judges_again_exactly_the_users_whose_result_was_temporary_or_unknown(
+    client: AsyncTestClient[Any], raw_redis: Redis, services: Services, settings: Settings
+) -> None:
+    activity = await create_activity(
+        client, stock=GRANTED_USERS, per_user_limit=3
+    )  # a second grant would show
+    aid = activity["id"]
+    act = KeySpace(8, 4).activity(aid)
+    await client.post("/v1/admin/blocklist", headers=ADMIN, json={"users": ["g-blocked"]})
+    await wait_blocked(services, "g-blocked", "")
+    users = ["g-blocked", *(f"g{n}" for n in range(GRANTED_USERS))]
+    stalled_at: list[int] = []
+
+    def stall_mid_call() -> None:
+        """On a thread of its own: the test client runs the app on another thread while a request is made."""
+        with redis.Redis.from_url(settings.redis.url, socket_timeout=30) as staller:
+            deadline = time.monotonic() + 30
+            while int(staller.hget(act.config, "taken") or 0) < 200 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            stalled_at.append(int(staller.hget(act.config, "taken") or 0))
+            staller.eval(STALL, 0, STALL_SECONDS)
+
+    [threshold] = (await raw_redis.config_get("busy-reply-threshold")).values()
+    await raw_redis.config_set("busy-reply-threshold", 60_000)  # no BUSY answers: calls wait for the stall
+    try:
+        stall = threading.Thread(target=stall_mid_call)
+        stall.start()
+        first = await grant(client, aid, users, key="push")
+        await asyncio.to_thread(stall.join)
+    finally:
+        await raw_redis.config_set("busy-reply-threshold", threshold)
+    assert stalled_at[0] < GRANTED_USERS, "the call was over before the stall"
+
+    first_outcomes = outcomes(first)
+    temporary = {user for user, outcome in first_outcomes.items() if outcome == "overloaded"}
+    assert temporary, "the stall hit no grant: nothing to judge again"
+    assert first_outcomes["g-blocked"] == "blocked"
+    assert set(first_outcomes.values()) == {"granted", "blocked", "overloaded"}
+    # Not closed: the call's record is open, with every other user's result kept.
+    record, kept = act.grant_call("alice", "push"), act.grant_results("alice", "push")
+    assert (await raw_redis.get(record) or b"").endswith(b"|")
+    assert await raw_redis.hlen(kept) == len(users) - len(temporary)
+    counts = {k.decode(): int(v) for k, v in (await raw_redis.hgetall(act.user_counts)).items()}
+    ran_unseen = {user for user in temporary if counts.get(user) == 1}  # granted in Redis, the reply lost
+    assert ran_unseen, "no claim ran after its reply was lost: the unknown case was not exercised"
+    assert all(counts.get(user, 0) == 0 for user in temporary - ran_unseen)
+
+    # A retry with the same key: the blocked user is not judged again (unblocked now, it would be granted).
+    await client.post("/v1/admin/blocklist/remove", headers=ADMIN, json={"users": ["g-blocked"]})
+    await wait_until(lambda: not services.blocklist.blocks("g-blocked", ""))
+    second = await grant(client, aid, users, key="push")
+
+    second_results = {r["user_id"]: r for r in second.json()["results"]}
+    assert [r["user_id"] for r in second.json()["results"]] == users
+    for result in first.json()["results"]:
+        if result["user_id"] not in temporary:
+            assert second_results[result["user_id"]] == result  # replayed as first answered
+    for user in temporary:
+        per_user = await raw_redis.get(act.idempotency(f"alice\x1f{user}", "push"))
+        assert per_user is not None
+        claim_id = json.loads(per_user.decode().split("|", 1)[1])["claim_id"]
+        assert second_results[user] == {"user_id": user, "claim_id": claim_id}  # its one claim, run or not
+    # Nobody granted twice: one pack, one claimed event per granted user.
+    counts = {k.decode(): int(v) for k, v in (await raw_redis.hgetall(act.user_counts)).items()}
+    assert counts == dict.fromkeys(users[1:], 1)
+    assert await raw_redis.hget(act.config, "taken") == str(GRANTED_USERS).encode()
+    claimed = [f for _, f in await raw_redis.xrange(act.events) if f[b"type"] == b"claimed"]
+    assert sorted(f[b"user"].decode() for f in claimed) == sorted(users[1:])
+
+    # Closed now: its answer is stored whole and replays byte for byte.
+    stored = await raw_redis.get(record) or b""
+    assert stored[32:] == b"|" + second.content
+    assert await raw_redis.exists(kept) == 0
+    third = await grant(client, aid, users, key="push")
+    assert third.content == second.content
+    assert await raw_redis.hget(act.config, "taken") == str(GRANTED_USERS).encode()

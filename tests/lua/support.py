@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+from redis.exceptions import ResponseError
+
 from gateway.ids import new_id
 from gateway.keys import KeySpace, WalletKeys
+from gateway.outcomes import DomainError, Outcome
 from gateway.redis_client import RedisClient, ScriptRunner
 
 DAY = 86_400
@@ -158,3 +164,14 @@ async def command_calls(plain: Any, *commands: str) -> int:
         for name in commands
         for counter in ("calls", "rejected_calls", "failed_calls")
     )
+
+
+@contextmanager
+def script_error(match: str = "") -> Iterator[None]:
+    """A script's error reply as the runner raises it: ``overloaded`` (nothing was done), with Redis's error reply
+    (matching ``match``) as its cause."""
+    with pytest.raises(DomainError) as refused:
+        yield
+    assert refused.value.outcome is Outcome.OVERLOADED, refused.value
+    assert isinstance(refused.value.__cause__, ResponseError), refused.value.__cause__
+    assert re.search(match, str(refused.value.__cause__)), refused.value.__cause__

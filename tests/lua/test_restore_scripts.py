@@ -8,13 +8,18 @@ import time
 from itertools import count
 from typing import Any
 
-import pytest
-from redis.exceptions import ResponseError
-
 from gateway.codes import batch_record
 from gateway.keys import BLOCKLIST, KeySpace, Partition, WalletKeys, order_field, stable_bucket
 from gateway.redis_client import RedisClient, ScriptRunner
-from tests.lua.support import NOW, Snapshot, activity_config, changed, put_activity, snapshot
+from tests.lua.support import (
+    NOW,
+    Snapshot,
+    activity_config,
+    changed,
+    put_activity,
+    script_error,
+    snapshot,
+)
 
 ACT = KeySpace.activity("act1")
 ACTIVITY_KEYS = [ACT.config, ACT.user_counts, ACT.device_counts, ACT.allow_list, ACT.code_batches]
@@ -193,7 +198,7 @@ async def test_activity_unknown_step_is_an_error_and_writes_nothing(
 ) -> None:
     await seed_activity(runner, redis_client)
     before = await snapshot(redis_client)
-    with pytest.raises(ResponseError, match="restore_activity: unknown step bogus"):
+    with script_error("restore_activity: unknown step bogus"):
         await restore_activity(runner, "bogus", {"config": ["status", "ended"], "users": ["u9", "1"]})
     assert await snapshot(redis_client) == before
 
@@ -366,7 +371,7 @@ async def test_wallet_unknown_step_is_an_error_and_writes_nothing(
     await redis_client.hset(wallet.coupons, mapping={"c0.1": json.dumps(record("c0.1", alice))})
     await redis_client.zadd(wallet.user_index(alice), {"c0.1": 0})
     before = await snapshot(redis_client)
-    with pytest.raises(ResponseError, match="restore_wallet: unknown step users"):
+    with script_error("restore_wallet: unknown step users"):
         await runner.run(
             "restore_wallet",
             wallet_keys(wallet, alice),
@@ -468,7 +473,7 @@ async def test_codes_unknown_step_is_an_error_and_writes_nothing(
 ) -> None:
     await seed_codes(redis_client)
     before = await snapshot(redis_client)
-    with pytest.raises(ResponseError, match="restore_codes: unknown step put"):
+    with script_error("restore_codes: unknown step put"):
         await restore_codes(runner, "put", {"codes": [CODE_B, '{"batch":"b1"}']})
     assert await snapshot(redis_client) == before
 
@@ -599,7 +604,7 @@ async def test_blocklist_unknown_step_is_an_error_and_writes_nothing(
 ) -> None:
     await seed_blocklist(redis_client)
     before = await snapshot(redis_client)
-    with pytest.raises(ResponseError, match="restore_blocklist: unknown step add"):
+    with script_error("restore_blocklist: unknown step add"):
         await restore_blocklist(
             runner, "add", {"users": ["x"], "devices": [], "entries": ["user:x", entry(1)]}
         )
@@ -762,7 +767,7 @@ async def test_activity_reset_without_a_config_is_refused_before_deleting(
 ) -> None:
     await seed_activity(runner, redis_client)
     before = await snapshot(redis_client)
-    with pytest.raises(ResponseError, match="reset needs the config"):
+    with script_error("reset needs the config"):
         await restore_activity(runner, "reset", {"users": ["u1", "1"]})
     assert await snapshot(redis_client) == before
 
@@ -774,6 +779,6 @@ async def test_finish_that_cannot_make_the_group_leaves_seq_alone(
     await redis_client.set(partition.events, "not a stream")
     await redis_client.set(partition.seq, "3")
     before = await snapshot(redis_client)
-    with pytest.raises(ResponseError):
+    with script_error():
         await restore_finish(runner, partition, 9)
     assert await snapshot(redis_client) == before  # seq not raised: the next restore still sees it behind
