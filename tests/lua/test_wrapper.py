@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway.fence import FENCED_RETRY_AFTER, Fence
+from gateway.fence import FENCED_RETRY_AFTER, LEDGER_PAUSED, Fence
 from gateway.keys import KeySpace, slot_of
 from gateway.outcomes import DomainError, Outcome
 from gateway.redis_client import (
@@ -144,7 +144,8 @@ async def test_closed_fence_refuses_writes(
 
     assert refused.value.outcome is Outcome.OVERLOADED
     assert refused.value.retry_after == FENCED_RETRY_AFTER
-    assert "run id changed" in refused.value.message
+    assert refused.value.message == LEDGER_PAUSED  # the reason is the operations listener's, not the caller's
+    assert "run id changed" not in refused.value.message
     assert await script_calls(plain) == calls
     assert await snapshot(redis_client) == before
     runner.fence.open("again")
