@@ -24,6 +24,11 @@ def move(seconds: float) -> None:
     _offset[0] += seconds
 
 
+def set_to(at: float) -> None:
+    """Make ``now()`` read ``at`` from this instant, running on from there."""
+    _offset[0] = at - time.time()
+
+
 def reset() -> None:
     _offset[0] = 0.0
 

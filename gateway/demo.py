@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 
+from gateway import clock
 from gateway.tokens import mint_user_token
 
 
@@ -46,7 +47,7 @@ async def run_flash_sale(
     drain_timeout: float = 30.0,
 ) -> SaleReport:
     admin = {"X-API-Key": api_key}
-    now = int(time.time())
+    now = int(clock.now())
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         template = (
             (

@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
+from gateway import clock
 from gateway.blocklist import Blocklist
 from gateway.campaign import UserId, invalid
 from gateway.claims import ClaimService
@@ -93,7 +93,7 @@ class GrantService:
     async def grant(self, activity_id: str, body: GrantBody, operator: str, key: str | None) -> bytes:
         """The call's answer, ``{"results": [...]}``, as JSON (once the call is closed, a keyed retry gets these
         very bytes)."""
-        now = int(time.time())
+        now = int(clock.now())
         digest = body.digest()
         users = body.user_ids
         if key is None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from gateway import clock
 from gateway.background import cancel_requested
 from gateway.keys import BLOCKLIST, KeySpace, Partition, partition_of_stream
 from gateway.outcomes import DomainError, Outcome
@@ -124,7 +124,7 @@ class LoadWatch:
             most = sum(int(n["maxmemory"]) for n in nodes)
         else:
             used, most = int(memory["used_memory"]), int(memory["maxmemory"])
-        self.load = Load(sum(lag.total for lag in lags), used, most, time.time())
+        self.load = Load(sum(lag.total for lag in lags), used, most, clock.now())
         verdict = self.verdict(self.load)
         if verdict and not self.shedding:
             log.warning("shedding claims and grants: %s", verdict)

@@ -6,13 +6,13 @@ import base64
 import hashlib
 import hmac
 import re
-import time
 from collections import OrderedDict
 from typing import Any
 
 import jwt
 import msgspec
 
+from gateway import clock
 from gateway.outcomes import DomainError, Outcome
 
 ALGORITHM = "HS256"
@@ -81,7 +81,7 @@ class VerifiedTokens:
         token = bearer_token(authorization)
         known = self._known.get(token)
         if known is not None:
-            if time.time() < known[1]:
+            if clock.now() < known[1]:
                 self._known.move_to_end(token)
                 return known[0]
             del self._known[token]
@@ -145,7 +145,7 @@ def _plain_claims(token: str, secret: str) -> dict[str, Any] | None:
     if not isinstance(claims, dict) or not claims.keys() <= _PLAIN_CLAIMS:
         return None
     exp, iat = claims.get("exp"), claims.get("iat", 0)
-    if type(exp) is not int or type(iat) is not int or exp <= time.time():
+    if type(exp) is not int or type(iat) is not int or exp <= clock.now():
         return None
     if "sub" not in claims or "did" not in claims:
         return None
@@ -175,7 +175,7 @@ def _identity(claims: dict[str, Any]) -> tuple[UserIdentity, float]:
     """Who the verified claims name; the contract's checks PyJWT does not make."""
     nbf = claims.get("nbf")
     if nbf is not None and (
-        isinstance(nbf, bool) or not isinstance(nbf, int | float) or nbf > time.time() + NBF_LEEWAY_SECONDS
+        isinstance(nbf, bool) or not isinstance(nbf, int | float) or nbf > clock.now() + NBF_LEEWAY_SECONDS
     ):
         raise _unauthorized("The token is not valid yet.")
     user_id, device_id = claims["sub"], claims["did"]
@@ -222,7 +222,7 @@ def mint_user_token(
     tags: list[str] | None = None,
     now: int | None = None,
 ) -> str:
-    issued = int(time.time()) if now is None else now
+    issued = int(clock.now()) if now is None else now
     claims: dict[str, Any] = {"sub": user_id, "did": device_id, "iat": issued, "exp": issued + ttl_seconds}
     if reg is not None:
         claims["reg"] = reg

@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import ledger_check
+from gateway import clock, ledger_check
 from gateway.background import stop_tasks
 from gateway.checkout import LockSweeper
 from gateway.claims import ClaimService
@@ -174,7 +174,7 @@ class Consumer:
         self._autoclaim_at = time.monotonic()
 
     async def deliver_claims(self, entries: list[Entry]) -> None:
-        now = int(time.time())
+        now = int(clock.now())
         await asyncio.gather(
             *(
                 self.claims.deliver(e.fields["user"], e.fields["activity"], e.fields["answer"], now=now)
@@ -221,7 +221,7 @@ class Consumer:
         self._swept_at = time.monotonic()
         assert self.sweeper is not None
         try:
-            self.locks_expired += await self.sweeper.sweep(now=int(time.time()))
+            self.locks_expired += await self.sweeper.sweep(now=int(clock.now()))
         except DomainError as exc:
             log.warning("lock sweep postponed: %s", exc.message)
 

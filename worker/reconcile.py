@@ -23,7 +23,6 @@ that differs is checked again, up to ``attempts`` times, and only what persists 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway import store
+from gateway import clock, store
 from gateway.admin import AdminService
 from gateway.claims import ClaimService
 from gateway.codes import void_batch
@@ -314,12 +313,12 @@ class Reconciler:
                 if attempt:
                     await asyncio.sleep(self.settle_seconds)
                     await drain_partition(self.control, self.pool, partition)
-                state = await build(self.pool, partition, kind, int(time.time()))
+                state = await build(self.pool, partition, kind, int(clock.now()))
                 repaired = await self._repair(state)
                 if repaired:
                     report.repaired += repaired
                     await drain_partition(self.control, self.pool, partition)
-                    state = await build(self.pool, partition, kind, int(time.time()))
+                    state = await build(self.pool, partition, kind, int(clock.now()))
                 found = await compare(self.control, state)
                 if not found or attempt == self.attempts - 1:
                     report.differences += found
@@ -338,19 +337,19 @@ class Reconciler:
             admin = AdminService(self.pool, self.runner, self.keyspace)
             done += await _attempt(
                 f"{state.partition} definition mirrored into Redis",
-                admin.mirror_activity(activity, templates, activity.created_by, int(time.time())),
+                admin.mirror_activity(activity, templates, activity.created_by, int(clock.now())),
             )
         if state.undelivered:
             # A deliver already in its wallet's stream is not half-done: drain those wallets, then look again.
             for wallet in sorted({self.keyspace.wallet(c.user_id).tag for c in state.undelivered}):
                 await drain_partition(self.control, self.pool, wallet)
-            state = await build(self.pool, state.partition, "activity", int(time.time()))
+            state = await build(self.pool, state.partition, "activity", int(clock.now()))
             assert isinstance(state, ActivityState)
         claims = ClaimService(self.runner, self.keyspace, self.idempotency_ttl)
         for claim in state.undelivered:
             done += await _attempt(
                 f"{state.partition} claim {claim.claim_id} delivered to {claim.user_id}",
-                claims.deliver(claim.user_id, claim.activity_id, claim.answer, now=int(time.time())),
+                claims.deliver(claim.user_id, claim.activity_id, claim.answer, now=int(clock.now())),
             )
         for wallet in sorted({self.keyspace.wallet(c.user_id).tag for c in state.undelivered}):
             await drain_partition(self.control, self.pool, wallet)  # the new deliveries, into the ledger
@@ -359,7 +358,7 @@ class Reconciler:
 
     async def _void_half_done_batches(self, state: ActivityState) -> list[str]:
         """Void each batch left ``recorded`` past the grace, and finish voids a crash cut short."""
-        now = int(time.time())
+        now = int(clock.now())
         stale = await self.pool.fetch(
             "UPDATE code_batches SET state = 'void' WHERE activity_id = $1 AND state = 'recorded'"
             " AND created_at < $2 RETURNING batch_id, count, created_at",
@@ -388,7 +387,7 @@ class Reconciler:
         self, state: ActivityState, batch_id: str, count: int, what: str, buckets: set[str]
     ) -> list[str]:
         """Drop the batch's codes from their buckets, then give its packs back; both idempotent."""
-        now = int(time.time())
+        now = int(clock.now())
         hashes = [
             row["code_hash"]
             for row in await self.pool.fetch(

@@ -15,11 +15,11 @@ claim racing a rebuild can be overwritten).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from gateway import clock
 from gateway.claims import ClaimService
 from gateway.fence import Fence
 from gateway.ids import new_id
@@ -101,7 +101,7 @@ def _nonzero(**counts: int) -> dict[str, int]:
 
 
 async def _write_records(runner: ScriptRunner, records: dict[str, tuple[str, int]]) -> None:
-    now = int(time.time())
+    now = int(clock.now())
     for key, (value, expires_at) in records.items():
         if expires_at > now:
             await runner.run("restore_record", [key], [value, expires_at])
@@ -224,7 +224,7 @@ async def restore(
     # every wallet it may write to is rebuilt.
     for partition, kind in kinds.items():
         drained = await drain_partition(control, pool, partition)
-        now = int(time.time())
+        now = int(clock.now())
         state = await build(pool, partition, kind, now)
         why_not = None if force else await _needs_restore(control, state)
         if why_not is not None:
@@ -245,7 +245,7 @@ async def restore(
     # wallet that is still behind over its mark without its restore (the fence would open on a wallet that lacks
     # coupons). Those are delivered by that wallet's restore or reconcile.
     claims = ClaimService(runner, keyspace, idempotency_ttl)
-    now = int(time.time())
+    now = int(clock.now())
     behind = set(await partitions_behind(control, pool))
     for claim in undelivered:
         if keyspace.wallet(claim.user_id).tag not in behind:

@@ -16,12 +16,12 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import asyncpg
 import msgspec
 
+from gateway import clock
 from worker.events import Entry, decode_answer
 from worker.faults import crash_point
 
@@ -435,7 +435,7 @@ async def _release_and_hold(conn: asyncpg.Connection, rows: _Rows) -> None:
     ]
     if not waiting:
         return
-    now = int(time.time())
+    now = int(clock.now())
     held: list[tuple[object, ...]] = []
     for entry, claim_id in waiting:
         rows.hold(entry)

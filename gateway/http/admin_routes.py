@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,7 +9,7 @@ import msgspec
 from litestar import Request, Response, get, patch, post
 from litestar.params import FromPath
 
-from gateway import store
+from gateway import clock, store
 from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, Template, TemplateIn
 from gateway.checkout import checkout_figures
 from gateway.codes import codes_redeemed
@@ -68,7 +67,7 @@ async def create_template(request: Request[Any, Any, Any]) -> Response[bytes]:
     operator = auth.operator(request)
     bodies.only_query(request)
     body = await bodies.body(request, TemplateIn)
-    template = await auth.services(request).admin.create_template(body, operator, int(time.time()))
+    template = await auth.services(request).admin.create_template(body, operator, int(clock.now()))
     return _json(template, 201)
 
 
@@ -102,7 +101,7 @@ async def create_activity(request: Request[Any, Any, Any]) -> Response[bytes]:
     operator = auth.operator(request)
     bodies.only_query(request)
     body = await bodies.body(request, ActivityIn)
-    activity = await auth.services(request).admin.create_activity(body, operator, int(time.time()))
+    activity = await auth.services(request).admin.create_activity(body, operator, int(clock.now()))
     return _json(activity, 201)
 
 
@@ -138,7 +137,7 @@ async def activity_of_path(request: Request[Any, Any, Any], activity_id: str) ->
 async def _mirrored(request: Request[Any, Any, Any], activity_id: str) -> Activity:
     """The activity, its Redis mirror repaired first if a crash or an outage left it missing."""
     activity = await activity_of_path(request, activity_id)
-    await auth.services(request).admin.live_state(activity, int(time.time()))
+    await auth.services(request).admin.live_state(activity, int(clock.now()))
     return activity
 
 
@@ -147,7 +146,7 @@ HOT_FIELDS = ("name", "starts_at", "ends_at", "per_user_limit", "per_device_limi
 
 async def _live_record(request: Request[Any, Any, Any], activity: Activity) -> dict[str, Any]:
     """The definition from Postgres overlaid with what Redis holds now (status, window, limits, stock)."""
-    hot = await auth.services(request).admin.live_state(activity, int(time.time()))
+    hot = await auth.services(request).admin.live_state(activity, int(clock.now()))
     record: dict[str, Any] = msgspec.to_builtins(activity)
     record["status"] = hot["status"]
     record["stock_left"] = int(hot["stock_left"])
@@ -191,7 +190,7 @@ async def patch_activity(request: Request[Any, Any, Any], activity_id: FromPath[
     bodies.only_query(request)
     changes = (await bodies.body(request, ActivityPatch)).changes()  # the request's shape before the domain
     activity = await _mirrored(request, activity_id)
-    await auth.services(request).admin.patch(activity.id, changes, operator, int(time.time()))
+    await auth.services(request).admin.patch(activity.id, changes, operator, int(clock.now()))
     return _json(await _live_record(request, activity))
 
 
@@ -199,7 +198,7 @@ async def _set_status(request: Request[Any, Any, Any], activity_id: str, action:
     operator = auth.operator(request)
     bodies.only_query(request)
     activity = await _mirrored(request, activity_id)
-    await auth.services(request).admin.set_status(activity.id, action, operator, int(time.time()))
+    await auth.services(request).admin.set_status(activity.id, action, operator, int(clock.now()))
     return _json(await _live_record(request, activity))
 
 
@@ -267,7 +266,7 @@ async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[st
     body = await bodies.body(request, StockChange)
     body.check()  # the request's shape before the domain
     activity = await _mirrored(request, activity_id)
-    await auth.services(request).admin.restock(activity, body, operator, int(time.time()))
+    await auth.services(request).admin.restock(activity, body, operator, int(clock.now()))
     return _json(await _live_record(request, activity))
 
 
@@ -316,7 +315,7 @@ async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[
     bodies.only_query(request)
     services = auth.services(request)
     activity = await activity_of_path(request, activity_id)
-    hot = await services.admin.live_state(activity, int(time.time()))
+    hot = await services.admin.live_state(activity, int(clock.now()))
     claimed = int(hot["taken"]) + await codes_redeemed(services.client, services.keyspace, activity.id)
     persisted = await store.persisted_claims(services.pool, activity.id)
     [lag] = await stream_lags(services.client, [services.keyspace.activity(activity.id).events])

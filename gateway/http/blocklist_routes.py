@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
 
+from gateway import clock
 from gateway.campaign import BlocklistChange
 from gateway.http import auth, bodies
 from gateway.http.answers import BlocklistChanged, BlocklistPage
@@ -27,7 +27,7 @@ async def _change(request: Request[Any, Any, Any], action: str) -> Response[byte
     operator = auth.operator(request)
     bodies.only_query(request)
     body = await bodies.body(request, BlocklistChange)
-    changed = await auth.services(request).admin.change_blocklist(action, body, operator, int(time.time()))
+    changed = await auth.services(request).admin.change_blocklist(action, body, operator, int(clock.now()))
     return _json({"changed": changed})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import msgspec
@@ -10,6 +9,7 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath
 from msgspec import Meta
 
+from gateway import clock
 from gateway.checkout import OrderView
 from gateway.http import auth, bodies
 from gateway.http.errors import JSON
@@ -90,7 +90,7 @@ async def checkout_quote(request: Request[Any, Any, Any]) -> Response[bytes]:
     user_id = who.acting_for(body.user_id)
     _distinct_skus(body.lines)
     services = auth.services(request)
-    now = int(time.time())
+    now = int(clock.now())
     coupons = await services.wallet.coupons(user_id, now=now)
     terms = await services.terms.of({c.template_id for c in coupons})
     held = [
@@ -122,7 +122,7 @@ async def checkout_lock(request: Request[Any, Any, Any]) -> Response[bytes]:
     user_id = who.acting_for(body.user_id)
     _distinct_skus(body.lines)
     answer = await auth.services(request).checkout.lock(
-        user_id, body.order_id, body.coupon_id, body.lines, now=int(time.time())
+        user_id, body.order_id, body.coupon_id, body.lines, now=int(clock.now())
     )
     return Response(answer.encode(), media_type=JSON)
 
@@ -134,7 +134,7 @@ async def _order_call(request: Request[Any, Any, Any], action: str) -> Response[
     user_id = who.acting_for(body.user_id)
     checkout = auth.services(request).checkout
     call = {"redeem": checkout.redeem, "release": checkout.release, "refund": checkout.refund}[action]
-    answer = await call(user_id, body.order_id, now=int(time.time()))
+    answer = await call(user_id, body.order_id, now=int(clock.now()))
     return Response(answer.encode(), media_type=JSON)
 
 
@@ -212,7 +212,7 @@ async def checkout_order(request: Request[Any, Any, Any], order_id: FromPath[str
     user_id = who.acting_for(request.query_params.get("user_id"))
     if not ID_PATTERN.fullmatch(order_id):
         raise DomainError(Outcome.NOT_FOUND, "No coupon is locked to this order.")
-    view = await auth.services(request).checkout.order(user_id, order_id, now=int(time.time()))
+    view = await auth.services(request).checkout.order(user_id, order_id, now=int(clock.now()))
     return Response(msgspec.json.encode(view), media_type=JSON)
 
 

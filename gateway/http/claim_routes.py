@@ -11,7 +11,6 @@ every other route's: the same checks in the same order, the same error bodies (`
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, cast
 from urllib.parse import parse_qsl
 
@@ -20,6 +19,7 @@ from litestar import asgi
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPScope, Receive, Scope, Send
 from msgspec import Meta
 
+from gateway import clock
 from gateway.campaign import NO_CONTROL_CHARACTERS
 from gateway.http import bodies
 from gateway.http.answers import ClaimAnswer
@@ -166,7 +166,7 @@ async def claimed(services: Services, scope: HTTPScope, receive: Receive, under_
     key = bodies.checked_idempotency_key(idempotency_key)
     activity_id = parts[0]
     blocked = services.blocklist.blocks(who.user_id, who.device_id)
-    now = time.time()
+    now = clock.now()
     unkeyed = key is None and not blocked
     # A marked activity's id passed the check below when its sold-out refusal came back: no need to match again.
     if unkeyed and services.sold_out.holds(activity_id, now) and services.fence.is_open:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import msgspec
@@ -10,6 +9,7 @@ from litestar import Request, Response, post
 from litestar.params import FromPath
 from msgspec import Meta
 
+from gateway import clock
 from gateway.http import auth, bodies
 from gateway.http.admin_routes import activity_of_path
 from gateway.http.answers import ClaimAnswer
@@ -55,7 +55,7 @@ async def make_codes(request: Request[Any, Any, Any], activity_id: FromPath[str]
     bodies.only_query(request)
     body = await bodies.body(request, BatchBody)
     services = auth.services(request)
-    now = int(time.time())
+    now = int(clock.now())
     activity = await activity_of_path(request, activity_id)
     hot = await services.admin.live_state(activity, now)
     batch = await services.codes.make_batch(activity.id, hot, body.count, operator, now=now)
@@ -100,7 +100,7 @@ async def redeem_code(request: Request[Any, Any, Any]) -> Response[bytes]:
     redeemed = await services.codes.redeem(
         who,
         body.code,
-        now=int(time.time()),
+        now=int(clock.now()),
         idempotency_key=key,
         blocked=services.blocklist.blocks(who.user_id, who.device_id),
     )

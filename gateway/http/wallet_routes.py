@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from litestar import Request, Response, get
 
+from gateway import clock
 from gateway.http import auth, bodies
 from gateway.http.answers import WalletPage
 from gateway.http.errors import JSON
@@ -44,7 +44,7 @@ async def wallet(request: Request[Any, Any, Any]) -> Response[bytes]:
     if cursor and not bodies.COUPON_ID.fullmatch(cursor):
         raise bodies.invalid_request("cursor is malformed.", "cursor")
     page = await auth.services(request).wallet.page(
-        user_id, status=status, cursor=cursor, limit=bodies.list_limit(request), now=int(time.time())
+        user_id, status=status, cursor=cursor, limit=bodies.list_limit(request), now=int(clock.now())
     )
     return Response(page, media_type=JSON)
 

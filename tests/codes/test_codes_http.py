@@ -9,6 +9,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -17,8 +18,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from gateway import clock
 from gateway.code_format import ALPHABET, canonical, code_hash, new_code, shown
-from gateway.http import code_routes
 from gateway.keys import KeySpace
 from gateway.redis_client import RedisClient
 from gateway.services import Services
@@ -107,14 +108,11 @@ def assert_rate_limited(reply: httpx.Response) -> int:
     return retry_after
 
 
-class Clock:
-    """Stands in for the ``time`` module of the codes routes: always the moment ``at``."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def time(self) -> float:
-        return float(self.at)
+@pytest.fixture
+def moved_clock() -> Iterator[None]:
+    """Tests that move the gateway's clock (``gateway.clock``) leave it as they found it."""
+    yield
+    clock.reset()
 
 
 # --- batches ---------------------------------------------------------------------------------------------
@@ -376,7 +374,7 @@ async def test_codes_ignore_pause_and_end(client: AsyncTestClient[Any]) -> None:
 
 
 async def test_codes_honour_the_window_copied_at_batch_time(
-    client: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch
+    client: AsyncTestClient[Any], moved_clock: None
 ) -> None:
     now = int(time.time())
     activity, _ = await codes_activity(
@@ -393,13 +391,13 @@ async def test_codes_honour_the_window_copied_at_batch_time(
     assert claimed.status_code == 201  # the activity moved ...
     assert_refusal(await redeem(client, codes[0], "w"), 409, "not_started")  # ... the batch's copy did not
 
-    monkeypatch.setattr(code_routes, "time", Clock(now + 300))
+    clock.set_to(now + 300)
     assert (await redeem(client, codes[0], "w")).status_code == 201  # starts_at is inclusive
-    monkeypatch.setattr(code_routes, "time", Clock(now + 3599))
+    clock.set_to(now + 3599)
     assert (await redeem(client, codes[1], "w")).status_code == 201
-    monkeypatch.setattr(code_routes, "time", Clock(now + 3600))  # ends_at is exclusive
+    clock.set_to(now + 3600)  # ends_at is exclusive
     assert_refusal(await redeem(client, codes[2], "w"), 409, "ended")
-    monkeypatch.setattr(code_routes, "time", Clock(now + 7200))
+    clock.set_to(now + 7200)
     assert_refusal(await redeem(client, codes[2], "w2"), 409, "ended")
 
 
