@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import clock, ledger_check
+from gateway import clock, ledger_check, probes
 from gateway.background import stop_tasks
 from gateway.checkout import LockSweeper
 from gateway.claims import ClaimService
@@ -344,21 +344,11 @@ def operations(consumer: Consumer, lanes: list[Consumer]) -> dict[str, Route]:
     fence and what each lane persisted reported) and ``/healthz``."""
 
     async def detailed() -> tuple[int, bytes]:
-        report: dict[str, object] = {}
-        missing = []
-        try:
-            await consumer.client.ping()
-            report["redis"] = "ok"
-        except Exception as exc:
-            report["redis"] = f"unreachable: {exc.__class__.__name__}"
-            missing.append("redis")
-        try:
-            async with consumer.pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1")
-            report["postgres"] = "ok"
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            report["postgres"] = f"unreachable: {exc.__class__.__name__}"
-            missing.append("postgres")
+        report: dict[str, object] = {
+            "redis": await probes.redis_state(consumer.client),
+            "postgres": await probes.postgres_state(consumer.pool),
+        }
+        missing = [name for name in ("redis", "postgres") if report[name] != probes.OK]
         fence = consumer.redis.fence
         report["fence"] = "open" if fence.is_open else f"closed: {fence.why_closed}"
         report["lanes"] = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 import msgspec
 from litestar import Request, Response, get
 
+from gateway import probes
 from gateway.durability import describe
 from gateway.http import auth
 from gateway.http.answers import Health, PublicReadiness
@@ -63,12 +63,7 @@ async def readiness(services: Services) -> tuple[int, dict[str, Any]]:
         report["redis"] = f"unreachable: {exc.__class__.__name__}"
         missing.append("redis")
         parts.append("redis")
-    try:
-        async with services.pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
-        report["postgres"] = "ok"
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        report["postgres"] = f"unreachable: {exc.__class__.__name__}"
+    report["postgres"] = await probes.postgres_state(services.pool)
     report["fence"] = "open" if services.fence.is_open else f"closed: {services.fence.why_closed}"
     if not services.fence.is_open:
         parts.append("fence")
