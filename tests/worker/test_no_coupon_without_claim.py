@@ -10,6 +10,9 @@ import asyncpg
 import pytest
 
 from gateway.keys import is_activity_stream
+from gateway.tokens import UserIdentity
+from tests.recovery.checkout_support import code_service, hot_config
+from tests.recovery.support import KEYS, OPERATOR, new_activity
 from tests.worker.conftest import drain
 from tests.worker.test_sink import claim_n, make_activity
 from worker import sink
@@ -164,3 +167,25 @@ async def test_reconcile_names_coupons_without_a_claim_and_entries_held_too_long
         ("coupons", "orphan", "no-such-claim"),
         ("held_entries", f"{first.stream} {first.entry_id}", first_claim),  # the second is not held long yet
     ], report.lines()
+
+
+async def test_a_code_redeems_delivery_waits_for_its_code_redeemed(consumer: Consumer) -> None:
+    """The same two-step across partitions: ``code_redeemed`` in the code's bucket, ``delivered`` in the
+    wallet. The delivery reaching the ledger first waits; the redeem brings it in."""
+    activity = await new_activity(consumer, stock=5)
+    codes = code_service(consumer)
+    hot = await hot_config(consumer, KEYS.activity(activity.id))
+    batch = await codes.make_batch(activity.id, hot, 2, OPERATOR, now=int(time.time()))
+    await drain(consumer)  # the activity and the batch
+    coder = UserIdentity("coder", "cdev")
+    await codes.redeem(coder, batch.codes[0], now=int(time.time()), idempotency_key=None, blocked=False)
+    entries = await read_all(consumer, "other")  # the code's bucket and the wallet: the same lane
+    wallet = [e for e in entries if e.type == "delivered"]
+    redeemed = [e for e in entries if e.type == "code_redeemed"]
+    assert len(wallet) == 1 and len(redeemed) == 1
+    async with consumer.pool.acquire() as conn:
+        await sink.write(conn, wallet)
+        assert await counts(consumer.pool) == {"claims": 0, "coupons": 0, "held_entries": 1}
+        await sink.write(conn, redeemed)
+    pack = len(sink.decode_answer(wallet[0].fields["answer"]).coupons)
+    assert await counts(consumer.pool) == {"claims": 1, "coupons": pack, "held_entries": 0}
