@@ -23,6 +23,7 @@ FAILED_ATTEMPTS = 10  # product.md: invalid_code answers allowed per user and pe
 FAILED_WINDOW_SECONDS = 3600  # ... within a rolling hour
 PUT_CHUNK = 1000  # code hashes per put_codes call
 PUT_CONCURRENCY = 8
+ENDED_BATCH = "The activity has ended: codes made for it could never be redeemed."
 log = logging.getLogger(__name__)
 
 
@@ -98,7 +99,11 @@ class CodeService:
     async def make_batch(
         self, activity_id: str, hot: dict[str, str], count: int, operator: str, *, now: int
     ) -> Batch:
-        """``hot``: the activity's config as Redis holds it (the authority for its window and pack now)."""
+        """``hot``: the activity's config as Redis holds it (the authority for its window and pack now). An
+        activity ended, or past its ``ends_at``, is state_conflict: the codes could never be redeemed. Judged here
+        from ``hot`` first, so nothing is made or recorded for it; ``code_batch`` judges it again, atomically."""
+        if hot["status"] == "ended" or now >= int(hot["ends_at"]):
+            raise DomainError(Outcome.STATE_CONFLICT, ENDED_BATCH)
         plain: set[str] = set()
         while len(plain) < count:
             plain.add(code_format.new_code())
@@ -115,7 +120,8 @@ class CodeService:
             if reply[0] == Outcome.STATE_CONFLICT:
                 raise DomainError(
                     Outcome.STATE_CONFLICT,
-                    "The activity has ended, or the batch is larger than the stock left.",
+                    "The activity has ended (its codes could never be redeemed), or the batch is larger than "
+                    "the stock left.",
                 )
             raise DomainError(Outcome(reply[0]))
         batch = batch_record(activity_id, starts_at, ends_at, pack)
