@@ -23,6 +23,7 @@ FAILED_ATTEMPTS = 10  # product.md: invalid_code answers allowed per user and pe
 FAILED_WINDOW_SECONDS = 3600  # ... within a rolling hour
 PUT_CHUNK = 1000  # code hashes per put_codes call
 PUT_CONCURRENCY = 8
+ENDED_BATCH = "The activity has ended: codes made for it could never be redeemed."
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +51,15 @@ class Gate:
 
     def settle_keys(self) -> list[str]:
         return [self.fails, self.idem, self.wallet.seq, self.wallet.events]
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """A keyed success's answer, kept in the user's gate for the key's replays."""
+
+    key: str
+    digest: str
+    answer: str
 
 
 def batch_record(activity_id: str, starts_at: int, ends_at: int, pack: str) -> str:
@@ -82,13 +92,18 @@ class CodeService:
         self.claims = claims
         self.hash_key = hash_key
         self.idempotency_ttl = idempotency_ttl
+        self._settling: set[asyncio.Future[list[None]]] = set()  # give-backs under way, kept from the GC
 
     # -- batches --------------------------------------------------------------------------------------------
 
     async def make_batch(
         self, activity_id: str, hot: dict[str, str], count: int, operator: str, *, now: int
     ) -> Batch:
-        """``hot``: the activity's config as Redis holds it (the authority for its window and pack now)."""
+        """``hot``: the activity's config as Redis holds it (the authority for its window and pack now). An
+        activity ended, or past its ``ends_at``, is state_conflict: the codes could never be redeemed. Judged here
+        from ``hot`` first, so nothing is made or recorded for it; ``code_batch`` judges it again, atomically."""
+        if hot["status"] == "ended" or now >= int(hot["ends_at"]):
+            raise DomainError(Outcome.STATE_CONFLICT, ENDED_BATCH)
         plain: set[str] = set()
         while len(plain) < count:
             plain.add(code_format.new_code())
@@ -105,7 +120,8 @@ class CodeService:
             if reply[0] == Outcome.STATE_CONFLICT:
                 raise DomainError(
                     Outcome.STATE_CONFLICT,
-                    "The activity has ended, or the batch is larger than the stock left.",
+                    "The activity has ended (its codes could never be redeemed), or the batch is larger than "
+                    "the stock left.",
                 )
             raise DomainError(Outcome(reply[0]))
         batch = batch_record(activity_id, starts_at, ends_at, pack)
@@ -169,6 +185,11 @@ class CodeService:
     async def redeem(
         self, who: UserIdentity, typed: str, *, now: int, idempotency_key: str | None, blocked: bool
     ) -> Redeemed:
+        """Count the attempt against the user's and the device's failed-attempt limits, judge the code, deliver
+        its pack. The attempt stays counted only when the code was judged ``invalid_code``: every other end (a
+        success, another refusal, a Redis error, the fence, a timeout, a cancelled request, a bug) gives it back,
+        so failures that are not the caller's never lock them out."""
+        self.runner.fence.check()  # fenced: refused before any gate (no attempt to give back, nothing to log)
         attempt = new_id()
         digest = body_hash(self.hash_key, typed) if idempotency_key else NO_BODY_HASH
         user_wallet = self.keyspace.wallet(who.user_id)
@@ -184,75 +205,103 @@ class CodeService:
             device_wallet, device_wallet.failed_codes_of_device(who.device_id), device_wallet.no_idempotency
         )
         limits = [FAILED_ATTEMPTS, FAILED_WINDOW_SECONDS]
-        user_reply, device_reply = await asyncio.gather(
-            self.runner.run(
-                "code_gate", user_gate.keys(), [now, attempt, *limits, idempotency_key or "", digest]
-            ),
-            self.runner.run("code_gate", device_gate.keys(), [now, attempt, *limits, "", digest]),
-        )
-        user_outcome, device_outcome = Outcome(user_reply[0]), Outcome(device_reply[0])
-        if user_outcome is not Outcome.OK or device_outcome is not Outcome.OK:
-            await asyncio.gather(
+        holding = [user_gate, device_gate]  # the gates that hold (or may hold) this attempt
+        judged_invalid = False
+        kept: Kept | None = None  # a keyed success's answer, for its replays
+        try:
+            gate_replies = await asyncio.gather(
+                self.runner.run(
+                    "code_gate", user_gate.keys(), [now, attempt, *limits, idempotency_key or "", digest]
+                ),
+                self.runner.run("code_gate", device_gate.keys(), [now, attempt, *limits, "", digest]),
+                return_exceptions=True,
+            )
+            # A gate that answered anything but ok counted nothing; one that raised may have counted.
+            holding = [
+                gate
+                for gate, reply in zip((user_gate, device_gate), gate_replies, strict=True)
+                if not isinstance(reply, list) or reply[0] == Outcome.OK
+            ]
+            user_reply, device_reply = (_gate_reply(reply) for reply in gate_replies)
+            user_outcome, device_outcome = Outcome(user_reply[0]), Outcome(device_reply[0])
+            if user_outcome is not Outcome.OK or device_outcome is not Outcome.OK:
+                limited = [int(r[1]) for r in (user_reply, device_reply) if r[0] == Outcome.RATE_LIMITED]
+                if limited:
+                    raise DomainError(Outcome.RATE_LIMITED, retry_after=max(limited))
+                if user_outcome is Outcome.REPLAY:
+                    return Redeemed(user_reply[1])
+                raise DomainError(user_outcome)
+
+            code = code_format.canonical(typed)
+            if code is None:
+                judged_invalid = True
+                raise DomainError(Outcome.INVALID_CODE)  # a typo: counted, never reaches Redis
+            code_hash = code_format.code_hash(self.hash_key, code)
+            keys = self.keyspace.code(code_hash)
+            reply = await self.runner.run(
+                "redeem_code",
+                [keys.codes, keys.batches, keys.counters, keys.seq, keys.events],
+                [now, new_id(), code_hash, who.user_id, who.device_id, "1" if blocked else "0", new_id()],
+            )
+            outcome = Outcome(reply[0])
+            if outcome is Outcome.INVALID_CODE:
+                judged_invalid = True
+                raise DomainError(outcome)
+            if outcome not in (Outcome.OK, Outcome.REPLAY):
+                raise DomainError(outcome)
+            if idempotency_key:
+                kept = Kept(idempotency_key, digest, reply[1])
+            await self.claims.deliver_or_defer(who.user_id, reply[2], reply[1], now=now)
+            return Redeemed(reply[1])
+        finally:
+            if holding and not judged_invalid:
+                await self._give_back(holding, user_gate, attempt, now=now, kept=kept)
+
+    async def _give_back(
+        self, gates: list[Gate], user_gate: Gate, attempt: str, *, now: int, kept: Kept | None
+    ) -> None:
+        """Take the attempt back from ``gates`` (and keep a keyed success's answer in the user's). Best effort:
+        a failure is logged, and the attempt then counts until its window ends. Runs to its end even when the
+        request is cancelled meanwhile."""
+        settles = asyncio.ensure_future(
+            asyncio.gather(
                 *(
-                    self._settle(keys, attempt, now=now)
-                    for keys, outcome in ((user_gate, user_outcome), (device_gate, device_outcome))
-                    if outcome is Outcome.OK
+                    self._settle(gate, attempt, now=now, kept=kept if gate is user_gate else None)
+                    for gate in gates
                 )
             )
-            limited = [int(r[1]) for r in (user_reply, device_reply) if r[0] == Outcome.RATE_LIMITED]
-            if limited:
-                raise DomainError(Outcome.RATE_LIMITED, retry_after=max(limited))
-            if user_outcome is Outcome.REPLAY:
-                return Redeemed(user_reply[1])
-            raise DomainError(user_outcome)
-
-        code = code_format.canonical(typed)
-        if code is None:
-            raise DomainError(Outcome.INVALID_CODE)  # a typo: counted, never reaches Redis
-        code_hash = code_format.code_hash(self.hash_key, code)
-        keys = self.keyspace.code(code_hash)
-        reply = await self.runner.run(
-            "redeem_code",
-            [keys.codes, keys.batches, keys.counters, keys.seq, keys.events],
-            [now, new_id(), code_hash, who.user_id, who.device_id, "1" if blocked else "0", new_id()],
         )
-        outcome = Outcome(reply[0])
-        if outcome is Outcome.INVALID_CODE:
-            raise DomainError(outcome)
-        succeeded = outcome in (Outcome.OK, Outcome.REPLAY)
-        if succeeded:
-            await self.claims.deliver_or_defer(who.user_id, reply[2], reply[1], now=now)
-        await asyncio.gather(
-            self._settle(
-                user_gate,
+        self._settling.add(settles)
+        settles.add_done_callback(self._settling.discard)
+        await asyncio.shield(settles)
+
+    async def _settle(self, gate: Gate, attempt: str, *, now: int, kept: Kept | None) -> None:
+        """``code_settle`` on one gate; a failure is logged, never raised (the answer stands either way)."""
+        key, digest, answer = (kept.key, kept.digest, kept.answer) if kept else ("", "", "")
+        try:
+            await self.runner.run(
+                "code_settle",
+                gate.settle_keys(),
+                [now, new_id(), attempt, key, digest, self.idempotency_ttl, answer],
+            )
+        except DomainError as exc:
+            log.warning(
+                "code attempt %s not given back in %s, it counts until its window ends: %s",
                 attempt,
-                now=now,
-                idempotency_key=idempotency_key if succeeded else None,
-                digest=digest,
-                answer=reply[1] if succeeded else "",
-            ),
-            self._settle(device_gate, attempt, now=now),
-        )
-        if not succeeded:
-            raise DomainError(outcome)
-        return Redeemed(reply[1])
+                gate.fails,
+                exc.message,
+            )
+        except Exception:
+            log.exception(
+                "code attempt %s not given back in %s, it counts until its window ends", attempt, gate.fails
+            )
 
-    async def _settle(
-        self,
-        gate: Gate,
-        attempt: str,
-        *,
-        now: int,
-        idempotency_key: str | None = None,
-        digest: str = "",
-        answer: str = "",
-    ) -> None:
-        """Take the attempt back (the answer was not invalid_code); keep a keyed success's answer."""
-        await self.runner.run(
-            "code_settle",
-            gate.settle_keys(),
-            [now, new_id(), attempt, idempotency_key or "", digest, self.idempotency_ttl, answer],
-        )
+
+def _gate_reply(reply: list[Any] | BaseException) -> list[Any]:
+    """A gate's reply, or its exception raised (once the gates that may have counted are known)."""
+    if isinstance(reply, BaseException):
+        raise reply
+    return reply
 
 
 async def put_codes(

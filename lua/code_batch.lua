@@ -2,11 +2,11 @@
 --[[
 code_batch: take a code batch's packs from the activity's stock (reserve), or give back the packs of a batch a
 crash left unfinished (void). Idempotent per batch: a batch is reserved at most once and voided at most once.
-KEYS[1] config   hash   {a:X}:act      status, stock_left, reserved (packs held by code batches)
+KEYS[1] config   hash   {a:X}:act      status, ends_at, stock_left, reserved (packs held by code batches)
 KEYS[2] batches  hash   {a:X}:batches  batch id -> packs reserved, or "void"
 KEYS[3] seq      string {a:X}:seq      the partition's event sequence
 KEYS[4] events   stream {a:X}:events   the partition's ledger stream
-ARGV[1] now         unix seconds
+ARGV[1] now         unix seconds (a reserve at or after ends_at is refused: its codes could never be redeemed)
 ARGV[2] event_id    gateway-made
 ARGV[3] operator    the operator's name
 ARGV[4] activity_id
@@ -16,7 +16,8 @@ ARGV[7] action      "reserve" or "void"
 REPLY ok stock_left     the packs left after the change
 REPLY replay stock_left reserved (or voided) before: nothing written
 REPLY not_found
-REPLY state_conflict    reserve: ended, more packs than are left, or the batch was voided
+REPLY state_conflict    reserve: ended (by status, or ends_at has passed), more packs than are left, or the
+                        batch was voided
 EVENT codes_reserved
 EVENT codes_voided
 ]]
@@ -35,7 +36,7 @@ if count < 0 or (action ~= "reserve" and action ~= "void") then
   error("code_batch: count must be 0 or more and action reserve or void")
 end
 
-local config = redis.call("HMGET", config_key, "status", "stock_left")
+local config = redis.call("HMGET", config_key, "status", "stock_left", "ends_at")
 if not config[1] then
   return {"not_found"}
 end
@@ -49,7 +50,7 @@ if action == "reserve" then
   if held then
     return {"replay", left}
   end
-  if config[1] == "ended" or count > left then
+  if config[1] == "ended" or now >= tonumber(config[3]) or count > left then
     return {"state_conflict"}
   end
   delta = -count

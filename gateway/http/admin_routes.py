@@ -144,11 +144,26 @@ async def _mirrored(request: Request[Any, Any, Any], activity_id: str) -> Activi
 HOT_FIELDS = ("name", "starts_at", "ends_at", "per_user_limit", "per_device_limit")
 
 
+def live_status(hot: dict[str, str], now: int) -> str:
+    """The status an operator sees: Redis's, except that an activity whose ``ends_at`` has passed reads
+    ``ended`` (product.md), whatever Redis holds (no timer ends it there: the claim script judges the window)."""
+    return "ended" if now >= int(hot["ends_at"]) else hot["status"]
+
+
+def stock_made_available(hot: dict[str, str]) -> int:
+    """The packs made available in all: created, plus restocks, minus removals. Claims and grants move packs
+    from ``stock_left`` to ``taken``, code batches to ``reserved`` (and a voided batch back), restocks change
+    ``stock_left`` alone: so the three together are exactly that figure."""
+    return sum(int(hot.get(name) or 0) for name in ("stock_left", "taken", "reserved"))
+
+
 async def _live_record(request: Request[Any, Any, Any], activity: Activity) -> dict[str, Any]:
     """The definition from Postgres overlaid with what Redis holds now (status, window, limits, stock)."""
-    hot = await auth.services(request).admin.live_state(activity, int(clock.now()))
+    now = int(clock.now())
+    hot = await auth.services(request).admin.live_state(activity, now)
     record: dict[str, Any] = msgspec.to_builtins(activity)
-    record["status"] = hot["status"]
+    record["status"] = live_status(hot, now)
+    record["stock"] = stock_made_available(hot)
     record["stock_left"] = int(hot["stock_left"])
     for name in HOT_FIELDS:
         if name in hot:

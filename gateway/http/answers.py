@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 from gateway.campaign import Activity, Template
 from gateway.grants import GrantAnswer as GrantResults
@@ -24,6 +27,11 @@ class ClaimAnswer(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ActivityRecord(Activity, kw_only=True, forbid_unknown_fields=True):
+    """An activity as it stands now: ``status`` live (``ended`` once ``ends_at`` has passed, whatever else it
+    was), ``stock`` the packs made available in all (created, plus restocks, minus removals; restocks may take it
+    past the figure a create allows), ``stock_left`` the packs not yet handed out or held by code batches."""
+
+    stock: Annotated[int, Meta(ge=0)]
     stock_left: int
 
 

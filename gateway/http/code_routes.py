@@ -40,7 +40,8 @@ class RedeemBody(msgspec.Struct, forbid_unknown_fields=True):
     opt=documented(
         callers=OPERATOR,
         description="Make count one-use codes for the activity, their packs taken from its stock; the codes are "
-        "shown in this answer only (JSON, or CSV under Accept: text/csv).",
+        "shown in this answer only (JSON, or CSV under Accept: text/csv), and none for an activity past its "
+        "end.",
         body=BatchBody,
         answer=BatchAnswer,
         csv=True,

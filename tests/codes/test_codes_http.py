@@ -19,9 +19,12 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from gateway import clock
+from gateway.claims import ClaimService
 from gateway.code_format import ALPHABET, canonical, code_hash, new_code, shown
+from gateway.codes import CodeService
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient
+from gateway.outcomes import DomainError, Outcome
+from gateway.redis_client import RedisClient, ScriptRunner
 from gateway.services import Services
 from gateway.settings import Settings
 from tests.helpers import ADMIN, bearer, create_activity, create_template
@@ -242,6 +245,94 @@ async def test_no_batch_for_an_ended_or_unknown_activity(client: AsyncTestClient
     )
     assert await stock_left(client, activity["id"]) == 5
     assert_refusal(await client.post(codes_url("nope"), json={"count": 1}, headers=ADMIN), 404, "not_found")
+
+
+async def batch_rows(settings: Settings) -> list[str]:
+    """The states of every code batch recorded in Postgres."""
+    conn = await asyncpg.connect(settings.postgres.url)
+    try:
+        return [r["state"] for r in await conn.fetch("SELECT state FROM code_batches")]
+    finally:
+        await conn.close()
+
+
+async def test_no_batch_for_an_activity_past_its_end(
+    client: AsyncTestClient[Any],
+    settings: Settings,
+    redis_client: RedisClient,
+    keyspace: KeySpace,
+    moved_clock: None,
+) -> None:
+    """product.md: a code batch for an activity past ends_at is state_conflict (its codes could never be
+    redeemed), though nobody ended it; ends_at is exclusive. Nothing is taken, made or recorded."""
+    now = int(time.time())
+    activity, _ = await codes_activity(client, stock=5, starts_at=now - 100, ends_at=now + 3600)
+    aid = activity["id"]
+    for at in (now + 3600, now + 7200):
+        clock.set_to(at)
+        reply = await client.post(codes_url(aid), json={"count": 1}, headers=ADMIN)
+        assert_refusal(reply, 409, "state_conflict")
+        assert "codes" not in reply.json()
+    assert await stock_left(client, aid) == 5
+    assert not await redis_client.exists(keyspace.activity(aid).code_batches)
+    assert await batch_rows(settings) == []
+
+    clock.set_to(now + 3599)  # the last second of the window
+    assert (await client.post(codes_url(aid), json={"count": 1}, headers=ADMIN)).status_code == 201
+    assert await stock_left(client, aid) == 4
+
+
+async def test_after_its_end_an_activity_takes_grants_and_restocks_but_no_batch(
+    client: AsyncTestClient[Any], settings: Settings
+) -> None:
+    """product.md: after ends_at grants and restocks still work (compensation grants); a code batch does not."""
+    now = int(time.time())
+    activity, _ = await codes_activity(client, stock=2, starts_at=now - 100, ends_at=now - 10)
+    aid = activity["id"]
+    assert_refusal(await client.post(codes_url(aid), json={"count": 1}, headers=ADMIN), 409, "state_conflict")
+    restocked = await client.post(f"/v1/admin/activities/{aid}/stock", json={"delta": 3}, headers=ADMIN)
+    assert restocked.status_code == 200, restocked.text
+    granted = await client.post(
+        f"/v1/admin/activities/{aid}/grants", json={"user_ids": ["late-1", "late-2"]}, headers=ADMIN
+    )
+    assert granted.status_code == 200, granted.text
+    assert all("claim_id" in result for result in granted.json()["results"]), granted.text
+    assert len(await wallet_ids(client, "late-1")) == 1
+    assert await stock_left(client, aid) == 2 + 3 - 2
+    assert_refusal(await client.post(codes_url(aid), json={"count": 1}, headers=ADMIN), 409, "state_conflict")
+    assert await batch_rows(settings) == []
+
+
+async def test_the_script_refuses_a_batch_past_the_end_whatever_the_caller_read(
+    client: AsyncTestClient[Any],
+    services: Services,
+    settings: Settings,
+    runner: ScriptRunner,
+    redis_client: RedisClient,
+    keyspace: KeySpace,
+    db: asyncpg.Pool,
+) -> None:
+    """The window the gateway read may be stale (an operator moved ends_at meanwhile): code_batch, the authority,
+    refuses the reserve, and the batch recorded first is voided. The app serves from a loop of its own, so the
+    batch is made here by a CodeService of the test's loop, on the same Valkey and Postgres."""
+    now = int(time.time())
+    activity, _ = await codes_activity(client, stock=5, starts_at=now - 100, ends_at=now - 10)
+    aid = activity["id"]
+    stale = {**await redis_client.hgetall(keyspace.activity(aid).config), "ends_at": str(now + 3600)}
+    ttl = services.codes.idempotency_ttl
+    making = CodeService(
+        runner, keyspace, db, ClaimService(runner, keyspace, ttl), services.codes.hash_key, ttl
+    )
+
+    with pytest.raises(DomainError) as refused:
+        await making.make_batch(aid, stale, 2, "alice", now=now)
+
+    assert refused.value.outcome is Outcome.STATE_CONFLICT
+    assert await stock_left(client, aid) == 5
+    assert not await redis_client.exists(keyspace.activity(aid).code_batches)
+    assert await batch_rows(settings) == ["void"]
+    for bucket in keyspace.code_partitions():
+        assert not await redis_client.exists(f"{bucket.tag}:codes")
 
 
 async def test_stock_left_drops_by_count_and_stats_count_redeemed_codes(

@@ -13,6 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from gateway.http import admin_routes
 from gateway.keys import KeySpace
 from gateway.settings import Settings
 from tests.conftest import OTHER_API_KEY
@@ -102,6 +103,45 @@ async def test_list_shows_the_live_status(client: AsyncTestClient[Any]) -> None:
     assert (found[running["id"]]["status"], found[running["id"]]["stock_left"]) == ("active", 10)
 
 
+class Clock:
+    """Stands in for the ``time`` module of the admin routes: always the moment ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def time(self) -> float:
+        return float(self.at)
+
+
+@pytest.mark.parametrize("before", [[], ["pause"]], ids=["active", "paused"])
+async def test_an_activity_past_its_end_reads_ended(
+    client: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch, before: list[str]
+) -> None:
+    """product.md: an activity whose ends_at has passed reads ended, in the record and in the list, though
+    Redis's status is still what it was (no timer ends it; the claim script judges the window)."""
+    created = await create_activity(client)
+    other = await create_activity(client, ends_at=created["ends_at"] + 60)
+    for action in before:
+        assert (await client.post(url(created["id"], action), headers=ADMIN)).status_code == 200
+    status = "paused" if before else "active"
+    end = created["ends_at"]
+
+    for at, expected in ((end - 1, status), (end, "ended"), (end + 86_400, "ended")):
+        monkeypatch.setattr(admin_routes, "time", Clock(at))
+        record = await admin_activity(client, created["id"])
+        same_but(record, created, status=expected)
+        assert (await listed(client, created["id"]))["status"] == expected
+        assert (await listed(client, other["id"]))["status"] == ("active" if at < end + 60 else "ended")
+
+
+async def test_an_activity_created_past_its_end_reads_ended(client: AsyncTestClient[Any]) -> None:
+    now = int(time.time())
+    created = await create_activity(client, starts_at=now - 100, ends_at=now - 10)
+    assert (await admin_activity(client, created["id"]))["status"] == "ended"
+    assert (await listed(client, created["id"]))["status"] == "ended"
+    assert_refusal(await client.post(claim_url(created["id"]), headers=bearer("late")), 409, "ended")
+
+
 # --- stock
 
 
@@ -109,16 +149,64 @@ async def test_stock_add_and_remove(client: AsyncTestClient[Any]) -> None:
     created = await create_activity(client, stock=10)
     reply = await client.post(url(created["id"], "stock"), json={"delta": 5}, headers=ADMIN)
     assert reply.status_code == 200, reply.text
-    same_but(reply.json(), created, stock_left=15)
+    same_but(reply.json(), created, stock=15, stock_left=15)
     reply = await client.post(url(created["id"], "stock"), json={"delta": -15}, headers=ADMIN)
     assert reply.status_code == 200, reply.text
-    same_but(reply.json(), created, stock_left=0)
+    same_but(reply.json(), created, stock=0, stock_left=0)
     assert_refusal(await client.post(claim_url(created["id"]), headers=bearer("u1")), 409, "sold_out")
     refusal = await client.post(url(created["id"], "stock"), json={"delta": -1}, headers=ADMIN)
     assert_refusal(refusal, 409, "state_conflict")
     reply = await client.post(url(created["id"], "stock"), json={"delta": 1}, headers=ADMIN)
-    same_but(reply.json(), created, stock_left=1)
+    same_but(reply.json(), created, stock=1, stock_left=1)
     assert (await client.post(claim_url(created["id"]), headers=bearer("u1"))).status_code == 201
+
+
+async def listed(client: AsyncTestClient[Any], activity_id: str) -> dict[str, Any]:
+    """The activity's item in the list."""
+    reply = await client.get("/v1/admin/activities", headers=ADMIN)
+    assert reply.status_code == 200, reply.text
+    [item] = [item for item in reply.json()["items"] if item["id"] == activity_id]
+    found: dict[str, Any] = item
+    return found
+
+
+async def test_stock_is_the_packs_made_available_in_all(client: AsyncTestClient[Any]) -> None:
+    """product.md: the record's stock is created, plus restocks, minus removals, whatever claims, grants and
+    code batches took since; what is left is stock_left (the stats' too)."""
+    created = await create_activity(client, stock=10, per_user_limit=1)
+    aid = created["id"]
+    made_available = 10 + 5 - 2
+
+    async def check(answer: dict[str, Any] | None, stock: int, stock_left: int) -> None:
+        for record in ([answer] if answer else []) + [
+            await admin_activity(client, aid),
+            await listed(client, aid),
+        ]:
+            assert (record["stock"], record["stock_left"]) == (stock, stock_left), record
+        stats = await client.get(url(aid, "stats"), headers=ADMIN)
+        assert stats.json()["stock_left"] == stock_left, stats.text
+
+    await check(None, 10, 10)
+    added = await client.post(url(aid, "stock"), json={"delta": 5}, headers=ADMIN)
+    await check(added.json(), 15, 15)
+    removed = await client.post(url(aid, "stock"), json={"delta": -2}, headers=ADMIN)
+    await check(removed.json(), made_available, 13)
+
+    batch = await client.post(url(aid, "codes"), json={"count": 3}, headers=ADMIN)
+    assert batch.status_code == 201, batch.text
+    await check(None, made_available, 10)
+    for user in ("u1", "u2"):
+        assert (await client.post(claim_url(aid), headers=bearer(user))).status_code == 201
+    await check(None, made_available, 8)
+    granted = await client.post(url(aid, "grants"), json={"user_ids": ["g1"]}, headers=ADMIN)
+    assert "claim_id" in granted.json()["results"][0], granted.text
+    await check(None, made_available, 7)
+    code = batch.json()["codes"][0]
+    redeemed = await client.post("/v1/codes/redeem", json={"code": code}, headers=bearer("r1"))
+    assert redeemed.status_code == 201, redeemed.text
+    await check(None, made_available, 7)  # the code's pack was held by its batch already
+    ended = await client.post(url(aid, "end"), headers=ADMIN)
+    await check(ended.json(), made_available, 7)
 
 
 async def test_stock_past_the_budget_is_over_budget(client: AsyncTestClient[Any]) -> None:
@@ -513,6 +601,7 @@ async def test_every_change_is_audited_once_in_order(
         await admin_activity(client, activity_id),
         created,
         status="ended",
+        stock=15,
         stock_left=15,
         name="renamed",
         per_user_limit=3,

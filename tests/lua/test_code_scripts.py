@@ -170,6 +170,42 @@ async def test_reserve_on_a_paused_activity_is_allowed(
     assert await code_batch(runner, count=10) == ["ok", 0]
 
 
+async def test_reserve_at_or_after_ends_at_is_refused(
+    runner: ScriptRunner, redis_client: RedisClient, make_activity: MakeActivity
+) -> None:
+    """product.md: a code batch for an activity past ends_at is state_conflict (its codes could never be
+    redeemed), whatever its status says; ends_at is exclusive."""
+    await make_activity(stock=10, ends_at=NOW + 100)
+    for now in (NOW + 100, NOW + 101, NOW + 10 * DAY):
+        await refused(redis_client, code_batch(runner, count=1, now=now), ["state_conflict"])
+    await refused(redis_client, code_batch(runner, count=0, now=NOW + 100), ["state_conflict"])
+
+    assert await code_batch(runner, count=2, now=NOW + 99) == ["ok", 8]  # the last second of the window
+
+
+async def test_after_ends_at_a_reserve_replays_and_a_void_gives_the_packs_back(
+    runner: ScriptRunner, redis_client: RedisClient, make_activity: MakeActivity
+) -> None:
+    """The end refuses new batches only: a batch reserved before it replays, and a void (reconcile undoing a
+    batch nobody saw) still gives its packs back."""
+    await make_activity(stock=10, ends_at=NOW + 5)
+    assert await code_batch(runner, count=3, now=NOW + 4) == ["ok", 7]
+    await refused(redis_client, code_batch(runner, count=3, now=NOW + 200), ["replay", 7])
+    before = await snapshot(redis_client)
+
+    reply = await code_batch(runner, "void", count=3, now=NOW + 5, operator="bob")  # at ends_at: ended
+
+    assert reply == ["ok", 10]
+    after = await snapshot(redis_client)
+    assert changed(before, after) == {ACT.config, ACT.code_batches, ACT.seq, ACT.events}
+    assert hot(after) == {**hot(before), "stock_left": "10", "reserved": "0"}
+    assert value(after, ACT.code_batches) == {"b1": "void"}
+    [event] = appended(before, after, ACT.events)
+    assert_batch_event(
+        event, "codes_voided", batch_id="b1", count=3, before=7, after=10, seq=value(after, ACT.seq)
+    )
+
+
 async def test_unknown_activity_is_not_found(runner: ScriptRunner, redis_client: RedisClient) -> None:
     await refused(redis_client, code_batch(runner, activity_id="nope"), ["not_found"])
     await refused(redis_client, code_batch(runner, "void", activity_id="nope"), ["not_found"])

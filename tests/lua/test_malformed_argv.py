@@ -151,6 +151,15 @@ async def code_batch_void(runner: ScriptRunner) -> Call:
     return Call(batch_keys(), [NOW, "ev", "alice", "act1", "b1", 2, "void"])
 
 
+@scenario("code_batch", "void-after-end")
+async def code_batch_void_after_end(runner: ScriptRunner) -> Call:
+    # ends_at is NOW: a reserve is refused from NOW on, a void is not.
+    await an_activity(runner, now=NOW - 3600)
+    reserve = [NOW - 1, "ev", "alice", "act1", "b1", 2, "reserve"]
+    assert (await runner.run("code_batch", batch_keys(), reserve))[0] == "ok"
+    return Call(batch_keys(), [NOW, "ev", "alice", "act1", "b1", 2, "void"])
+
+
 FAILS = WALLET.failed_codes_of_user(USER)
 CODE_IDEM = WALLET.idempotency(USER, "k")
 
