@@ -824,9 +824,7 @@ async def test_a_call_without_a_valid_credential_is_unauthorized(
         {"X-Service-Key": "not-the-key-0123456789"},
         {"X-Service-Key": ""},
         {"Authorization": "Bearer nope"},
-        # a wrong service key is refused even beside a valid user token
-        {"X-Service-Key": "not-the-key-0123456789", **bearer("alice")},
-    ]
+    ]  # (a service key beside a user token, right or wrong, is invalid_request: tests/http/test_credentials.py)
     for headers in credentials:
         body = {"order_id": "o-2", "coupon_id": free, "lines": CART, "user_id": "alice"}
         await refused_without_writing(
