@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from gateway.keys import KeySpace
+from gateway.outcomes import DomainError, Outcome
 from gateway.redis_client import ScriptRunner
 
 STATUSES = ("available", "locked", "redeemed", "expired")
@@ -32,11 +33,15 @@ class WalletService:
         self.keyspace = keyspace
 
     async def page(self, user_id: str, *, status: str, cursor: str, limit: int, now: int) -> bytes:
-        """``{items, next_cursor?}`` as the contract shapes a list; built by the script, encoded once."""
+        """``{items, next_cursor?}`` as the contract shapes a list; built by the script, encoded once. A cursor
+        that is none of the user's coupons is ``not_found``."""
         wallet = self.keyspace.wallet(user_id)
-        _, items, next_cursor = await self.runner.run(
+        reply = await self.runner.run(
             "wallet_page", [wallet.coupons, wallet.user_index(user_id)], [now, cursor, limit, status]
         )
+        if reply[0] != Outcome.OK:
+            raise DomainError(Outcome.NOT_FOUND, "No such coupon in this wallet: the cursor names none.")
+        _, items, next_cursor = reply
         tail = f',"next_cursor":"{next_cursor}"}}' if next_cursor else "}"
         return f'{{"items":{items}{tail}'.encode()
 

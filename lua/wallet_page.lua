@@ -6,15 +6,20 @@ KEYS[1] coupons  hash   {w:n}:coupons     coupon id -> JSON record {user, activi
                                           valid_until, status, version, order?, locked_until?}
 KEYS[2] index    zset   {w:n}:u:<user>    the user's coupon ids (score 0; ids sort by creation time)
 ARGV[1] now      unix seconds
-ARGV[2] cursor   "" for the first page, else the last coupon id of the page before
+ARGV[2] cursor   "" for the first page, else the last coupon id of the page before (one of the user's coupons)
 ARGV[3] limit    1..100
 ARGV[4] status   "" for every status, else available, locked, redeemed or expired
 REPLY ok items next   items: the page as a JSON array of {coupon_id, template_id, activity_id, status, valid_from,
                       valid_until, order_id?}; next: the cursor of the next page, "" on the last
+REPLY not_found       the cursor is none of the user's coupons
 ]]
 local coupons_key, index_key = KEYS[1], KEYS[2]
 local now, cursor, limit, wanted = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local CHUNK = 100
+
+if cursor ~= "" and not redis.call("ZSCORE", index_key, cursor) then
+  return {"not_found"}
+end
 
 local function shown_status(record)
   local status = record.status

@@ -22,6 +22,7 @@ from litestar.types import (
 from gateway.http import (
     admin_routes,
     blocklist_routes,
+    body_guard,
     checkout_routes,
     claim_routes,
     code_routes,
@@ -47,6 +48,7 @@ class Gateway(Litestar):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "http":
+            receive, send = body_guard.guarded(scope, receive, send)
             services = self.claim_services
             path: str = scope["path"]
             if services is not None and (

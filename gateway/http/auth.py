@@ -21,8 +21,18 @@ def services(request: Request[Any, Any, Any]) -> Services:
     return found
 
 
+def one_credential(authorization: str | None, service_key: str | None) -> None:
+    """A request carrying both a user's ``Authorization`` and an ``X-Service-Key`` is ``invalid_request``, on
+    every route that takes either: the gateway never picks one of two callers. Checked before either is."""
+    if authorization is not None and service_key is not None:
+        raise invalid_request("Send a user token (Authorization) or X-Service-Key, not both.")
+
+
 def user(request: Request[Any, Any, Any]) -> UserIdentity:
-    return services(request).tokens.identity(request.headers.get("authorization"))
+    """The user of a route that takes a user token only."""
+    authorization = request.headers.get("authorization")
+    one_credential(authorization, request.headers.get("x-service-key"))
+    return services(request).tokens.identity(authorization)
 
 
 def _matching(given: str, keys: Iterable[str]) -> str | None:
@@ -78,4 +88,7 @@ class Caller:
 
 def caller(request: Request[Any, Any, Any]) -> Caller:
     """Credentials first, before the request's shape is looked at."""
-    return Caller(None if _is_service(request) else user(request))
+    one_credential(request.headers.get("authorization"), request.headers.get("x-service-key"))
+    if _is_service(request):
+        return Caller(None)
+    return Caller(services(request).tokens.identity(request.headers.get("authorization")))

@@ -11,13 +11,17 @@ from litestar import Request
 
 from gateway.http.openapi import Contract, Query
 from gateway.outcomes import UNSUPPORTED_MEDIA_TYPE, DomainError, Outcome
+from gateway.tokens import ID_PATTERN
 
 T = TypeVar("T")
 _FIELD = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,64}")
 PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-COUPON_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,6}")  # "<claim id>.<place in the pack>"
+# A coupon id as a client may send it: the contract's id alphabet and length (product.md, "Identity"). The ids
+# the gateway makes ("<claim id>.<place in the pack>") are one shape within it, and that shape is ours: an id
+# in the alphabet that names no coupon is not_found, like an unknown activity or order, never a 400.
+COUPON_ID = ID_PATTERN
 MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 20
 LIMIT = Query(

@@ -21,7 +21,7 @@ from msgspec import Meta
 
 from gateway import clock
 from gateway.campaign import NO_CONTROL_CHARACTERS
-from gateway.http import bodies
+from gateway.http import auth, bodies
 from gateway.http.answers import ClaimAnswer
 from gateway.http.errors import (
     error_parts,
@@ -144,16 +144,19 @@ async def claimed(services: Services, scope: HTTPScope, receive: Receive, under_
         raise no_such_route()
     if scope["method"] != "POST":
         raise method_not_allowed()
-    authorization = content_type = idempotency_key = content_length = None
+    authorization = content_type = idempotency_key = content_length = service_key = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = value.decode("latin-1")
+        elif name == b"x-service-key":
+            service_key = value.decode("latin-1")
         elif name == b"content-type":
             content_type = value.decode("latin-1")
         elif name == b"idempotency-key":
             idempotency_key = value.decode("latin-1")
         elif name == b"content-length":
             content_length = value
+    auth.one_credential(authorization, service_key)  # a user route: the service key alone is unauthorized
     who = services.tokens.identity(authorization)
     if scope["query_string"]:
         query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)

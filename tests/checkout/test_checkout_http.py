@@ -287,6 +287,22 @@ async def test_an_unknown_coupon_or_someone_elses_is_not_found(
     assert (await lock(client, "alice", "o-1", alices))["coupon_id"] == alices
 
 
+# An id in the contract's alphabet (1-64 of [A-Za-z0-9_.:-]) whose shape is not the one the gateway makes: which
+# ids the gateway makes is its own business, so these name no coupon (404), like an unknown activity or order.
+NEVER_ISSUED = ["no-such-coupon-x", "claim", "a.b.c", "x:1", "9" * 64, "c.1234567"]
+
+
+@pytest.mark.parametrize("coupon_id", NEVER_ISSUED)
+async def test_a_coupon_id_the_gateway_never_issued_is_not_found(
+    client: AsyncTestClient[Any], raw_redis: Redis, coupon_id: str
+) -> None:
+    alices = await claim_one(client, "alice")
+    await refused_without_writing(raw_redis, try_lock(client, "alice", "o-1", coupon_id), 404, "not_found")
+    body = {"order_id": "o-1", "coupon_id": coupon_id, "lines": CART, "user_id": "alice"}
+    await refused_without_writing(raw_redis, client.post(LOCK, json=body, headers=SERVICE), 404, "not_found")
+    assert (await lock(client, "alice", "o-1", alices))["coupon_id"] == alices  # the order was left free
+
+
 async def test_a_coupon_past_or_before_its_validity_is_unavailable(
     client: AsyncTestClient[Any], raw_redis: Redis, settings: Settings
 ) -> None:
@@ -808,9 +824,7 @@ async def test_a_call_without_a_valid_credential_is_unauthorized(
         {"X-Service-Key": "not-the-key-0123456789"},
         {"X-Service-Key": ""},
         {"Authorization": "Bearer nope"},
-        # a wrong service key is refused even beside a valid user token
-        {"X-Service-Key": "not-the-key-0123456789", **bearer("alice")},
-    ]
+    ]  # (a service key beside a user token, right or wrong, is invalid_request: tests/http/test_credentials.py)
     for headers in credentials:
         body = {"order_id": "o-2", "coupon_id": free, "lines": CART, "user_id": "alice"}
         await refused_without_writing(
@@ -862,7 +876,10 @@ LOCK_BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
         "colour",
     ),
     ("coupon_id-format", {"order_id": "o-9", "coupon_id": "not a coupon", "lines": [line(1)]}, "coupon_id"),
-    ("coupon_id-no-index", {"order_id": "o-9", "coupon_id": "claim", "lines": [line(1)]}, "coupon_id"),
+    ("coupon_id-slash", {"order_id": "o-9", "coupon_id": "a/b.1", "lines": [line(1)]}, "coupon_id"),
+    ("coupon_id-empty", {"order_id": "o-9", "coupon_id": "", "lines": [line(1)]}, "coupon_id"),
+    ("coupon_id-65", {"order_id": "o-9", "coupon_id": "c" * 65, "lines": [line(1)]}, "coupon_id"),
+    ("coupon_id-number", {"order_id": "o-9", "coupon_id": 7, "lines": [line(1)]}, "coupon_id"),
     ("order_id-slash", {"order_id": "alice/o-9", "coupon_id": "COUPON", "lines": [line(1)]}, "order_id"),
     ("order_id-empty", {"order_id": "", "coupon_id": "COUPON", "lines": [line(1)]}, "order_id"),
     ("order_id-65", {"order_id": "o" * 65, "coupon_id": "COUPON", "lines": [line(1)]}, "order_id"),

@@ -143,9 +143,28 @@ async def test_bad_queries_are_refused_naming_the_field(client: AsyncTestClient[
         ("status=gone", "status"),
         ("limit=0", "limit"),
         ("limit=101", "limit"),
-        ("cursor=nope", "cursor"),
+        ("cursor=a%20b", "cursor"),
+        ("cursor=a/b.1", "cursor"),
+        (f"cursor={'c' * 65}", "cursor"),
         ("colour=red", "colour"),
     ]:
         assert_refusal(
             await client.get(f"/v1/coupons?{query}", headers=bearer("alice")), 400, "invalid_request", field
         )
+
+
+async def test_a_cursor_that_names_none_of_the_users_coupons_is_not_found(
+    client: AsyncTestClient[Any],
+) -> None:
+    """A cursor in the contract's id alphabet that is no coupon of this wallet (never issued, or another user's):
+    404 not_found, as for any unknown id, whoever asks; never a 400 naming the shape of the ids the gateway makes."""
+    activity = await create_activity(client)
+    [alices] = await claim_packs(client, "alice", [activity["id"]])
+    [bobs] = await claim_packs(client, "bob", [activity["id"]])
+    for cursor in ("nope", "no-such-coupon-x", "x:1", f"{alices[:-1]}9", bobs):
+        for headers, named in ((bearer("alice"), ""), (SERVICE, "&user_id=alice")):
+            reply = await client.get(f"/v1/coupons?cursor={cursor}{named}", headers=headers)
+            assert_refusal(reply, 404, "not_found")
+    # the cursor of a page is one of the wallet's coupons: its next page answers (here: empty)
+    reply = await client.get(f"/v1/coupons?cursor={alices}", headers=bearer("alice"))
+    assert reply.status_code == 200 and reply.json() == {"items": []}, reply.text

@@ -281,7 +281,7 @@ def test_script_obeys_rule(path: Path, check: str) -> None:
 # Scripts that write only failed-attempt counters: rate-limit state, not ledger state, so no event (a guessing
 # run would flood the stream with them) and a restore starts them afresh (docs/architecture.md).
 RATE_LIMIT_ONLY = {"code_gate"}
-READ_COMMANDS = {"GET", "HGET", "HMGET", "HGETALL", "ZRANGE", "ZREVRANGEBYLEX", "SISMEMBER", "EXISTS"}
+READ_COMMANDS = {"GET", "HGET", "HMGET", "HGETALL", "ZRANGE", "ZREVRANGEBYLEX", "ZSCORE", "SISMEMBER", "EXISTS"}
 
 
 @pytest.mark.parametrize("path", SCRIPT_PATHS, ids=[path.stem for path in SCRIPT_PATHS])

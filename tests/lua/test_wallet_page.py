@@ -73,3 +73,18 @@ async def test_a_status_filter_counts_only_matching_coupons(
 
 async def test_an_empty_wallet_is_an_empty_list(runner: ScriptRunner, redis_client: RedisClient) -> None:
     assert await page(runner) == ([], "")
+
+
+async def test_a_cursor_that_is_none_of_the_users_coupons_is_not_found(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    """Not one of the user's coupon ids (never made, or another user's in the same bucket): not_found, not a page
+    of whatever sorts below it."""
+    await seed(redis_client)
+    before = await snapshot(redis_client)
+    for cursor in ("c9.1", "c3", "other.1", "zzz"):
+        reply = await runner.run(
+            "wallet_page", [WALLET.coupons, WALLET.user_index("alice")], [NOW, cursor, 10, ""]
+        )
+        assert reply == ["not_found"], cursor
+    assert await snapshot(redis_client) == before
