@@ -16,6 +16,7 @@ import pytest
 import redis
 from litestar.testing import AsyncTestClient
 
+from gateway import clock
 from gateway.devstack.pidfile import PidFile
 from gateway.devstack.postgres import PostgresServer, start_postgres, stop_postgres
 from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
@@ -115,6 +116,13 @@ async def empty_stores(settings: Settings) -> None:
         await conn.execute(f"TRUNCATE {LEDGER_TABLES}")
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def moved_clock() -> Iterator[None]:
+    """For a test that moves the processes' one clock (``gateway.clock``): put back as it was afterwards."""
+    yield
+    clock.reset()
 
 
 @pytest.fixture

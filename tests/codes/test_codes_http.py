@@ -9,7 +9,6 @@ import logging
 import random
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -109,13 +108,6 @@ def assert_rate_limited(reply: httpx.Response) -> int:
     retry_after = int(reply.headers["Retry-After"])
     assert 1 <= retry_after <= WINDOW
     return retry_after
-
-
-@pytest.fixture
-def moved_clock() -> Iterator[None]:
-    """Tests that move the gateway's clock (``gateway.clock``) leave it as they found it."""
-    yield
-    clock.reset()
 
 
 # --- batches ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from gateway.http import admin_routes
+from gateway import clock
 from gateway.keys import KeySpace
 from gateway.settings import Settings
 from tests.conftest import OTHER_API_KEY
@@ -103,19 +103,9 @@ async def test_list_shows_the_live_status(client: AsyncTestClient[Any]) -> None:
     assert (found[running["id"]]["status"], found[running["id"]]["stock_left"]) == ("active", 10)
 
 
-class Clock:
-    """Stands in for the ``time`` module of the admin routes: always the moment ``at``."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def time(self) -> float:
-        return float(self.at)
-
-
 @pytest.mark.parametrize("before", [[], ["pause"]], ids=["active", "paused"])
 async def test_an_activity_past_its_end_reads_ended(
-    client: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch, before: list[str]
+    client: AsyncTestClient[Any], moved_clock: None, before: list[str]
 ) -> None:
     """product.md: an activity whose ends_at has passed reads ended, in the record and in the list, though
     Redis's status is still what it was (no timer ends it; the claim script judges the window)."""
@@ -127,7 +117,7 @@ async def test_an_activity_past_its_end_reads_ended(
     end = created["ends_at"]
 
     for at, expected in ((end - 1, status), (end, "ended"), (end + 86_400, "ended")):
-        monkeypatch.setattr(admin_routes, "time", Clock(at))
+        clock.set_to(at)
         record = await admin_activity(client, created["id"])
         same_but(record, created, status=expected)
         assert (await listed(client, created["id"]))["status"] == expected

@@ -4,10 +4,8 @@ clock, claims answer 503 ``overloaded`` with Retry-After and readiness names the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway import clock, ledger_check
@@ -15,12 +13,6 @@ from gateway.redis_client import RedisClient
 from gateway.services import Services
 from tests.helpers import bearer, create_activity
 from tests.http.support import assert_refusal, claim_url
-
-
-@pytest.fixture
-def moved_clock() -> Iterator[None]:
-    yield
-    clock.reset()
 
 
 async def test_a_clock_off_from_redis_pauses_state_changes_until_it_is_back(
