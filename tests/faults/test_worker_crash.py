@@ -32,8 +32,11 @@ async def persisted_of(database_url: str, held: list[tuple[str, dict[str, str]]]
     conn = await asyncpg.connect(database_url)
     try:
         found = await conn.fetchval("SELECT count(*) FROM claims WHERE claim_id = ANY($1::text[])", claims)
+        # A delivery is in the ledger once its coupons' events are, or while it waits there for its claim.
         found += await conn.fetchval(
-            "SELECT count(DISTINCT event_id) FROM coupon_events WHERE event_id = ANY($1::text[])", deliveries
+            "SELECT count(*) FROM (SELECT event_id FROM coupon_events WHERE event_id = ANY($1::text[])"
+            " UNION SELECT fields->>'id' FROM held_entries WHERE fields->>'id' = ANY($1::text[])) AS persisted",
+            deliveries,
         )
     finally:
         await conn.close()
