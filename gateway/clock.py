@@ -33,10 +33,10 @@ def reset() -> None:
     _offset[0] = 0.0
 
 
-async def skew(client: RedisClient) -> float:
+async def skew(client: RedisClient) -> tuple[float, float]:
     """How far this process's clock is ahead of the Redis node's (negative: behind), in seconds, the round trip
-    halved out."""
+    halved out; and that round trip, the measure's uncertainty."""
     sent = now()
     seconds, micros = await client.time()
     received = now()
-    return (sent + received) / 2 - (int(seconds) + int(micros) / 1_000_000)
+    return (sent + received) / 2 - (int(seconds) + int(micros) / 1_000_000), received - sent

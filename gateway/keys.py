@@ -202,9 +202,9 @@ class BlocklistKeys(Partition):
 
 
 BLOCKLIST = BlocklistKeys()
-# The run ids of the Redis primaries a process last found level with the ledger (ledger_check): another process
-# seeing the same run ids may open its fence without the ledger (a run id names one lifetime of one server, which
-# cannot lose writes without a new one). Overwritten by each check that passes: one small string.
+# The lives (run id / replication id) of the Redis primaries a process last found level with the ledger
+# (ledger_check): a process that cannot reach the ledger and finds the same lives may open its fence (within one
+# life a server loses nothing it acknowledged). Overwritten by each check that passes: one small string.
 FENCE_CHECKED = "claimgate:fence:checked"
 
 

@@ -3,11 +3,13 @@
 A partition whose ``seq`` in Redis is below ``partition_marks`` lost writes the ledger already holds (a Redis
 that restarted from an older AOF, or a failover to a lagging replica): selling from it could sell a unit twice.
 
-A check that passes records the run ids it vouched for in Redis (``FENCE_CHECKED``). A process that finds the
-same run ids there opens its fence without the ledger: Redis cannot lose writes without a new run id, so what
-was level with the ledger then still holds everything the ledger does. A gateway started while Postgres is down
-thus serves, as long as Redis did not restart meanwhile. A record restored with an older Redis names only run
-ids of past lifetimes, which no running server has.
+A check that passes records in Redis (``FENCE_CHECKED``) the lives of the primaries it vouched for: each one's
+run id and replication id (a restart brings a new run id, a replica promoted a new replication id). A process
+that cannot reach the ledger, and finds its primaries' lives there, opens its fence: within one life a server
+loses nothing it acknowledged, so what was level with the ledger then still holds everything the ledger does. A
+gateway started while Postgres is down thus serves, as long as Redis neither restarted nor failed over
+meanwhile. A record restored with an older Redis names only lives that are over. When the ledger answers, it is
+always the judge.
 """
 
 from __future__ import annotations
@@ -62,32 +64,55 @@ async def check(
         return
     restarted = bool(fence.verified) and not run_ids <= fence.verified
     fence.close(f"Redis {', '.join(sorted(run_ids))} not yet checked against the ledger")
-    if not run_ids <= await checked_run_ids(client):
-        try:
-            behind = await partitions_behind(client, pool)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    lives = await primary_lives(client)
+    try:
+        behind = await partitions_behind(client, pool)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if not lives <= await checked_lives(client):
             fence.close(f"the ledger is unreachable to check Redis ({exc.__class__.__name__})")
             return
+        log.warning("the ledger is unreachable (%r); Redis's primaries are as another process checked them", exc)
+    else:
         if behind:
             shown = ", ".join(behind[:5]) + (" ..." if len(behind) > 5 else "")
             fence.close(f"Redis is behind the ledger in {len(behind)} partition(s): {shown}; run restore")
             log.error("fence stays closed: %s", fence.reason)
             return
-        await client.set(FENCE_CHECKED, ",".join(sorted(run_ids)))
+        await client.set(FENCE_CHECKED, ",".join(sorted(lives)))
     if restarted and scripts is not None:
         await drop_idle_connections(scripts)
     fence.open(run_ids)
 
 
-async def checked_run_ids(client: RedisClient) -> frozenset[str]:
-    """The run ids some process last found level with the ledger."""
+async def primary_lives(client: RedisClient) -> frozenset[str]:
+    """Each primary's life as ``<run id>/<replication id>``: a restart brings a new run id, a replica promoted
+    keeps its run id but starts a new replication id. Within one life a server loses no write it acknowledged."""
+    if isinstance(client, RedisCluster):
+        servers: Any = await client.info("server", target_nodes=RedisCluster.PRIMARIES)
+        replication: Any = await client.info("replication", target_nodes=RedisCluster.PRIMARIES)
+        if "run_id" in servers:  # redis-py answers one node's info unwrapped
+            return frozenset({f"{servers['run_id']}/{replication['master_replid']}"})
+        return frozenset(
+            f"{servers[node]['run_id']}/{replication[node]['master_replid']}" for node in servers
+        )
+    server, replication = await client.info("server"), await client.info("replication")
+    return frozenset({f"{server['run_id']}/{replication['master_replid']}"})
+
+
+async def checked_lives(client: RedisClient) -> frozenset[str]:
+    """The primaries' lives some process last found level with the ledger."""
     raw = await client.get(FENCE_CHECKED)
     return frozenset(str(raw).split(",")) if raw else frozenset()
 
 
-async def check_clock(client: RedisClient, fence: Fence, max_skew: float) -> float:
-    """Measure this process's clock against Redis's; distrust it (the fence closes) beyond ``max_skew``."""
-    off = await clock.skew(client)
+async def check_clock(client: RedisClient, fence: Fence, max_skew: float) -> float | None:
+    """Measure this process's clock against Redis's; distrust it (the fence closes) beyond ``max_skew``. A
+    measure whose round trip alone took longer than that (a loop stalled under load) says nothing: ignored
+    (None), the verdict stays as it was."""
+    off, round_trip = await clock.skew(client)
+    if round_trip > max_skew:
+        log.info("clock check skipped: Redis's TIME took %.3f s to come back", round_trip)
+        return None
     if abs(off) > max_skew:
         problem = (
             f"this process's clock is {off:+.3f} s from Redis's (at most {max_skew:g} s allowed): fix its time"

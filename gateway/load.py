@@ -84,9 +84,12 @@ class Load:
     memory_used: int = 0
     memory_max: int = 0  # 0: Redis has no maxmemory
     measured_at: float = 0.0
+    fullest: float = 0.0  # the fullest node's used / maxmemory (a hot activity fills its node first)
 
     @property
     def memory_fraction(self) -> float:
+        if self.fullest:
+            return self.fullest
         return self.memory_used / self.memory_max if self.memory_max else 0.0
 
 
@@ -118,13 +121,13 @@ class LoadWatch:
     async def measure(self, client: RedisClient, pool: asyncpg.Pool) -> Load:
         lags = await stream_lags(client, await self.streams(pool))
         memory: Any = await client.info("memory")
-        if "used_memory" not in memory:  # a cluster client answers per node
-            nodes = list(memory.values())
-            used = sum(int(n["used_memory"]) for n in nodes)
-            most = sum(int(n["maxmemory"]) for n in nodes)
-        else:
-            used, most = int(memory["used_memory"]), int(memory["maxmemory"])
-        self.load = Load(sum(lag.total for lag in lags), used, most, clock.now())
+        nodes = list(memory.values()) if "used_memory" not in memory else [memory]  # a cluster answers per node
+        used = sum(int(n["used_memory"]) for n in nodes)
+        most = sum(int(n["maxmemory"]) for n in nodes)
+        fullest = max(
+            (int(n["used_memory"]) / int(n["maxmemory"]) for n in nodes if int(n["maxmemory"])), default=0.0
+        )
+        self.load = Load(sum(lag.total for lag in lags), used, most, clock.now(), fullest)
         verdict = self.verdict(self.load)
         if verdict and not self.shedding:
             log.warning("shedding claims and grants: %s", verdict)

@@ -1,10 +1,11 @@
 """The operations listener (product.md, "Operations listener"): a second HTTP port, on loopback unless configured,
 for what the public port must not show (run ids, partitions behind, memory figures; metrics later).
 
-It is the standard library's WSGI server on a thread of its own, answering from coroutines run on the process's
-event loop (where the Redis clients and the Postgres pool live). Operations traffic is a probe or a scrape every few
-seconds, so one request at a time is plenty, and the claim path pays nothing for it. Of several processes of one
-host (granian's workers) the first to bind the port serves it; the others find it taken and serve none.
+It is the standard library's WSGI server on threads of its own (one per connection, each dropping a client silent
+for 5 s), answering from coroutines run on the process's event loop (where the Redis clients and the Postgres pool
+live). Operations traffic is a probe or a scrape every few seconds; the claim path pays nothing for it. Of
+several processes of one host (granian's workers) the first to bind the port serves it; the others find it taken
+and serve none.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import socketserver
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -30,8 +32,17 @@ _REASONS = {
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 5  # a client that connects and sends nothing is dropped, not waited for
+
     def log_message(self, format: str, *args: Any) -> None:
         """No line per probe."""
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, none of them outliving the process: a slow client never holds up a probe or
+    the listener's shutdown."""
+
+    daemon_threads = True
 
 
 class OpsListener:
@@ -47,7 +58,9 @@ class OpsListener:
     def start(self) -> bool:
         """Serve on a thread; False when the port is taken (another process of this host serves it)."""
         try:
-            self._server = make_server(self.host, self.port, self._app, handler_class=_QuietHandler)
+            self._server = make_server(
+                self.host, self.port, self._app, server_class=_Server, handler_class=_QuietHandler
+            )
         except OSError as exc:
             log.info("operations listener %s:%d not started here: %s", self.host, self.port, exc)
             return False

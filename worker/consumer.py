@@ -63,7 +63,7 @@ TRANSIENT = (
     DomainError,
 )
 MAX_BACKOFF_SECONDS = 5.0
-HELD_RELEASE_SECONDS = 1.0  # how often an idle lane applies held entries whose claim has been committed
+HELD_RELEASE_SECONDS = 1.0  # how often a lane applies held entries whose claim another committed unseen
 
 
 DELIVERING = sink.DELIVERING
@@ -247,10 +247,10 @@ class Consumer:
             await self.sweep()
         if self.reread_pending:
             await self.settled()  # a read from 0 would return the batch in flight again
+        if now - self._released_at > HELD_RELEASE_SECONDS:
+            await self.release_held()
         entries = await self.read()
         if not entries:
-            if now - self._released_at > HELD_RELEASE_SECONDS:
-                await self.release_held()
             return None
         try:
             async with self.pool.acquire() as conn:

@@ -27,6 +27,7 @@ from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, KeySpace, Partition,
 from gateway.ledger_check import partitions_behind
 from gateway.redis_client import RedisClient, ScriptRunner
 from gateway.scripts import load_scripts
+from worker import sink
 from worker.drain import drain_partition
 from worker.ledger_state import (
     ActivityState,
@@ -222,13 +223,17 @@ async def restore(
     kinds = await partitions(pool, named)
     # Activities before wallets does not matter for correctness; delivering the undelivered comes last, after
     # every wallet it may write to is rebuilt.
+    # Every stream into the ledger first, then what waited there for a claim one of them brought: a wallet is
+    # rebuilt only once each delivery whose claim the ledger holds is among its coupons.
+    drained = {partition: await drain_partition(control, pool, partition) for partition in kinds}
+    async with pool.acquire() as conn:
+        await sink.release_held(conn)
     for partition, kind in kinds.items():
-        drained = await drain_partition(control, pool, partition)
         now = int(clock.now())
         state = await build(pool, partition, kind, now)
         why_not = None if force else await _needs_restore(control, state)
         if why_not is not None:
-            done.append(Restored(partition, why_not, drained=drained.entries))
+            done.append(Restored(partition, why_not, drained=drained[partition].entries))
             continue
         counts = await _write(runner, state)
         mark = await mark_of(pool, partition)  # the drain may have raised it
@@ -238,7 +243,7 @@ async def restore(
             [keys.seq, keys.events],
             [now, new_id(), operator, mark, encode({"at_least": mark, **counts})],
         )
-        done.append(Restored(partition, "restored", drained.entries, int(reply[1]), counts))
+        done.append(Restored(partition, "restored", drained[partition].entries, int(reply[1]), counts))
         if isinstance(state, ActivityState):
             undelivered.extend(state.undelivered)
     # Deliver only into wallets level with the ledger: a deliver bumps the wallet's seq, and must never lift a

@@ -99,9 +99,14 @@ INSERT INTO held_entries (stream, entry_id, claim_id, partition, fields, held_at
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[])
 ON CONFLICT (stream, entry_id) DO NOTHING
 """
-# What waits for a claim the ledger now holds (committed by anyone, or by this transaction): taken out, applied by
-# this transaction. A row another transaction is releasing is skipped, not waited for (and not taken twice).
-_RELEASE = """
+# What waits for the claims a batch commits (by the claim's index: the batch's own cost, whatever waits).
+_RELEASE_FOR = """
+DELETE FROM held_entries WHERE claim_id = ANY($1::text[])
+RETURNING stream, entry_id, fields
+"""
+# What waits for any claim the ledger holds (committed unseen by the batch that held it, two lanes racing): taken
+# out by one transaction at a time (a row another is releasing is skipped, never taken twice).
+_RELEASE_ALL = """
 DELETE FROM held_entries AS h
 WHERE (h.stream, h.entry_id) IN (
     SELECT w.stream, w.entry_id FROM held_entries AS w JOIN claims AS c ON c.claim_id = w.claim_id
@@ -178,7 +183,6 @@ class _Rows:
     # Entries about a claim's coupons -> that claim; those whose claim the ledger lacks are held.
     claim_of: dict[tuple[str, str], tuple[Entry, str]] = field(default_factory=dict)
     held: dict[tuple[str, str], Entry] = field(default_factory=dict)
-    released: set[str] = field(default_factory=set)  # claims whose held entries this batch applies
 
     def reject(self, entry: Entry, reason: str) -> None:
         """Keep the entry out of every table but ``conflicts``."""
@@ -417,13 +421,8 @@ async def _check_claims(conn: asyncpg.Connection, rows: _Rows) -> None:
                 rows.reject(entry, f"unit {ordinal} of activity {activity_id} already sold to claim {holder}")
 
 
-async def _release_and_hold(conn: asyncpg.Connection, rows: _Rows) -> None:
-    """After the batch's claims are inserted: take in what was held for claims the ledger now holds, then hold
-    the batch's (and those) entries whose claim it still lacks."""
-    for record in await conn.fetch(_RELEASE):
-        released = Entry(record["stream"], record["entry_id"], msgspec.json.decode(record["fields"]))
-        _add(rows, released)
-        rows.released.add(rows.claim_of[released.key][1])
+async def _hold(conn: asyncpg.Connection, rows: _Rows) -> None:
+    """After the batch's claims are inserted: hold the batch's entries whose claim the ledger still lacks."""
     if not rows.claim_of:
         return
     wanted = sorted({claim_id for _, claim_id in rows.claim_of.values()})
@@ -452,22 +451,54 @@ async def _release_and_hold(conn: asyncpg.Connection, rows: _Rows) -> None:
     await conn.execute(_HOLD, *_columns(held, 6))
 
 
+async def _release(conn: asyncpg.Connection, query: str, *args: object) -> int:
+    """Take out what ``query`` finds waiting and apply it, in a savepoint: all at once, or, should Postgres refuse
+    that, each entry in a savepoint of its own, one it refuses (its data, once its claim came) going to
+    ``conflicts`` instead of failing every batch that releases it. How many entries were applied."""
+    released = [
+        Entry(r["stream"], r["entry_id"], msgspec.json.decode(r["fields"]))
+        for r in await conn.fetch(query, *args)
+    ]
+    if not released:
+        return 0
+    try:
+        async with conn.transaction():
+            rows = collect(released)
+            await _check_versions(conn, rows)
+            await _write(conn, rows)
+        return len(released)
+    except ENTRY_FAULTS:
+        pass
+    applied = 0
+    for entry in released:
+        try:
+            async with conn.transaction():
+                rows = collect([entry])
+                await _check_versions(conn, rows)
+                await _write(conn, rows)
+            applied += 1
+        except ENTRY_FAULTS as exc:
+            refused = _Rows()
+            refused.reject(entry, f"refused by Postgres when its claim came: {exc!r}")
+            await _write(conn, refused)
+    return applied
+
+
 async def _check_versions(conn: asyncpg.Connection, rows: _Rows) -> None:
     """A coupon's versions in order: each version is one event; another event claiming a version the ledger
     (or the batch) already holds for the coupon is a conflict, and none of its coupons is written."""
-    if not rows.coupon_events:
+    events = [(entry, row) for entry, row in rows.coupon_events if entry.key not in rows.held]
+    if not events:
         return
     held = await conn.fetch(
         _VERSIONS_HOLDING,
-        [row[0] for _, row in rows.coupon_events],
-        [row[1] for _, row in rows.coupon_events],
+        [row[0] for _, row in events],
+        [row[1] for _, row in events],
     )
     holders: dict[tuple[object, object], object] = {
         (r["coupon_id"], r["version"]): r["event_id"] for r in held
     }
-    for entry, row in rows.coupon_events:
-        if entry.key in rows.held:
-            continue
+    for entry, row in events:
         holder = holders.setdefault((row[0], row[1]), row[2])
         if holder != row[2]:
             rows.reject(entry, f"coupon {row[0]} version {row[1]} already held by event {holder}")
@@ -503,65 +534,72 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str
     """Write a batch in one transaction; raises (and writes nothing) if an entry cannot be taken
     (``ENTRY_FAULTS``) or Postgres is away. Returns the entries the ledger's checks refused: recorded in
     ``conflicts``, written nowhere else (and not to be delivered)."""
-    written, _ = await _apply(conn, entries)
-    return written
+    return await _apply(conn, entries)
 
 
-async def _apply(conn: asyncpg.Connection, entries: list[Entry]) -> tuple[set[tuple[str, str]], set[str]]:
-    """``apply``, also returning the claims whose held entries the batch applied."""
+async def _apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str, str]]:
+    """``apply``: the batch, then what waited for the claims it commits."""
     rows = collect(entries)
     async with conn.transaction():
         await _check_claims(conn, rows)
         claims = rows.kept(rows.claims)
         if claims:
             await conn.execute(_INSERT_CLAIMS, *_columns(claims, 13))
-        await _release_and_hold(conn, rows)
+        await _hold(conn, rows)
         await _check_versions(conn, rows)
-        if rows.conflicts:
-            await conn.execute(_INSERT_CONFLICTS, *_columns(_conflict_rows(rows), 6))
-        idempotency = rows.kept(rows.idempotency)
-        if idempotency:
-            await conn.execute(_UPSERT_IDEMPOTENCY, *_columns(idempotency, 5))
-        coupons = _newest(rows.kept(rows.coupons), 1, 6)
-        if coupons:
-            await conn.execute(_UPSERT_COUPONS, *_columns(coupons, 14))
-        coupon_events = rows.kept(rows.coupon_events)
-        if coupon_events:
-            await conn.execute(
-                _INSERT_COUPON_EVENTS, *_columns(sorted(coupon_events, key=lambda r: (str(r[0]), r[1])), 7)
-            )
-        redeemed_codes = rows.kept(rows.redeemed_codes)
-        if redeemed_codes:
-            await conn.execute(_REDEEM_CODES, *_columns(sorted(redeemed_codes, key=lambda r: str(r[0])), 4))
-        if rows.batch_changes:
-            changed = sorted(rows.batch_changes)
-            await conn.execute(
-                _BATCH_CHANGES,
-                changed,
-                [rows.batch_changes[b][0] for b in changed],
-                [rows.batch_changes[b][1] for b in changed],
-            )
-        orders = _newest(rows.kept(rows.orders), 2, 8)
-        if orders:
-            await conn.execute(_UPSERT_ORDERS, *_columns(orders, 11))
-        if rows.audit:
-            await conn.execute(_INSERT_AUDIT, *_columns(rows.audit, 9))
-        if rows.blocklist:
-            ordered_blocklist = [rows.blocklist[k] for k in sorted(rows.blocklist)]
-            await conn.execute(_UPSERT_BLOCKLIST, *_columns(ordered_blocklist, 6))
-        if rows.marks:
-            names = sorted(rows.marks)
-            await conn.execute(_UPSERT_MARKS, names, [rows.marks[n] for n in names])
+        await _write(conn, rows)
+        if claims:
+            await _release(conn, _RELEASE_FOR, [row[0] for row in claims])
         crash_point("before_commit")
-    return set(rows.conflicts), rows.released
+    return set(rows.conflicts)
+
+
+async def _write(conn: asyncpg.Connection, rows: _Rows) -> None:
+    """Every table's rows of what the checks kept, and the conflicts they found."""
+    if rows.conflicts:
+        await conn.execute(_INSERT_CONFLICTS, *_columns(_conflict_rows(rows), 6))
+    idempotency = rows.kept(rows.idempotency)
+    if idempotency:
+        await conn.execute(_UPSERT_IDEMPOTENCY, *_columns(idempotency, 5))
+    coupons = _newest(rows.kept(rows.coupons), 1, 6)
+    if coupons:
+        await conn.execute(_UPSERT_COUPONS, *_columns(coupons, 14))
+    coupon_events = rows.kept(rows.coupon_events)
+    if coupon_events:
+        await conn.execute(
+            _INSERT_COUPON_EVENTS, *_columns(sorted(coupon_events, key=lambda r: (str(r[0]), r[1])), 7)
+        )
+    redeemed_codes = rows.kept(rows.redeemed_codes)
+    if redeemed_codes:
+        await conn.execute(_REDEEM_CODES, *_columns(sorted(redeemed_codes, key=lambda r: str(r[0])), 4))
+    if rows.batch_changes:
+        changed = sorted(rows.batch_changes)
+        await conn.execute(
+            _BATCH_CHANGES,
+            changed,
+            [rows.batch_changes[b][0] for b in changed],
+            [rows.batch_changes[b][1] for b in changed],
+        )
+    orders = _newest(rows.kept(rows.orders), 2, 8)
+    if orders:
+        await conn.execute(_UPSERT_ORDERS, *_columns(orders, 11))
+    if rows.audit:
+        await conn.execute(_INSERT_AUDIT, *_columns(rows.audit, 9))
+    if rows.blocklist:
+        ordered_blocklist = [rows.blocklist[k] for k in sorted(rows.blocklist)]
+        await conn.execute(_UPSERT_BLOCKLIST, *_columns(ordered_blocklist, 6))
+    if rows.marks:
+        names = sorted(rows.marks)
+        await conn.execute(_UPSERT_MARKS, names, [rows.marks[n] for n in names])
 
 
 @dataclass
 class Written:
     """What became of a batch: entries that failed on their own account ((stream, entry id) -> reason: an id
     is unique only within its stream), entries the ledger's checks put into ``conflicts``, and the claims whose
-    coupons the ledger already holds (their ``delivered`` event is committed: nothing left to deliver), unless
-    held until this batch (a restore may have rebuilt their wallet meanwhile, without them)."""
+    coupons the ledger already holds (their ``delivered`` event is committed: nothing left to deliver; one held
+    for its claim until now is in the wallet too, unless Redis lost it, and then the wallet is behind and its
+    restore, which applies what waited first, rebuilds it)."""
 
     failed: dict[tuple[str, str], str] = field(default_factory=dict)
     conflicts: set[tuple[str, str]] = field(default_factory=set)
@@ -584,11 +622,10 @@ class Written:
 async def write(conn: asyncpg.Connection, entries: list[Entry]) -> Written:
     """The batch in one transaction; if an entry breaks it on its own account, each entry alone."""
     try:
-        conflicts, released = await _apply(conn, entries)
+        written = Written(conflicts=await _apply(conn, entries))
     except ENTRY_FAULTS:
         return await apply_one_by_one(conn, entries)
-    written = Written(conflicts=conflicts)
-    written.delivered = await delivered_claims(conn, entries) - released
+    written.delivered = await delivered_claims(conn, entries)
     return written
 
 
@@ -605,10 +642,11 @@ async def delivered_claims(conn: asyncpg.Connection, entries: list[Entry]) -> se
 
 
 async def release_held(conn: asyncpg.Connection) -> int:
-    """Apply what waits for claims the ledger now holds, outside any batch (a worker with nothing to read, and
-    reconcile, call it, so nothing waits for the next batch); the number of claims whose entries it applied."""
-    _, released = await _apply(conn, [])
-    return len(released)
+    """Apply what waits for any claim the ledger now holds: the entries a batch held while another committed
+    their claim unseen. The worker calls it every second, reconcile and restore after their drains. How many
+    entries it applied."""
+    async with conn.transaction():
+        return await _release(conn, _RELEASE_ALL)
 
 
 async def apply_one_by_one(conn: asyncpg.Connection, entries: list[Entry]) -> Written:

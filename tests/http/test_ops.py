@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -146,3 +148,18 @@ async def test_a_refusal_while_fenced_shows_no_internals(
     body = assert_refusal(refused, 503, "overloaded")
     assert "{w:0}" not in refused.text and "0123abcd" not in refused.text, body
     assert refused.headers["retry-after"]
+
+
+async def test_a_client_that_connects_and_says_nothing_holds_up_no_probe(
+    with_ops: tuple[AsyncTestClient[Any], str],
+) -> None:
+    _, ops = with_ops
+    host, port = ops.removeprefix("http://").split(":")
+    silent = [socket.create_connection((host, int(port))) for _ in range(3)]
+    try:
+        started = time.monotonic()
+        reply = await ops_get(f"{ops}/healthz")
+        assert reply.status_code == 200 and time.monotonic() - started < 2
+    finally:
+        for connection in silent:
+            connection.close()

@@ -33,3 +33,9 @@ def test_without_maxmemory_the_fallback_lag_sheds() -> None:
 
 def test_a_configured_lag_applies_whatever_the_memory() -> None:
     assert "limit 5000" in watch(lag=5000).verdict(Load(lag=5001, memory_used=1, memory_max=4 * GIB))
+
+
+def test_the_fullest_node_decides_not_the_clusters_total() -> None:
+    # Two nodes of 4 GiB: the hot activity's at 95%, the other nearly empty; 50% in all.
+    load = Load(lag=10, memory_used=4 * GIB, memory_max=8 * GIB, fullest=0.95)
+    assert watch().verdict(load).startswith("Redis memory at 95% of maxmemory")

@@ -19,6 +19,7 @@ from worker import sink
 from worker.consumer import Consumer
 from worker.events import Entry
 from worker.reconcile import Reconciler
+from worker.restore import restore
 
 
 async def read_all(consumer: Consumer, lane: str) -> list[Entry]:
@@ -57,7 +58,7 @@ async def test_a_delivery_committed_before_its_claim_waits_for_it(consumer: Cons
     async with consumer.pool.acquire() as conn:
         written = await sink.write(conn, activity_entries)  # then the claims: what waited comes with them
     assert await counts(consumer.pool) == {"claims": 3, "coupons": 6, "held_entries": 0}
-    assert written.delivered == set(), "a claim held until now is delivered again (its wallet may lack it)"
+    assert len(written.delivered) == 3, "the wallet holds what waited: nothing to deliver again"
     claims_ids = await consumer.pool.fetch("SELECT DISTINCT claim_id FROM coupons")
     assert len(claims_ids) == 3
 
@@ -67,21 +68,9 @@ async def test_a_claim_committed_unseen_by_the_lane_that_held_is_applied_by_the_
 ) -> None:
     """Two lanes commit a claim and its delivery at the same instant, each not seeing the other: the
     delivery is held although its claim is committed; the next transaction of either lane applies it."""
-    activity_id = await make_activity(consumer)
-    await claim_n(consumer.claims, activity_id, 1)
-    delivered = [e for e in await read_all(consumer, "other") if e.type == "delivered"]
-    claimed = [e for e in await read_all(consumer, "activity") if e.type == "claimed"]
+    await hold_then_commit_claims_unseen(consumer)
+    assert await counts(consumer.pool) == {"claims": 1, "coupons": 0, "held_entries": 1}
     async with consumer.pool.acquire() as conn:
-        await sink.write(conn, delivered)
-        # The claim as another transaction committed it, without releasing (what a racing lane did).
-        await conn.execute("ALTER TABLE held_entries RENAME TO held_entries_away")
-        await conn.execute("CREATE TABLE held_entries (LIKE held_entries_away INCLUDING ALL)")
-        try:
-            await sink.write(conn, claimed)
-        finally:
-            await conn.execute("DROP TABLE held_entries")
-            await conn.execute("ALTER TABLE held_entries_away RENAME TO held_entries")
-        assert await counts(consumer.pool) == {"claims": 1, "coupons": 0, "held_entries": 1}
         assert await sink.release_held(conn) == 1
     assert await counts(consumer.pool) == {"claims": 1, "coupons": 2, "held_entries": 0}
 
@@ -189,3 +178,68 @@ async def test_a_code_redeems_delivery_waits_for_its_code_redeemed(consumer: Con
         await sink.write(conn, redeemed)
     pack = len(sink.decode_answer(wallet[0].fields["answer"]).coupons)
     assert await counts(consumer.pool) == {"claims": 1, "coupons": pack, "held_entries": 0}
+
+
+async def hold_then_commit_claims_unseen(
+    consumer: Consumer, users: int = 1
+) -> tuple[list[Entry], list[Entry]]:
+    """Deliveries held, then their claims committed by a transaction that did not see them (two lanes racing):
+    the entries wait although their claims are in the ledger. (delivered, claimed) entries."""
+    activity_id = await make_activity(consumer)
+    await claim_n(consumer.claims, activity_id, users)
+    delivered = [e for e in await read_all(consumer, "other") if e.type == "delivered"]
+    claimed = [e for e in await read_all(consumer, "activity") if e.type == "claimed"]
+    async with consumer.pool.acquire() as conn:
+        await sink.write(conn, delivered)
+        await conn.execute("ALTER TABLE held_entries RENAME TO held_entries_away")
+        await conn.execute("CREATE TABLE held_entries (LIKE held_entries_away INCLUDING ALL)")
+        try:
+            await sink.write(conn, claimed)
+        finally:
+            await conn.execute("DROP TABLE held_entries")
+            await conn.execute("ALTER TABLE held_entries_away RENAME TO held_entries")
+    return delivered, claimed
+
+
+async def test_a_held_entry_postgres_refuses_once_its_claim_comes_is_a_conflict_not_a_stall(
+    consumer: Consumer,
+) -> None:
+    activity_id = await make_activity(consumer)
+    await claim_n(consumer.claims, activity_id, 1)
+    delivered = next(e for e in await read_all(consumer, "other") if e.type == "delivered")
+    claimed = [e for e in await read_all(consumer, "activity") if e.type == "claimed"]
+    poison = Entry(delivered.stream, delivered.entry_id, {**delivered.fields, "version": str(2**40)})
+    async with consumer.pool.acquire() as conn:
+        await sink.write(conn, [poison])  # held: its version fits no int column, found only when applied
+        assert await counts(consumer.pool) == {"claims": 0, "coupons": 0, "held_entries": 1}
+        written = await sink.write(conn, claimed)  # the claim comes: its batch commits all the same
+        assert written.failed == {} and written.conflicts == set()
+        assert await sink.release_held(conn) == 0
+    assert await counts(consumer.pool) == {"claims": 1, "coupons": 0, "held_entries": 0}
+    reasons = await consumer.pool.fetch("SELECT entry_id, reason FROM conflicts")
+    assert [(r["entry_id"], r["reason"][:41]) for r in reasons] == [
+        (poison.entry_id, "refused by Postgres when its claim came: ")
+    ]
+
+
+async def test_restore_applies_what_waited_for_a_committed_claim_before_it_rebuilds_a_wallet(
+    consumer: Consumer,
+) -> None:
+    delivered, _ = await hold_then_commit_claims_unseen(consumer)
+    assert await counts(consumer.pool) == {"claims": 1, "coupons": 0, "held_entries": 1}
+    answer = sink.decode_answer(delivered[0].fields["answer"])
+    wallet = consumer.claims.keyspace.wallet(delivered[0].fields["user"])
+    await consumer.client.delete(wallet.coupons, wallet.user_index(delivered[0].fields["user"]))
+    await consumer.client.set(wallet.seq, 0)  # Redis lost the delivery: the wallet is behind its mark
+    for stream in consumer.streams:  # the worker trimmed what it persisted: restore's drains find nothing
+        await consumer.client.xtrim(stream, maxlen=0)
+
+    await restore(
+        consumer.client,
+        consumer.pool,
+        consumer.claims.keyspace,
+        idempotency_ttl=consumer.settings.claim.idempotency_ttl_seconds,
+    )
+    held = await consumer.client.hgetall(wallet.coupons)
+    assert sorted(held) == sorted(c.coupon_id for c in answer.coupons), "restored without its coupons"
+    assert await counts(consumer.pool) == {"claims": 1, "coupons": 2, "held_entries": 0}

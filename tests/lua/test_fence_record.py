@@ -1,0 +1,62 @@
+"""The fence's record of checked primaries (``FENCE_CHECKED``): it stands in for the ledger only while the ledger
+cannot be reached, and only for the very lives of the primaries it names (run id and replication id)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from gateway import ledger_check
+from gateway.fence import Fence
+from gateway.keys import FENCE_CHECKED
+from gateway.redis_client import RedisClient
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+@pytest.fixture
+async def no_ledger() -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(UNREACHABLE, min_size=0, max_size=1, timeout=1)
+    yield pool
+    await pool.close()
+
+
+async def test_a_process_without_the_ledger_trusts_lives_another_checked(
+    redis_client: RedisClient, db: asyncpg.Pool, no_ledger: asyncpg.Pool
+) -> None:
+    checked = Fence()
+    await ledger_check.check(redis_client, db, checked)
+    assert checked.is_open
+    lives = await ledger_check.primary_lives(redis_client)
+    assert await ledger_check.checked_lives(redis_client) == lives
+    assert all(len(life.split("/")) == 2 and all(life.split("/")) for life in lives), lives
+
+    started_during_an_outage = Fence()
+    await ledger_check.check(redis_client, no_ledger, started_during_an_outage)
+    assert started_during_an_outage.is_open
+
+
+async def test_a_promoted_replica_is_a_new_life_the_record_does_not_vouch_for(
+    redis_client: RedisClient, db: asyncpg.Pool, no_ledger: asyncpg.Pool
+) -> None:
+    await ledger_check.check(redis_client, db, Fence())
+    (life,) = await ledger_check.primary_lives(redis_client)
+    run_id, _ = life.split("/")
+    await redis_client.set(
+        FENCE_CHECKED, f"{run_id}/{'0' * 40}"
+    )  # the same server under another replication id
+    fence = Fence()
+    await ledger_check.check(redis_client, no_ledger, fence)
+    assert not fence.is_open and "the ledger is unreachable" in fence.reason
+
+
+async def test_when_the_ledger_answers_it_judges_whatever_the_record_says(
+    redis_client: RedisClient, db: asyncpg.Pool
+) -> None:
+    await ledger_check.check(redis_client, db, Fence())  # records this Redis's lives
+    await db.execute("INSERT INTO partition_marks VALUES ('{w:0}', 999)")  # then the ledger is ahead of it
+    fence = Fence()
+    await ledger_check.check(redis_client, db, fence)
+    assert not fence.is_open and "behind the ledger" in fence.reason
