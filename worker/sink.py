@@ -99,10 +99,16 @@ INSERT INTO held_entries (stream, entry_id, claim_id, partition, fields, held_at
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[])
 ON CONFLICT (stream, entry_id) DO NOTHING
 """
-# What waits for the claims a batch commits (by the claim's index: the batch's own cost, whatever waits).
+# What waits for these claims, where the ledger holds them (by the claim's index: the batch's own cost, whatever
+# else waits); a row another transaction is releasing is skipped, not waited for (and not taken twice).
 _RELEASE_FOR = """
-DELETE FROM held_entries WHERE claim_id = ANY($1::text[])
-RETURNING stream, entry_id, fields
+DELETE FROM held_entries AS h
+WHERE (h.stream, h.entry_id) IN (
+    SELECT w.stream, w.entry_id FROM held_entries AS w
+    WHERE w.claim_id = ANY($1::text[]) AND EXISTS (SELECT 1 FROM claims AS c WHERE c.claim_id = w.claim_id)
+    ORDER BY w.stream, w.entry_id FOR UPDATE OF w SKIP LOCKED
+)
+RETURNING h.stream, h.entry_id, h.fields
 """
 # What waits for any claim the ledger holds (committed unseen by the batch that held it, two lanes racing): taken
 # out by one transaction at a time (a row another is releasing is skipped, never taken twice).
@@ -538,7 +544,9 @@ async def apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str
 
 
 async def _apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[str, str]]:
-    """``apply``: the batch, then what waited for the claims it commits."""
+    """``apply``: the batch, with what waited for the claims it commits; then, committed, what waits for the
+    claims it commits or held for. Two transactions committing a claim and its entries at the same instant do
+    not see each other's rows; whichever commits last finds the other's once committed."""
     rows = collect(entries)
     async with conn.transaction():
         await _check_claims(conn, rows)
@@ -548,9 +556,14 @@ async def _apply(conn: asyncpg.Connection, entries: list[Entry]) -> set[tuple[st
         await _hold(conn, rows)
         await _check_versions(conn, rows)
         await _write(conn, rows)
-        if claims:
-            await _release(conn, _RELEASE_FOR, [row[0] for row in claims])
+        joined = {str(row[0]) for row in claims}
+        if joined:
+            await _release(conn, _RELEASE_FOR, sorted(joined))
         crash_point("before_commit")
+    joined |= {claim_id for key, (_, claim_id) in rows.claim_of.items() if key in rows.held}
+    if joined:
+        async with conn.transaction():
+            await _release(conn, _RELEASE_FOR, sorted(joined))
     return set(rows.conflicts)
 
 

@@ -658,6 +658,13 @@ async def stream_backlog(redis: Redis, streams: Iterable[str]) -> dict[str, tupl
     return behind
 
 
+# Entries the ledger holds for a claim it now holds: the worker applies them within a second at most.
+RELEASABLE = (
+    "SELECT count(*) AS n FROM held_entries AS h"
+    " WHERE EXISTS (SELECT 1 FROM claims AS c WHERE c.claim_id = h.claim_id)"
+)
+
+
 def _id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -666,7 +673,8 @@ def _id(entry_id: str) -> tuple[int, int]:
 async def wait_drained(
     redis: Redis, database_url: str, workers: Sequence[Proc], within: float = DRAIN_SECONDS
 ) -> None:
-    """Until every registered stream's group has nothing pending and nothing undelivered, twice in a row."""
+    """Until every registered stream's group has nothing pending and nothing undelivered, and nothing waits in
+    the ledger for a claim it holds, twice in a row."""
     deadline = time.monotonic() + within
     clean_rounds = 0
     behind: dict[str, tuple[int, int]] = {}
@@ -675,6 +683,9 @@ async def wait_drained(
             assert worker.alive(), f"a worker exited with {worker.returncode}\n{worker.tail()}"
         streams = await registered_streams(database_url)
         behind = await stream_backlog(redis, streams)
+        waiting = await query(database_url, RELEASABLE)
+        if waiting[0]["n"]:
+            behind["held_entries"] = (int(waiting[0]["n"]), 0)
         clean_rounds = 0 if behind else clean_rounds + 1
         if time.monotonic() > deadline:
             tails = "\n".join(w.tail() for w in workers)
