@@ -215,7 +215,7 @@ class Run:
         )
         self.env = env
         subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "migrate"],
+            [sys.executable, "-m", "claimgate.cli", "migrate"],
             env=env,
             cwd=ROOT,
             check=True,

@@ -206,7 +206,7 @@ def cli(command: str, redis_url: str, database_url: str, *args: str) -> subproce
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLAIMGATE_")}
     env.update(settings_env(redis_url, database_url))
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", command, *args],
+        [sys.executable, "-m", "claimgate.cli", command, *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
