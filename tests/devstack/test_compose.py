@@ -7,9 +7,9 @@ import asyncio
 import os
 import re
 import subprocess
-import tomllib
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
