@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 
 _offset = [0.0]
 

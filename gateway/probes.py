@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 
 OK = "ok"
 

@@ -10,27 +10,27 @@ from dataclasses import dataclass, field
 import asyncpg
 from redis.asyncio import RedisCluster
 
-from gateway import ledger_check
-from gateway.admin import AdminService
 from gateway.background import stop_tasks
-from gateway.blocklist import Blocklist
-from gateway.checkout import CheckoutService
-from gateway.claims import ClaimService
-from gateway.codes import CodeService
-from gateway.durability import redis_persistence, shortfall
-from gateway.fence import Fence
-from gateway.grants import GrantService
+from gateway.catalog.admin import AdminService
+from gateway.catalog.store import register_streams
+from gateway.checkout.service import CheckoutService
+from gateway.checkout.terms import TermsCache
+from gateway.checkout.wallet import WalletService
+from gateway.claim.blocklist import Blocklist
+from gateway.claim.grants import GrantService
+from gateway.claim.service import ClaimService
+from gateway.claim.shedding import LoadWatch
+from gateway.claim.sold_out import SoldOutMarks
+from gateway.codes.service import CodeService
 from gateway.keys import BLOCKLIST, KeySpace
-from gateway.load import LoadWatch
-from gateway.pipelined import PipelinedScripts
-from gateway.redis_client import SOCKET_TIMEOUT_SECONDS, RedisClient, ScriptRunner, connect
-from gateway.scripts import load_scripts
+from gateway.scripts import ledger_check
+from gateway.scripts.durability import redis_persistence, shortfall
+from gateway.scripts.fence import Fence
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import SOCKET_TIMEOUT_SECONDS, RedisClient, ScriptRunner, connect
+from gateway.scripts.transport import PipelinedScripts
 from gateway.settings import Settings
-from gateway.sold_out import SoldOutMarks
-from gateway.store import register_streams
-from gateway.terms import TermsCache
 from gateway.tokens import VerifiedTokens
-from gateway.wallet import WalletService
 
 log = logging.getLogger(__name__)
 

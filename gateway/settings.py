@@ -193,7 +193,7 @@ def without_password(url: str) -> str:
 def _redis_url(env: Mapping[str, str]) -> str:
     url = _required(env, "REDIS_URL")
     if url.startswith("rediss://"):
-        # The claim path's own transport (gateway/pipelined.py) speaks plain TCP: refused here rather than
+        # The claim path's own transport (gateway/scripts/transport.py) speaks plain TCP: refused here rather than
         # accepted and then failing at the first claim.
         raise SettingsError(
             f"{PREFIX}REDIS_URL: TLS to Redis (rediss://) is not supported; use redis:// on a trusted network"

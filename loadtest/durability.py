@@ -31,14 +31,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.claims import ClaimService
+from gateway.claim.service import ClaimService
 from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
-from gateway.fence import Fence
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import Outcome
-from gateway.redis_client import RedisClient, ScriptRunner, connect
-from gateway.scripts import load_scripts
+from gateway.scripts.fence import Fence
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import RedisClient, ScriptRunner, connect
 from gateway.tokens import UserIdentity
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -45,7 +45,7 @@ from locust.contrib.fasthttp import ResponseContextManager
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from gateway.code_format import ALPHABET, DATA_SYMBOLS, check_symbol, shown
+from gateway.codes.format import ALPHABET, DATA_SYMBOLS, check_symbol, shown
 from gateway.tokens import mint_user_token
 
 log = logging.getLogger("claimgate.loadtest")

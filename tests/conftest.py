@@ -20,12 +20,12 @@ from gateway import clock
 from gateway.devstack.pidfile import PidFile
 from gateway.devstack.postgres import PostgresServer, start_postgres, stop_postgres
 from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
-from gateway.fence import Fence
 from gateway.http.app import create_app
 from gateway.keys import KeySpace
 from gateway.migrate import migrate
-from gateway.redis_client import RedisClient, ScriptRunner, connect
-from gateway.scripts import load_scripts
+from gateway.scripts.fence import Fence
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import RedisClient, ScriptRunner, connect
 from gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

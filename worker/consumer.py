@@ -31,18 +31,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import clock, ledger_check, probes
+from gateway import clock, probes
 from gateway.background import stop_tasks
-from gateway.checkout import LockSweeper
-from gateway.claims import ClaimService
-from gateway.fence import Fence
+from gateway.catalog.store import registered_streams
+from gateway.checkout.service import LockSweeper
+from gateway.claim.service import ClaimService
 from gateway.keys import KeySpace, is_activity_stream
 from gateway.ops_listener import OpsListener, Route
 from gateway.outcomes import DomainError
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts import ledger_check
+from gateway.scripts.fence import Fence
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from gateway.services import Clients, register_fixed_streams
 from gateway.settings import Settings
-from gateway.store import registered_streams
 from worker import sink
 from worker.dead_letters import bury
 from worker.events import Entry

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from gateway.keys import Partition, partition_of_stream
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 from worker import sink
 from worker.events import Entry
 

@@ -24,9 +24,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway import store
-from gateway.campaign import hot_config
-from gateway.codes import batch_record
+from gateway.catalog import store
+from gateway.catalog.campaign import hot_config
+from gateway.codes.service import batch_record
 from gateway.keys import order_field
 
 KINDS = ("activity", "wallet", "code", "blocklist")

@@ -30,13 +30,14 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway import clock, store
-from gateway.admin import AdminService
-from gateway.claims import ClaimService
-from gateway.codes import void_batch
+from gateway import clock
+from gateway.catalog import store
+from gateway.catalog.admin import AdminService
+from gateway.claim.service import ClaimService
+from gateway.codes.service import void_batch
 from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, KeySpace, Partition, WalletKeys
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from worker import sink
 from worker.drain import drain_partition
 from worker.ledger_state import (

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from gateway import clock
-from gateway.claims import ClaimService
-from gateway.fence import Fence
+from gateway.claim.service import ClaimService
 from gateway.ids import new_id
 from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, KeySpace, Partition, WalletKeys
-from gateway.ledger_check import partitions_behind
-from gateway.redis_client import RedisClient, ScriptRunner
-from gateway.scripts import load_scripts
+from gateway.scripts.fence import Fence
+from gateway.scripts.ledger_check import partitions_behind
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from worker import sink
 from worker.drain import drain_partition
 from worker.ledger_state import (

@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 
 
 def next_id(entry_id: str) -> str:

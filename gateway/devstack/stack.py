@@ -77,7 +77,7 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
         if not env.get(PREFIX + "DATABASE_URL"):
             stack.postgres = start_postgres(workdir / "postgres", durable=True, pidfile=pidfile)
             env[PREFIX + "DATABASE_URL"] = stack.postgres.url
-        subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], env=env, check=True)
+        subprocess.run([sys.executable, "-m", "claimgate.cli", "migrate"], env=env, check=True)
         port = gateway_port or free_port()
         stack.gateway_url = f"http://127.0.0.1:{port}"
         for name in ("OPS_PORT", "WORKER_OPS_PORT"):  # free ones, unless configured: never a clash
@@ -87,7 +87,7 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "claimgate.cli",
                 "serve",
                 "--host",
                 "127.0.0.1",
@@ -101,9 +101,9 @@ def start_stack(workdir: Path, *, gateway_port: int | None = None, workers: int 
         )
         stack.children.append(gateway)
         pidfile.add(gateway.pid, "gateway", GATEWAY_TARGET)
-        worker = spawn([sys.executable, "-m", "gateway.cli", "worker"], workdir / "worker.log", env=env)
+        worker = spawn([sys.executable, "-m", "claimgate.cli", "worker"], workdir / "worker.log", env=env)
         stack.children.append(worker)
-        pidfile.add(worker.pid, "worker", "gateway.cli")
+        pidfile.add(worker.pid, "worker", "claimgate.cli")
         wait_ready(stack.gateway_url, gateway)
     except BaseException:
         stack.stop()

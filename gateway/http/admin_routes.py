@@ -9,11 +9,13 @@ import msgspec
 from litestar import Request, Response, get, patch, post
 from litestar.params import FromPath
 
-from gateway import clock, store
-from gateway.campaign import Activity, ActivityIn, ActivityPatch, StockChange, Template, TemplateIn
-from gateway.checkout import checkout_figures
-from gateway.codes import codes_redeemed
-from gateway.grants import GrantBody
+from gateway import clock
+from gateway.catalog import store
+from gateway.catalog.campaign import Activity, ActivityIn, ActivityPatch, StockChange, Template, TemplateIn
+from gateway.checkout.service import checkout_figures
+from gateway.claim.grants import GrantBody
+from gateway.claim.shedding import dead_letter_count, stream_lags
+from gateway.codes.service import codes_redeemed
 from gateway.http import auth, bodies
 from gateway.http.answers import (
     ActivityPage,
@@ -25,7 +27,6 @@ from gateway.http.answers import (
 )
 from gateway.http.errors import JSON
 from gateway.http.openapi import OPERATOR, documented
-from gateway.load import dead_letter_count, stream_lags
 from gateway.outcomes import DomainError, Outcome
 
 ADMIN_BODY_LIMIT = 1024 * 1024

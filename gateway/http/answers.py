@@ -7,9 +7,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from gateway.campaign import Activity, Template
-from gateway.grants import GrantAnswer as GrantResults
-from gateway.grants import GrantResult as GrantOutcome
+from gateway.catalog.campaign import Activity, Template
+from gateway.claim.grants import GrantAnswer as GrantResults
+from gateway.claim.grants import GrantResult as GrantOutcome
 
 __all__ = ["GrantOutcome", "GrantResults"]
 

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, Response, get, post
 
 from gateway import clock
-from gateway.campaign import BlocklistChange
+from gateway.catalog.campaign import BlocklistChange
 from gateway.http import auth, bodies
 from gateway.http.answers import BlocklistChanged, BlocklistPage
 from gateway.http.errors import JSON

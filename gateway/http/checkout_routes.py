@@ -10,12 +10,12 @@ from litestar.params import FromPath
 from msgspec import Meta
 
 from gateway import clock
-from gateway.checkout import OrderView
+from gateway.checkout.quote import Held, Line, Quote, Share, quote
+from gateway.checkout.service import OrderView
 from gateway.http import auth, bodies
 from gateway.http.errors import JSON
 from gateway.http.openapi import USER_ID, USER_OR_SERVICE, documented
 from gateway.outcomes import DomainError, Outcome
-from gateway.quote import Held, Line, Quote, Share, quote
 from gateway.tokens import ID_PATTERN
 
 CHECKOUT_BODY_LIMIT = 16 * 1024  # product.md: user routes take 16 KiB

@@ -20,7 +20,7 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPSc
 from msgspec import Meta
 
 from gateway import clock
-from gateway.campaign import NO_CONTROL_CHARACTERS
+from gateway.catalog.campaign import NO_CONTROL_CHARACTERS
 from gateway.http import auth, bodies
 from gateway.http.answers import ClaimAnswer
 from gateway.http.errors import (

@@ -21,7 +21,7 @@ from gateway.outcomes import (
     DomainError,
     Outcome,
 )
-from gateway.redis_client import redis_unavailable
+from gateway.scripts.runner import redis_unavailable
 
 log = logging.getLogger(__name__)
 JSON = "application/json"

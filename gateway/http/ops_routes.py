@@ -8,12 +8,12 @@ import msgspec
 from litestar import Request, Response, get
 
 from gateway import probes
-from gateway.durability import describe
 from gateway.http import auth
 from gateway.http.answers import Health, PublicReadiness
 from gateway.http.errors import JSON
 from gateway.http.openapi import documented
 from gateway.ops_listener import Route
+from gateway.scripts.durability import describe
 from gateway.services import Services
 
 

@@ -7,11 +7,11 @@ from typing import Any
 from litestar import Request, Response, get
 
 from gateway import clock
+from gateway.checkout.wallet import STATUSES
 from gateway.http import auth, bodies
 from gateway.http.answers import WalletPage
 from gateway.http.errors import JSON
 from gateway.http.openapi import USER_ID, USER_OR_SERVICE, Query, documented
-from gateway.wallet import STATUSES
 
 STATUS = Query(
     "status",

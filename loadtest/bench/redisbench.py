@@ -9,7 +9,7 @@ import io
 import time
 from dataclasses import dataclass
 
-from gateway.claims import NO_BODY_HASH
+from gateway.claim.service import NO_BODY_HASH
 from gateway.keys import KeySpace
 
 RANDOM_SPACE = (

@@ -33,11 +33,11 @@ from gateway.devstack.pidfile import PidFile, free_port, log_tail
 from gateway.devstack.postgres import PostgresServer, start_postgres, stop_postgres
 from gateway.devstack.stack import made_up_settings
 from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
-from gateway.fence import Fence
 from gateway.ids import new_id
 from gateway.keys import KeySpace
-from gateway.redis_client import ScriptRunner, connect
-from gateway.scripts import load_scripts
+from gateway.scripts.fence import Fence
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import ScriptRunner, connect
 from gateway.settings import PREFIX
 from gateway.tokens import TOKEN_CACHE_ENTRIES as TOKEN_CACHE
 from gateway.tokens import mint_user_token
@@ -215,7 +215,7 @@ class Run:
         )
         self.env = env
         subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "migrate"],
+            [sys.executable, "-m", "claimgate.cli", "migrate"],
             env=env,
             cwd=ROOT,
             check=True,

@@ -76,7 +76,7 @@ def granian_command(flags: list[str], port: int, target: str) -> list[str]:
 
 def start_gateway(env: dict[str, str], workers: int, log: Path, pidfile: PidFile) -> Process:
     port = free_port()
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "claimgate.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = spawn([*command, "--workers", str(workers)], log, env=env, cwd=ROOT)
     pidfile.add(proc.pid, "gateway", GATEWAY_TARGET)
     server = Process("gateway", proc, log, port)
@@ -119,8 +119,8 @@ def start_app(
 
 
 def start_worker(env: dict[str, str], log: Path, pidfile: PidFile) -> Process:
-    proc = spawn([sys.executable, "-m", "gateway.cli", "worker"], log, env=env, cwd=ROOT)
-    pidfile.add(proc.pid, "worker", "gateway.cli")
+    proc = spawn([sys.executable, "-m", "claimgate.cli", "worker"], log, env=env, cwd=ROOT)
+    pidfile.add(proc.pid, "worker", "claimgate.cli")
     return Process("worker", proc, log)
 
 

@@ -18,11 +18,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from gateway.checkout import LockSweeper
+from gateway.checkout.service import LockSweeper
 from gateway.devstack.valkey import ValkeyServer
 from gateway.http.app import create_app
 from gateway.keys import KeySpace, WalletKeys, order_field
-from gateway.redis_client import ScriptRunner
+from gateway.scripts.runner import ScriptRunner
 from gateway.settings import Settings, load_settings
 from tests.conftest import SERVICE_KEY, settings_env
 from tests.helpers import ADMIN, bearer, create_activity, create_template

@@ -19,11 +19,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from gateway.claims import ClaimService
-from gateway.code_format import canonical, code_hash
-from gateway.codes import CodeService
+from gateway.claim.service import ClaimService
+from gateway.codes.format import canonical, code_hash
+from gateway.codes.service import CodeService
 from gateway.keys import KeySpace
-from gateway.redis_client import ScriptRunner
+from gateway.scripts.runner import ScriptRunner
 from gateway.services import Services
 from gateway.tokens import UserIdentity
 from tests.codes.test_codes_http import (
@@ -154,12 +154,12 @@ async def test_a_give_back_that_fails_is_logged_and_the_refusal_stands(
     """The fence stays closed: code_settle is refused too. The answer is still the fence's 503 (never a 500), the
     failure to give back is logged, and the attempt counts until its window ends."""
     codes, templates = await an_activity_with_codes(client)
-    caplog.set_level(logging.WARNING, logger="gateway.codes")
+    caplog.set_level(logging.WARNING, logger="gateway.codes.service")
     with fence_closed_during_redeem_code(services, monkeypatch, reopen=False):
         assert_overloaded(await redeem(client, codes[0], USER, DEVICE))
 
     given_back = [
-        r for r in caplog.records if r.name == "gateway.codes" and "not given back" in r.getMessage()
+        r for r in caplog.records if r.name == "gateway.codes.service" and "not given back" in r.getMessage()
     ]
     assert len(given_back) == 2, [r.getMessage() for r in caplog.records]  # the user's and the device's
     assert await attempts(raw_redis, services) == (1, 1)
@@ -220,7 +220,7 @@ async def test_a_closed_fence_refuses_before_counting(
     """Fenced before the redeem starts: 503, nothing counted, so nothing to give back and nothing logged."""
     codes, templates = await an_activity_with_codes(client)
     verified = services.fence.verified
-    caplog.set_level(logging.WARNING, logger="gateway.codes")
+    caplog.set_level(logging.WARNING, logger="gateway.codes.service")
     services.fence.close("Redis restarted: checking it against the ledger")
     try:
         for _ in range(FAILED_LIMIT + 1):
@@ -228,5 +228,5 @@ async def test_a_closed_fence_refuses_before_counting(
     finally:
         services.fence.open(verified)
     assert await attempts(raw_redis, services) == (0, 0)
-    assert not [r for r in caplog.records if r.name == "gateway.codes"]
+    assert not [r for r in caplog.records if r.name == "gateway.codes.service"]
     assert_claim_answer(await redeem(client, codes[0], USER, DEVICE), templates)

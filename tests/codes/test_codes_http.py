@@ -18,12 +18,12 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from gateway import clock
-from gateway.claims import ClaimService
-from gateway.code_format import ALPHABET, canonical, code_hash, new_code, shown
-from gateway.codes import CodeService
+from gateway.claim.service import ClaimService
+from gateway.codes.format import ALPHABET, canonical, code_hash, new_code, shown
+from gateway.codes.service import CodeService
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from gateway.services import Services
 from gateway.settings import Settings
 from tests.helpers import ADMIN, bearer, create_activity, create_template

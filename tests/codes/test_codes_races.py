@@ -13,9 +13,9 @@ import asyncpg
 import httpx
 import pytest
 
-from gateway.code_format import new_code, shown
+from gateway.codes.format import new_code, shown
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 from gateway.settings import Settings
 from tests.faults.support import Gateway, create_sale
 from tests.helpers import ADMIN, bearer

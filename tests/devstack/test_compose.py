@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,11 +137,15 @@ def test_valkey_runs_with_aof_and_noeviction(compose_valkey: str) -> None:
         assert int(client.config_get("maxmemory")["maxmemory"]) > 0
 
 
-def test_dockerfile_copies_what_exists() -> None:
+def test_dockerfile_copies_what_exists_and_every_package_it_installs() -> None:
+    copied = set()
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
+                copied.add(source)
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert {package.split(".")[0] for package in packages} <= copied
 
 
 def test_services_come_up_and_drain_a_claim(

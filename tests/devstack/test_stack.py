@@ -16,7 +16,7 @@ from gateway.devstack.pidfile import pid_alive, stop_pid
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-CLAIMGATE = [sys.executable, "-m", "gateway.cli"]
+CLAIMGATE = [sys.executable, "-m", "claimgate.cli"]
 
 
 def bare_env() -> dict[str, str]:

@@ -32,7 +32,7 @@ from gateway.keys import KeySpace, Partition, idempotency_digest, partition_of_s
 from tests.conftest import API_KEY, LEDGER_TABLES, ROOT, settings_env
 from tests.helpers import token
 
-CLAIMGATE = [sys.executable, "-m", "gateway.cli"]
+CLAIMGATE = [sys.executable, "-m", "claimgate.cli"]
 ADMIN = {"X-API-Key": API_KEY}
 WALLET_BUCKETS, CODE_BUCKETS = 8, 4  # as tests.conftest.settings_env sets them
 KEYS = KeySpace(WALLET_BUCKETS, CODE_BUCKETS)
@@ -158,7 +158,7 @@ class Processes:
         """``claimgate worker`` under its own consumer name (``extra``: more settings, e.g. claim_idle_ms)."""
         name = name or f"w-{uuid.uuid4().hex[:8]}"
         worker_env = with_settings(env, worker_name=name, **extra)
-        return self.start("worker", name, [*CLAIMGATE, "worker"], worker_env, "gateway.cli worker")
+        return self.start("worker", name, [*CLAIMGATE, "worker"], worker_env, "claimgate.cli worker")
 
     def gateway_process(
         self, env: Mapping[str, str], port: int, name: str = "gw", ops_port: int | None = None

@@ -12,7 +12,7 @@ import asyncpg
 from litestar.testing import AsyncTestClient
 
 from gateway.keys import BLOCKLIST
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 from gateway.settings import Settings
 from tests.conftest import OTHER_API_KEY
 from tests.helpers import ADMIN, bearer, create_activity

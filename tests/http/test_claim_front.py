@@ -16,7 +16,7 @@ import pytest
 from litestar import Litestar
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.campaign import ActivityIn, PackItem, TemplateIn
+from gateway.catalog.campaign import ActivityIn, PackItem, TemplateIn
 from gateway.http.app import Gateway, create_app
 from gateway.services import Services
 from gateway.settings import Settings

@@ -11,8 +11,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from gateway.fence import FENCED_RETRY_AFTER
 from gateway.keys import BLOCKLIST, KeySpace
+from gateway.scripts.fence import FENCED_RETRY_AFTER
 from gateway.services import Services
 from gateway.settings import Settings
 from tests.helpers import bearer, create_activity, create_template

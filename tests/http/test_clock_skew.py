@@ -8,8 +8,9 @@ from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-from gateway import clock, ledger_check
-from gateway.redis_client import RedisClient
+from gateway import clock
+from gateway.scripts import ledger_check
+from gateway.scripts.runner import RedisClient
 from gateway.services import Services
 from tests.helpers import bearer, create_activity
 from tests.http.support import assert_refusal, claim_url

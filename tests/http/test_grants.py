@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from gateway.keys import KeySpace
-from gateway.redis_client import SOCKET_TIMEOUT_SECONDS, RedisClient
+from gateway.scripts.runner import SOCKET_TIMEOUT_SECONDS, RedisClient
 from gateway.services import Services
 from gateway.settings import Settings
 from tests.helpers import ADMIN, create_activity

@@ -9,7 +9,7 @@ import msgspec
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
-from gateway.campaign import Activity, Template
+from gateway.catalog.campaign import Activity, Template
 from gateway.http import answers
 from tests.conftest import SERVICE_KEY
 from tests.helpers import ADMIN, bearer, create_activity

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from gateway.devstack.pidfile import free_port
 from gateway.http.app import create_app
-from gateway.scripts import load_scripts
+from gateway.scripts.registry import load_scripts
 from gateway.services import Services
 from gateway.settings import OpsSettings, Settings, load_settings
 from tests.conftest import settings_env

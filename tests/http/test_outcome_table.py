@@ -14,7 +14,7 @@ from gateway.outcomes import (
     DomainError,
     Outcome,
 )
-from gateway.scripts import load_scripts
+from gateway.scripts.registry import load_scripts
 
 # The contract's refusal table (docs/product.md, "Refusals"), copied: code -> status.
 CONTRACT: dict[str, int] = {

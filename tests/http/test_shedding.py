@@ -11,7 +11,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.http.app import create_app
-from gateway.redis_client import connect
+from gateway.scripts.runner import connect
 from gateway.services import Services
 from gateway.settings import Settings, load_settings
 from tests.conftest import settings_env

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from gateway import ledger_check
+from gateway.scripts import ledger_check
 from gateway.services import Services
 from gateway.settings import Settings
 

@@ -10,11 +10,11 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from gateway.claim.sold_out import RECHECK_SECONDS
 from gateway.ids import new_id
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from gateway.services import Services
-from gateway.sold_out import RECHECK_SECONDS
 from tests.helpers import ADMIN, bearer, create_activity
 from tests.http.support import assert_refusal, claim_url, wait_blocked, wait_until
 

@@ -10,7 +10,7 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 
 from gateway.keys import KeySpace
-from gateway.redis_client import connect
+from gateway.scripts.runner import connect
 from gateway.settings import Settings
 from tests.conftest import SERVICE_KEY
 from tests.helpers import bearer, create_activity, create_template

@@ -37,16 +37,16 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from gateway.campaign import Activity, Eligibility, PackItem, Template, hot_config
-from gateway.claims import ClaimService
+from gateway.catalog.campaign import Activity, Eligibility, PackItem, Template, hot_config
+from gateway.claim.grants import GrantBody
+from gateway.claim.service import ClaimService
 from gateway.devstack.valkey import ValkeyServer
-from gateway.fence import Fence
-from gateway.grants import GrantBody
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError
-from gateway.redis_client import RedisClient, ScriptRunner, connect
-from gateway.scripts import load_scripts
+from gateway.scripts.fence import Fence
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import RedisClient, ScriptRunner, connect
 from gateway.settings import Settings, load_settings
 from gateway.tokens import UserIdentity
 from tests.conftest import settings_env

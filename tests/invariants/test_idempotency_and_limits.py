@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 from gateway.settings import Settings
 from tests.helpers import ADMIN, bearer, create_activity
 from tests.worker.conftest import persist

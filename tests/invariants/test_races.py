@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 from gateway.settings import Settings
 from tests.helpers import bearer, create_activity, create_template
 from tests.worker.conftest import drain

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.keys import ActivityKeys, KeySpace
-from gateway.redis_client import ScriptRunner
+from gateway.scripts.runner import ScriptRunner
 from gateway.settings import Settings
 from tests.lua.support import NOW, Claimer, activity_config, put_activity
 
@@ -26,8 +26,9 @@ def make_activity(runner: ScriptRunner) -> MakeActivity:
     """``await make_activity("act1", stock=2, ...)``: mirror a config (defaults of activity_config) via the
     put_activity script and return the activity's keys."""
 
-    async def make(activity_id: str = "act1", *, allow: Sequence[str] = (), now: int = NOW,
-                   **overrides: Any) -> ActivityKeys:
+    async def make(
+        activity_id: str = "act1", *, allow: Sequence[str] = (), now: int = NOW, **overrides: Any
+    ) -> ActivityKeys:
         config = activity_config(now, **overrides)
         reply = await put_activity(runner, activity_id, config, allow=allow, now=now)
         assert reply[0] == "ok", reply

@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 from gateway.ids import new_id
 from gateway.keys import KeySpace, WalletKeys
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 
 DAY = 86_400
 HASH_A = "a" * 32
@@ -44,9 +44,16 @@ def activity_config(now: int = NOW, **overrides: Any) -> dict[str, Any]:
     return config
 
 
-async def put_activity(runner: ScriptRunner, activity_id: str, config: dict[str, Any], *,
-                       allow: Sequence[str] = (), now: int = NOW, operator: str = "alice",
-                       event_id: str | None = None) -> list[Any]:
+async def put_activity(
+    runner: ScriptRunner,
+    activity_id: str,
+    config: dict[str, Any],
+    *,
+    allow: Sequence[str] = (),
+    now: int = NOW,
+    operator: str = "alice",
+    event_id: str | None = None,
+) -> list[Any]:
     keys = KeySpace.activity(activity_id)
     return await runner.run(
         "put_activity",
@@ -78,12 +85,25 @@ class Claimer:
     runner: ScriptRunner
     idem_ttl: int
 
-    async def __call__(self, activity_id: str = "act1", *, now: int = NOW, user: str = "u1",
-                       device: str = "d1", channel: str = "", blocked: bool = False, key: str = "",
-                       body: str = HASH_A,
-                       claim_id: str | None = None, event_id: str | None = None, reg: int | None = None,
-                       orders: int | None = None, tags: Sequence[str] = (), mode: str = "claim",
-                       operator: str = "") -> Claimed:
+    async def __call__(
+        self,
+        activity_id: str = "act1",
+        *,
+        now: int = NOW,
+        user: str = "u1",
+        device: str = "d1",
+        channel: str = "",
+        blocked: bool = False,
+        key: str = "",
+        body: str = HASH_A,
+        claim_id: str | None = None,
+        event_id: str | None = None,
+        reg: int | None = None,
+        orders: int | None = None,
+        tags: Sequence[str] = (),
+        mode: str = "claim",
+        operator: str = "",
+    ) -> Claimed:
         act = KeySpace.activity(activity_id)
         scope = operator if mode == "grant" else user
         idem = act.idempotency(scope, key) if key else act.no_idempotency
@@ -93,16 +113,37 @@ class Claimer:
             "claim",
             act.claim_keys(idem),
             [
-                now, activity_id, user, device, channel, "1" if blocked else "0", key, body, self.idem_ttl,
-                claim_id, event_id, "" if reg is None else reg, "" if orders is None else orders,
-                "\x1f".join(tags), mode, operator,
+                now,
+                activity_id,
+                user,
+                device,
+                channel,
+                "1" if blocked else "0",
+                key,
+                body,
+                self.idem_ttl,
+                claim_id,
+                event_id,
+                "" if reg is None else reg,
+                "" if orders is None else orders,
+                "\x1f".join(tags),
+                mode,
+                operator,
             ],
         )
         return Claimed(reply, claim_id, event_id, idem)
 
 
-async def deliver(runner: ScriptRunner, wallet: WalletKeys, user: str, activity_id: str, answer: str, *,
-                  now: int = NOW, event_id: str | None = None) -> list[Any]:
+async def deliver(
+    runner: ScriptRunner,
+    wallet: WalletKeys,
+    user: str,
+    activity_id: str,
+    answer: str,
+    *,
+    now: int = NOW,
+    event_id: str | None = None,
+) -> list[Any]:
     return await runner.run(
         "deliver",
         [wallet.coupons, wallet.user_index(user), wallet.seq, wallet.events],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gateway.keys import BLOCKLIST
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 
 KEYS = [
     BLOCKLIST.users,

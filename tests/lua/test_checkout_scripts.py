@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway.checkout import refund_keys
+from gateway.checkout.service import refund_keys
 from gateway.keys import KeySpace, order_field
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import DAY, NOW, Snapshot, changed, deliver, snapshot
 
 KEYSPACE = KeySpace(8, 4)

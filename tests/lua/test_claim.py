@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 from gateway.settings import Settings
 from tests.lua.conftest import MakeActivity
 from tests.lua.support import (
@@ -52,27 +52,37 @@ async def succeeded(claimer: Claimer, client: RedisClient, **call: Any) -> Claim
 
 
 def single_answer(claim_id: str, now: int = NOW, *, template: str = "t1", days: int = 7) -> str:
-    return (f'{{"claim_id":"{claim_id}","coupons":[{{"coupon_id":"{claim_id}.1","template_id":"{template}",'
-            f'"valid_from":{now},"valid_until":{now + days * DAY}}}]}}')
+    return (
+        f'{{"claim_id":"{claim_id}","coupons":[{{"coupon_id":"{claim_id}.1","template_id":"{template}",'
+        f'"valid_from":{now},"valid_until":{now + days * DAY}}}]}}'
+    )
 
 
 # --- ok --------------------------------------------------------------------------------------------------
 
 
-async def test_ok_with_key_writes_each_key_once(claimer: Claimer, make_activity: MakeActivity,
-                                                redis_client: RedisClient, settings: Settings) -> None:
+async def test_ok_with_key_writes_each_key_once(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient, settings: Settings
+) -> None:
     await make_activity(stock=5, per_user_limit=2, per_device_limit=2, allow=["u1"])
     before = await snapshot(redis_client)
 
-    done = await claimer(user="u1", device="d1", channel="app", key="k-1", body=HASH_A, claim_id="c1",
-                         event_id="e1")
+    done = await claimer(
+        user="u1", device="d1", channel="app", key="k-1", body=HASH_A, claim_id="c1", event_id="e1"
+    )
 
     ttl = settings.claim.idempotency_ttl_seconds
     assert done.reply == ["ok", single_answer("c1")]
     assert done.idem == ACT.idempotency("u1", "k-1")
     after = await snapshot(redis_client)
-    assert changed(before, after) == {ACT.config, ACT.user_counts, ACT.device_counts, done.idem, ACT.seq,
-                                      ACT.events}
+    assert changed(before, after) == {
+        ACT.config,
+        ACT.user_counts,
+        ACT.device_counts,
+        done.idem,
+        ACT.seq,
+        ACT.events,
+    }
     config_before, config_after = before[ACT.config][1], after[ACT.config][1]
     assert config_after == {**config_before, "stock_left": "4", "taken": "1"}
     assert after[ACT.user_counts][1] == {"u1": "1"}
@@ -86,14 +96,28 @@ async def test_ok_with_key_writes_each_key_once(claimer: Claimer, make_activity:
     entries = after[ACT.events][1]["entries"]
     assert len(entries) == 2
     assert entries[-1][1] == {
-        "type": "claimed", "id": "e1", "seq": "2", "at": str(NOW), "activity": "act1", "claim_id": "c1",
-        "user": "u1", "device": "d1", "channel": "app", "mode": "claim", "by": "", "answer": done.answer,
-        "ordinal": "1", "idem": done.idem, "idem_hash": HASH_A, "idem_expires": str(NOW + ttl),
+        "type": "claimed",
+        "id": "e1",
+        "seq": "2",
+        "at": str(NOW),
+        "activity": "act1",
+        "claim_id": "c1",
+        "user": "u1",
+        "device": "d1",
+        "channel": "app",
+        "mode": "claim",
+        "by": "",
+        "answer": done.answer,
+        "ordinal": "1",
+        "idem": done.idem,
+        "idem_hash": HASH_A,
+        "idem_expires": str(NOW + ttl),
     }
 
 
-async def test_ok_without_key_touches_no_idempotency_key(claimer: Claimer, make_activity: MakeActivity,
-                                                         redis_client: RedisClient) -> None:
+async def test_ok_without_key_touches_no_idempotency_key(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity()
     before = await snapshot(redis_client)
 
@@ -106,14 +130,28 @@ async def test_ok_without_key_touches_no_idempotency_key(claimer: Claimer, make_
     assert not any(":idem:" in key for key in after)
     event = await last_event(redis_client, ACT.events)
     assert event == {
-        "type": "claimed", "id": "e1", "seq": "2", "at": str(NOW), "activity": "act1", "claim_id": "c1",
-        "user": "u1", "device": "", "channel": "", "mode": "claim", "by": "", "answer": done.answer,
-        "ordinal": "1", "idem": "", "idem_hash": HASH_B, "idem_expires": "",
+        "type": "claimed",
+        "id": "e1",
+        "seq": "2",
+        "at": str(NOW),
+        "activity": "act1",
+        "claim_id": "c1",
+        "user": "u1",
+        "device": "",
+        "channel": "",
+        "mode": "claim",
+        "by": "",
+        "answer": done.answer,
+        "ordinal": "1",
+        "idem": "",
+        "idem_hash": HASH_B,
+        "idem_expires": "",
     }
 
 
-async def test_pack_issues_every_coupon(claimer: Claimer, make_activity: MakeActivity,
-                                        redis_client: RedisClient) -> None:
+async def test_pack_issues_every_coupon(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     pack = [
         {"template_id": "t1", "count": 2, "valid_days": 7},
         {"template_id": "t2", "count": 1, "valid_from": NOW - 100, "valid_until": NOW + 1000},
@@ -140,8 +178,9 @@ async def test_pack_issues_every_coupon(claimer: Claimer, make_activity: MakeAct
 # --- idempotency ------------------------------------------------------------------------------------------
 
 
-async def test_replay_returns_the_same_answer_and_takes_nothing(claimer: Claimer, make_activity: MakeActivity,
-                                                                redis_client: RedisClient) -> None:
+async def test_replay_returns_the_same_answer_and_takes_nothing(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(stock=1)
     first = await succeeded(claimer, redis_client, user="u1", key="k-1", claim_id="c1")
     assert (await redis_client.hgetall(ACT.config))["stock_left"] == "0"
@@ -156,8 +195,9 @@ async def test_replay_returns_the_same_answer_and_takes_nothing(claimer: Claimer
     await refused(claimer, redis_client, "replay", user="u1", key="k-1", blocked=True)
 
 
-async def test_replay_reply_carries_the_answer(claimer: Claimer, make_activity: MakeActivity,
-                                               redis_client: RedisClient) -> None:
+async def test_replay_reply_carries_the_answer(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity()
     first = await claimer(user="u1", key="k-1", claim_id="c1")
     before = await snapshot(redis_client)
@@ -166,19 +206,22 @@ async def test_replay_reply_carries_the_answer(claimer: Claimer, make_activity: 
     assert await snapshot(redis_client) == before
 
 
-async def test_idempotency_conflict(claimer: Claimer, make_activity: MakeActivity,
-                                    redis_client: RedisClient) -> None:
+async def test_idempotency_conflict(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(per_user_limit=5)
     await succeeded(claimer, redis_client, user="u1", key="k-1", body=HASH_A)
     await refused(claimer, redis_client, "idempotency_conflict", user="u1", key="k-1", body=HASH_B)
-    await refused(claimer, redis_client, "idempotency_conflict", user="u1", key="k-1", body=HASH_B,
-                  blocked=True)
+    await refused(
+        claimer, redis_client, "idempotency_conflict", user="u1", key="k-1", body=HASH_B, blocked=True
+    )
     # Another key of the same user is a new request.
     await succeeded(claimer, redis_client, user="u1", key="k-2", body=HASH_B)
 
 
-async def test_refusal_with_a_key_stores_no_answer(claimer: Claimer, make_activity: MakeActivity,
-                                                   redis_client: RedisClient) -> None:
+async def test_refusal_with_a_key_stores_no_answer(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(stock=0)
     done = await refused(claimer, redis_client, "sold_out", user="u1", key="k-1")
     assert await redis_client.exists(done.idem) == 0
@@ -189,12 +232,19 @@ async def test_refusal_with_a_key_stores_no_answer(claimer: Claimer, make_activi
 
 @pytest.mark.parametrize(
     "config",
-    [{}, {"stock": 0}, {"status": "paused"}, {"status": "ended"}, {"starts_at": NOW + 10},
-     {"elig": {"min_orders": 3}}],
+    [
+        {},
+        {"stock": 0},
+        {"status": "paused"},
+        {"status": "ended"},
+        {"starts_at": NOW + 10},
+        {"elig": {"min_orders": 3}},
+    ],
     ids=["open", "sold-out", "paused", "ended", "not-started", "not-eligible"],
 )
-async def test_blocked_wins(claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient,
-                            config: dict[str, Any]) -> None:
+async def test_blocked_wins(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient, config: dict[str, Any]
+) -> None:
     await make_activity(**config)
     await refused(claimer, redis_client, "blocked", blocked=True, key="k-1")
 
@@ -211,21 +261,24 @@ async def test_not_found(claimer: Claimer, make_activity: MakeActivity, redis_cl
         assert await redis_client.exists(key) == 0
 
 
-async def test_ended_by_status(claimer: Claimer, make_activity: MakeActivity,
-                               redis_client: RedisClient) -> None:
+async def test_ended_by_status(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(status="ended")
     await refused(claimer, redis_client, "ended")
 
 
 @pytest.mark.parametrize("after_end", [0, 1, 3600])
-async def test_ended_by_window(claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient,
-                               after_end: int) -> None:
+async def test_ended_by_window(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient, after_end: int
+) -> None:
     await make_activity(ends_at=NOW + 100)
     await refused(claimer, redis_client, "ended", now=NOW + 100 + after_end)
 
 
-async def test_last_second_of_window_is_open(claimer: Claimer, make_activity: MakeActivity,
-                                             redis_client: RedisClient) -> None:
+async def test_last_second_of_window_is_open(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(ends_at=NOW + 100)
     await succeeded(claimer, redis_client, now=NOW + 99)
 
@@ -244,8 +297,9 @@ async def test_not_started(claimer: Claimer, make_activity: MakeActivity, redis_
 # --- stock -----------------------------------------------------------------------------------------------
 
 
-async def test_sold_out_writes_nothing(claimer: Claimer, make_activity: MakeActivity,
-                                       redis_client: RedisClient) -> None:
+async def test_sold_out_writes_nothing(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(stock=2, per_user_limit=1)
     await succeeded(claimer, redis_client, user="u1", device="d1")
     await succeeded(claimer, redis_client, user="u2", device="d2")
@@ -262,11 +316,14 @@ async def test_sold_out_costs_one_hmget(claimer: Claimer, make_activity: MakeAct
     done = await claimer(user="u1")
     assert done.reply == ["sold_out"]
     after = {name: await command_calls(plain, name) for name in reads}
-    assert {name: after[name] - before[name] for name in reads} == {name: int(name == "hmget") for name in reads}
+    assert {name: after[name] - before[name] for name in reads} == {
+        name: int(name == "hmget") for name in reads
+    }
 
 
-async def test_zero_stock_is_sold_out(claimer: Claimer, make_activity: MakeActivity,
-                                      redis_client: RedisClient) -> None:
+async def test_zero_stock_is_sold_out(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(stock=0)
     await refused(claimer, redis_client, "sold_out")
 
@@ -275,31 +332,56 @@ async def test_zero_stock_is_sold_out(claimer: Claimer, make_activity: MakeActiv
 
 ELIGIBILITY = [
     # (id, elig rules, allow-list, failing facts, passing facts)
-    ("new_within_days", {"new_within_days": 7}, [],
-     [{"reg": NOW - 7 * DAY - 1}, {"reg": None}], [{"reg": NOW - 7 * DAY}, {"reg": NOW}]),
-    ("first_order", {"first_order": True}, [],
-     [{"orders": 1}, {"orders": None}], [{"orders": 0}]),
-    ("min_orders", {"min_orders": 3}, [],
-     [{"orders": 2}, {"orders": None}], [{"orders": 3}, {"orders": 40}]),
-    ("tags", {"tags": ["vip", "gold"]}, [],
-     [{"tags": []}, {"tags": ["new"]}, {"tags": ["vipx", "gol"]}],
-     [{"tags": ["new", "gold"]}, {"tags": ["vip"]}]),
-    ("users", {"users": True}, ["u1", "u2"],
-     [{"user": "u3"}, {"user": "u"}], [{"user": "u2"}, {"user": "u1"}]),
-    ("all-rules", {"new_within_days": 1, "min_orders": 1, "tags": ["vip"], "users": True}, ["u1"],
-     [{"reg": NOW, "orders": 1, "tags": ["vip"], "user": "u2"},
-      {"reg": NOW, "orders": 0, "tags": ["vip"], "user": "u1"},
-      {"reg": NOW, "orders": 1, "tags": ["x"], "user": "u1"},
-      {"reg": NOW - 2 * DAY, "orders": 1, "tags": ["vip"], "user": "u1"}],
-     [{"reg": NOW, "orders": 1, "tags": ["vip"], "user": "u1"}]),
+    (
+        "new_within_days",
+        {"new_within_days": 7},
+        [],
+        [{"reg": NOW - 7 * DAY - 1}, {"reg": None}],
+        [{"reg": NOW - 7 * DAY}, {"reg": NOW}],
+    ),
+    ("first_order", {"first_order": True}, [], [{"orders": 1}, {"orders": None}], [{"orders": 0}]),
+    ("min_orders", {"min_orders": 3}, [], [{"orders": 2}, {"orders": None}], [{"orders": 3}, {"orders": 40}]),
+    (
+        "tags",
+        {"tags": ["vip", "gold"]},
+        [],
+        [{"tags": []}, {"tags": ["new"]}, {"tags": ["vipx", "gol"]}],
+        [{"tags": ["new", "gold"]}, {"tags": ["vip"]}],
+    ),
+    (
+        "users",
+        {"users": True},
+        ["u1", "u2"],
+        [{"user": "u3"}, {"user": "u"}],
+        [{"user": "u2"}, {"user": "u1"}],
+    ),
+    (
+        "all-rules",
+        {"new_within_days": 1, "min_orders": 1, "tags": ["vip"], "users": True},
+        ["u1"],
+        [
+            {"reg": NOW, "orders": 1, "tags": ["vip"], "user": "u2"},
+            {"reg": NOW, "orders": 0, "tags": ["vip"], "user": "u1"},
+            {"reg": NOW, "orders": 1, "tags": ["x"], "user": "u1"},
+            {"reg": NOW - 2 * DAY, "orders": 1, "tags": ["vip"], "user": "u1"},
+        ],
+        [{"reg": NOW, "orders": 1, "tags": ["vip"], "user": "u1"}],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("elig", "allow", "failing", "passing"), [e[1:] for e in ELIGIBILITY],
-                         ids=[e[0] for e in ELIGIBILITY])
-async def test_eligibility_rule(claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient,
-                                elig: dict[str, Any], allow: list[str], failing: list[dict[str, Any]],
-                                passing: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize(
+    ("elig", "allow", "failing", "passing"), [e[1:] for e in ELIGIBILITY], ids=[e[0] for e in ELIGIBILITY]
+)
+async def test_eligibility_rule(
+    claimer: Claimer,
+    make_activity: MakeActivity,
+    redis_client: RedisClient,
+    elig: dict[str, Any],
+    allow: list[str],
+    failing: list[dict[str, Any]],
+    passing: list[dict[str, Any]],
+) -> None:
     await make_activity(elig=elig, allow=allow, per_user_limit=10)
     for facts in failing:
         await refused(claimer, redis_client, "not_eligible", key="k-1", **facts)
@@ -307,8 +389,9 @@ async def test_eligibility_rule(claimer: Claimer, make_activity: MakeActivity, r
         await succeeded(claimer, redis_client, key=f"k-ok-{n}", **facts)
 
 
-async def test_no_rules_means_everyone(claimer: Claimer, make_activity: MakeActivity,
-                                       redis_client: RedisClient, plain: Redis) -> None:
+async def test_no_rules_means_everyone(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient, plain: Redis
+) -> None:
     await make_activity(elig="", allow=["u1"])
     lookups = await command_calls(plain, "sismember")
     await succeeded(claimer, redis_client, user="anyone")
@@ -318,8 +401,9 @@ async def test_no_rules_means_everyone(claimer: Claimer, make_activity: MakeActi
 # --- limits ----------------------------------------------------------------------------------------------
 
 
-async def test_per_user_limit(claimer: Claimer, make_activity: MakeActivity,
-                              redis_client: RedisClient) -> None:
+async def test_per_user_limit(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(per_user_limit=2)
     await succeeded(claimer, redis_client, user="u1", device="d1")
     await succeeded(claimer, redis_client, user="u1", device="d2")
@@ -328,8 +412,9 @@ async def test_per_user_limit(claimer: Claimer, make_activity: MakeActivity,
     await succeeded(claimer, redis_client, user="u2", device="d3")
 
 
-async def test_per_device_limit(claimer: Claimer, make_activity: MakeActivity,
-                                redis_client: RedisClient) -> None:
+async def test_per_device_limit(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(per_user_limit=5, per_device_limit=1)
     await succeeded(claimer, redis_client, user="u1", device="d1")
     await refused(claimer, redis_client, "limit_reached", user="u2", device="d1", key="k-1")
@@ -340,8 +425,9 @@ async def test_per_device_limit(claimer: Claimer, make_activity: MakeActivity,
     assert await redis_client.hgetall(ACT.user_counts) == {"u1": "2", "u2": "1"}
 
 
-async def test_device_limit_zero_means_none(claimer: Claimer, make_activity: MakeActivity,
-                                            redis_client: RedisClient) -> None:
+async def test_device_limit_zero_means_none(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(per_user_limit=1, per_device_limit=0)
     for user in ("u1", "u2", "u3"):
         await succeeded(claimer, redis_client, user=user, device="d1")
@@ -355,13 +441,23 @@ GRANT = {"mode": "grant", "operator": "ops", "device": ""}
 
 @pytest.mark.parametrize(
     "config",
-    [{}, {"starts_at": NOW + 100, "ends_at": NOW + 200}, {"ends_at": NOW}, {"elig": {"min_orders": 5}},
-     {"elig": {"users": True}}, {"per_device_limit": 1}],
+    [
+        {},
+        {"starts_at": NOW + 100, "ends_at": NOW + 200},
+        {"ends_at": NOW},
+        {"elig": {"min_orders": 5}},
+        {"elig": {"users": True}},
+        {"per_device_limit": 1},
+    ],
     ids=["open", "not-started", "window-over", "not-eligible", "not-on-allow-list", "device-limit"],
 )
-async def test_grant_ignores_window_and_eligibility(claimer: Claimer, make_activity: MakeActivity,
-                                                   redis_client: RedisClient, settings: Settings,
-                                                   config: dict[str, Any]) -> None:
+async def test_grant_ignores_window_and_eligibility(
+    claimer: Claimer,
+    make_activity: MakeActivity,
+    redis_client: RedisClient,
+    settings: Settings,
+    config: dict[str, Any],
+) -> None:
     await make_activity(**config)
     before = await snapshot(redis_client)
     done = await succeeded(claimer, redis_client, user="u7", key="g-1", claim_id="c1", event_id="e1", **GRANT)
@@ -372,9 +468,21 @@ async def test_grant_ignores_window_and_eligibility(claimer: Claimer, make_activ
     assert await redis_client.hgetall(ACT.user_counts) == {"u7": "1"}
     event = await last_event(redis_client, ACT.events)
     assert event == {
-        "type": "claimed", "id": "e1", "seq": "2", "at": str(NOW), "activity": "act1", "claim_id": "c1",
-        "user": "u7", "device": "", "channel": "", "mode": "grant", "by": "ops", "answer": done.answer,
-        "ordinal": "1", "idem": done.idem, "idem_hash": HASH_A,
+        "type": "claimed",
+        "id": "e1",
+        "seq": "2",
+        "at": str(NOW),
+        "activity": "act1",
+        "claim_id": "c1",
+        "user": "u7",
+        "device": "",
+        "channel": "",
+        "mode": "grant",
+        "by": "ops",
+        "answer": done.answer,
+        "ordinal": "1",
+        "idem": done.idem,
+        "idem_hash": HASH_A,
         "idem_expires": str(NOW + settings.claim.idempotency_ttl_seconds),
     }
 
@@ -384,23 +492,29 @@ async def test_grant_ignores_window_and_eligibility(claimer: Claimer, make_activ
     [({"status": "paused"}, "paused"), ({"status": "ended"}, "ended"), ({"stock": 0}, "sold_out")],
     ids=["paused", "ended", "sold-out"],
 )
-async def test_grant_respects_status_and_stock(claimer: Claimer, make_activity: MakeActivity,
-                                               redis_client: RedisClient, config: dict[str, Any],
-                                               outcome: str) -> None:
+async def test_grant_respects_status_and_stock(
+    claimer: Claimer,
+    make_activity: MakeActivity,
+    redis_client: RedisClient,
+    config: dict[str, Any],
+    outcome: str,
+) -> None:
     await make_activity(**config)
     await refused(claimer, redis_client, outcome, user="u7", key="g-1", **GRANT)
 
 
-async def test_grant_respects_per_user_limit(claimer: Claimer, make_activity: MakeActivity,
-                                             redis_client: RedisClient) -> None:
+async def test_grant_respects_per_user_limit(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(per_user_limit=1)
     await succeeded(claimer, redis_client, user="u7", device="d7")
     await refused(claimer, redis_client, "limit_reached", user="u7", key="g-1", **GRANT)
     await succeeded(claimer, redis_client, user="u8", **GRANT)
 
 
-async def test_grant_replay_and_conflict(claimer: Claimer, make_activity: MakeActivity,
-                                         redis_client: RedisClient) -> None:
+async def test_grant_replay_and_conflict(
+    claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient
+) -> None:
     await make_activity(per_user_limit=3)
     first = await succeeded(claimer, redis_client, user="u7", key="g-1", **GRANT)
     again = await refused(claimer, redis_client, "replay", user="u7", key="g-1", **GRANT)
@@ -417,24 +531,56 @@ ORDER = [
     ("paused+not_started", {"status": "paused", "starts_at": NOW + 10}, [], [], {}, "paused"),
     ("window_over+sold_out", {"ends_at": NOW, "stock": 0}, [], [], {}, "ended"),
     ("not_started+sold_out", {"starts_at": NOW + 10, "stock": 0}, [], [], {}, "not_started"),
-    ("not_started+not_eligible", {"starts_at": NOW + 10, "elig": {"min_orders": 1}}, [], [], {},
-     "not_started"),
+    (
+        "not_started+not_eligible",
+        {"starts_at": NOW + 10, "elig": {"min_orders": 1}},
+        [],
+        [],
+        {},
+        "not_started",
+    ),
     ("sold_out+not_eligible", {"stock": 0, "elig": {"min_orders": 1}}, [], [], {"orders": 0}, "sold_out"),
     ("sold_out+limit_reached", {"stock": 1}, [], [{"user": "u1"}], {"user": "u1"}, "sold_out"),
-    ("not_eligible+limit_reached", {"elig": {"tags": ["vip"]}}, [], [{"user": "u1", "tags": ["vip"]}],
-     {"user": "u1", "tags": []}, "not_eligible"),
-    ("not_on_list+device_limit", {"elig": {"users": True}, "per_device_limit": 1}, ["u1"],
-     [{"user": "u1", "device": "d1"}], {"user": "u2", "device": "d1"}, "not_eligible"),
-    ("blocked+everything", {"status": "paused", "stock": 0, "starts_at": NOW + 10, "elig": {"min_orders": 9}},
-     [], [], {"blocked": True}, "blocked"),
+    (
+        "not_eligible+limit_reached",
+        {"elig": {"tags": ["vip"]}},
+        [],
+        [{"user": "u1", "tags": ["vip"]}],
+        {"user": "u1", "tags": []},
+        "not_eligible",
+    ),
+    (
+        "not_on_list+device_limit",
+        {"elig": {"users": True}, "per_device_limit": 1},
+        ["u1"],
+        [{"user": "u1", "device": "d1"}],
+        {"user": "u2", "device": "d1"},
+        "not_eligible",
+    ),
+    (
+        "blocked+everything",
+        {"status": "paused", "stock": 0, "starts_at": NOW + 10, "elig": {"min_orders": 9}},
+        [],
+        [],
+        {"blocked": True},
+        "blocked",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("config", "allow", "first", "call", "outcome"), [o[1:] for o in ORDER],
-                         ids=[o[0] for o in ORDER])
-async def test_contract_order(claimer: Claimer, make_activity: MakeActivity, redis_client: RedisClient,
-                              config: dict[str, Any], allow: list[str], first: list[dict[str, Any]],
-                              call: dict[str, Any], outcome: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "allow", "first", "call", "outcome"), [o[1:] for o in ORDER], ids=[o[0] for o in ORDER]
+)
+async def test_contract_order(
+    claimer: Claimer,
+    make_activity: MakeActivity,
+    redis_client: RedisClient,
+    config: dict[str, Any],
+    allow: list[str],
+    first: list[dict[str, Any]],
+    call: dict[str, Any],
+    outcome: str,
+) -> None:
     await make_activity(allow=allow, **config)
     for earlier in first:
         await succeeded(claimer, redis_client, **earlier)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway.codes import batch_record
+from gateway.codes.service import batch_record
 from gateway.keys import ActivityKeys, CodeKeys, KeySpace, WalletKeys
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.conftest import MakeActivity
 from tests.lua.support import (
     DAY,

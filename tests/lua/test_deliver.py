@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from gateway.claims import ClaimService, body_hash
+from gateway.claim.service import ClaimService, body_hash
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from gateway.settings import Settings
 from gateway.tokens import UserIdentity
 from tests.lua.conftest import MakeActivity
@@ -21,8 +21,9 @@ PACK = [
 ]
 
 
-async def claimed_answer(claimer: Claimer, make_activity: MakeActivity, claim_id: str = "c1",
-                         user: str = "u1") -> str:
+async def claimed_answer(
+    claimer: Claimer, make_activity: MakeActivity, claim_id: str = "c1", user: str = "u1"
+) -> str:
     await make_activity(pack=PACK, stock=10, per_user_limit=10)
     done = await claimer(user=user, claim_id=claim_id)
     assert done.outcome == "ok"
@@ -30,13 +31,25 @@ async def claimed_answer(claimer: Claimer, make_activity: MakeActivity, claim_id
 
 
 def record(claim_id: str, template: str, valid_from: int, valid_until: int) -> dict[str, object]:
-    return {"user": "u1", "activity": "act1", "template": template, "claim": claim_id,
-            "valid_from": valid_from, "valid_until": valid_until, "status": "available", "version": 1}
+    return {
+        "user": "u1",
+        "activity": "act1",
+        "template": template,
+        "claim": claim_id,
+        "valid_from": valid_from,
+        "valid_until": valid_until,
+        "status": "available",
+        "version": 1,
+    }
 
 
-async def test_deliver_creates_coupons_index_seq_and_event(runner: ScriptRunner, claimer: Claimer,
-                                                           make_activity: MakeActivity, keyspace: KeySpace,
-                                                           redis_client: RedisClient) -> None:
+async def test_deliver_creates_coupons_index_seq_and_event(
+    runner: ScriptRunner,
+    claimer: Claimer,
+    make_activity: MakeActivity,
+    keyspace: KeySpace,
+    redis_client: RedisClient,
+) -> None:
     answer = await claimed_answer(claimer, make_activity)
     wallet = keyspace.wallet("u1")
     before = await snapshot(redis_client)
@@ -55,15 +68,26 @@ async def test_deliver_creates_coupons_index_seq_and_event(runner: ScriptRunner,
     assert after[wallet.seq][1] == "1"
     assert len(after[wallet.events][1]["entries"]) == 1
     assert await last_event(redis_client, wallet.events) == {
-        "type": "delivered", "id": "e1", "seq": "1", "at": str(NOW + 5), "activity": "act1", "claim_id": "c1",
-        "user": "u1", "version": "1", "answer": answer,
+        "type": "delivered",
+        "id": "e1",
+        "seq": "1",
+        "at": str(NOW + 5),
+        "activity": "act1",
+        "claim_id": "c1",
+        "user": "u1",
+        "version": "1",
+        "answer": answer,
     }
     assert all(expiry == -1 for key, (_, _, expiry) in after.items() if key.startswith(wallet.tag))
 
 
-async def test_second_deliver_replays_and_writes_nothing(runner: ScriptRunner, claimer: Claimer,
-                                                         make_activity: MakeActivity, keyspace: KeySpace,
-                                                         redis_client: RedisClient) -> None:
+async def test_second_deliver_replays_and_writes_nothing(
+    runner: ScriptRunner,
+    claimer: Claimer,
+    make_activity: MakeActivity,
+    keyspace: KeySpace,
+    redis_client: RedisClient,
+) -> None:
     answer = await claimed_answer(claimer, make_activity)
     wallet = keyspace.wallet("u1")
     assert await deliver(runner, wallet, "u1", "act1", answer) == ["ok"]
@@ -76,8 +100,13 @@ async def test_second_deliver_replays_and_writes_nothing(runner: ScriptRunner, c
     assert await redis_client.xlen(wallet.events) == 1
 
 
-async def test_two_claims_fill_one_wallet(runner: ScriptRunner, claimer: Claimer, make_activity: MakeActivity,
-                                          keyspace: KeySpace, redis_client: RedisClient) -> None:
+async def test_two_claims_fill_one_wallet(
+    runner: ScriptRunner,
+    claimer: Claimer,
+    make_activity: MakeActivity,
+    keyspace: KeySpace,
+    redis_client: RedisClient,
+) -> None:
     first = await claimed_answer(claimer, make_activity, claim_id="c1")
     second = (await claimer(user="u1", claim_id="c2")).answer
     wallet = keyspace.wallet("u1")
@@ -85,14 +114,24 @@ async def test_two_claims_fill_one_wallet(runner: ScriptRunner, claimer: Claimer
     assert await deliver(runner, wallet, "u1", "act1", second) == ["ok"]
     assert await redis_client.hlen(wallet.coupons) == 6
     assert await redis_client.zrange(wallet.user_index("u1"), 0, -1) == [
-        "c1.1", "c1.2", "c1.3", "c2.1", "c2.2", "c2.3"]
+        "c1.1",
+        "c1.2",
+        "c1.3",
+        "c2.1",
+        "c2.2",
+        "c2.3",
+    ]
     assert await redis_client.get(wallet.seq) == "2"
     assert [fields["claim_id"] for _, fields in await redis_client.xrange(wallet.events)] == ["c1", "c2"]
 
 
-async def test_claim_service_claims_then_delivers(runner: ScriptRunner, make_activity: MakeActivity,
-                                                  keyspace: KeySpace, redis_client: RedisClient,
-                                                  settings: Settings) -> None:
+async def test_claim_service_claims_then_delivers(
+    runner: ScriptRunner,
+    make_activity: MakeActivity,
+    keyspace: KeySpace,
+    redis_client: RedisClient,
+    settings: Settings,
+) -> None:
     """ClaimService's ARGV (tags joined by \\x1f, reg/orders, body hash) as the scripts read them."""
     act = await make_activity(pack=PACK, elig={"tags": ["vip"], "min_orders": 1, "new_within_days": 3})
     service = ClaimService(runner, keyspace, settings.claim.idempotency_ttl_seconds)
@@ -121,10 +160,13 @@ async def test_claim_service_claims_then_delivers(runner: ScriptRunner, make_act
     assert await snapshot(redis_client) == before
 
 
-async def test_grant_key_reused_for_another_user_is_not_a_replay(runner: ScriptRunner,
-                                                                make_activity: MakeActivity,
-                                                                keyspace: KeySpace, redis_client: RedisClient,
-                                                                settings: Settings) -> None:
+async def test_grant_key_reused_for_another_user_is_not_a_replay(
+    runner: ScriptRunner,
+    make_activity: MakeActivity,
+    keyspace: KeySpace,
+    redis_client: RedisClient,
+    settings: Settings,
+) -> None:
     await make_activity(stock=10)
     service = ClaimService(runner, keyspace, settings.claim.idempotency_ttl_seconds)
     first, second = UserIdentity("u7", ""), UserIdentity("u1", "")
@@ -133,13 +175,17 @@ async def test_grant_key_reused_for_another_user_is_not_a_replay(runner: ScriptR
     coupon_ids = [c["coupon_id"] for c in json.loads(granted.answer)["coupons"]]
 
     try:
-        other: str | None = (await service.claim("act1", second, now=NOW, idempotency_key="g-1", mode="grant",
-                                                 operator="ops")).answer
+        other: str | None = (
+            await service.claim("act1", second, now=NOW, idempotency_key="g-1", mode="grant", operator="ops")
+        ).answer
     except DomainError as refused:  # idempotency_conflict is a right answer; so is a new grant for u1
         assert refused.outcome is Outcome.IDEMPOTENCY_CONFLICT
         other = None
 
     wallet = keyspace.wallet("u1")
     shared = [cid for cid in coupon_ids if await redis_client.hexists(wallet.coupons, cid)]
-    assert (other, shared) != (granted.answer, coupon_ids)  # u1 would be told "u7's grant" and hold its coupons
+    assert (other, shared) != (
+        granted.answer,
+        coupon_ids,
+    )  # u1 would be told "u7's grant" and hold its coupons
     assert shared == []  # never the same coupon in two wallets

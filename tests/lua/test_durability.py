@@ -13,11 +13,11 @@ from redis.asyncio import Redis
 
 from gateway.devstack.pidfile import PidFile
 from gateway.devstack.valkey import ValkeyServer, start_valkey, stop_valkey
-from gateway.durability import describe, shortfall
-from gateway.fence import Fence
 from gateway.keys import BLOCKLIST
-from gateway.redis_client import ScriptRunner, connect
-from gateway.scripts import load_scripts
+from gateway.scripts.durability import describe, shortfall
+from gateway.scripts.fence import Fence
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import ScriptRunner, connect
 from gateway.settings import RedisSettings
 
 BLOCKLIST_KEYS = [BLOCKLIST.users, BLOCKLIST.devices, BLOCKLIST.entries, BLOCKLIST.version, BLOCKLIST.seq,

@@ -14,11 +14,11 @@ import asyncpg
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway import ledger_check
 from gateway.devstack.pidfile import PidFile
 from gateway.devstack.valkey import ValkeyServer, restart_valkey, start_valkey, stop_valkey
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts import ledger_check
 from gateway.services import Clients
 from gateway.settings import Settings, load_settings
 from gateway.tokens import UserIdentity
@@ -79,7 +79,7 @@ async def mirror(clients: Clients, activity_id: str, stock: int) -> None:
 
 
 async def claim(clients: Clients, activity_id: str, user: str) -> str:
-    from gateway.claims import ClaimService
+    from gateway.claim.service import ClaimService
 
     service = ClaimService(clients.runner, KeySpace(8, 4), 90_000)
     result = await service.claim(activity_id, UserIdentity(user, f"d-{user}"), now=int(time.time()))

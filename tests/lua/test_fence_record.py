@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from gateway import ledger_check
-from gateway.fence import Fence
 from gateway.keys import FENCE_CHECKED
-from gateway.redis_client import RedisClient
+from gateway.scripts import ledger_check
+from gateway.scripts.fence import Fence
+from gateway.scripts.runner import RedisClient
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import HASH_A, HASH_B, NOW, Snapshot, changed, last_event, script_error, snapshot
 
 ACT = KeySpace.activity("act1")

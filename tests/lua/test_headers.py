@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.outcomes import Outcome
-from gateway.scripts import LUA_DIR, load_scripts, parse_script
+from gateway.scripts.registry import LUA_DIR, load_scripts, parse_script
 
 SCRIPT_PATHS = sorted(LUA_DIR.glob("*.lua"))
 OUTCOMES = {outcome.value for outcome in Outcome}
@@ -212,7 +212,7 @@ def check_events(source: str) -> list[str]:
             continue
         types = [literal(args[i + 1]) for i, arg in enumerate(args[:-1]) if literal(arg) == "type"]
         if len(types) != 1 or types[0] is None:
-            problems.append(f"an XADD without exactly one literal \"type\": {args}")
+            problems.append(f'an XADD without exactly one literal "type": {args}')
         emitted.update(t for t in types if t is not None)
     if undeclared := emitted - events:
         problems.append(f"emits undeclared events {sorted(undeclared)}")
@@ -281,7 +281,17 @@ def test_script_obeys_rule(path: Path, check: str) -> None:
 # Scripts that write only failed-attempt counters: rate-limit state, not ledger state, so no event (a guessing
 # run would flood the stream with them) and a restore starts them afresh (docs/architecture.md).
 RATE_LIMIT_ONLY = {"code_gate"}
-READ_COMMANDS = {"GET", "HGET", "HMGET", "HGETALL", "ZRANGE", "ZREVRANGEBYLEX", "ZSCORE", "SISMEMBER", "EXISTS"}
+READ_COMMANDS = {
+    "GET",
+    "HGET",
+    "HMGET",
+    "HGETALL",
+    "ZRANGE",
+    "ZREVRANGEBYLEX",
+    "ZSCORE",
+    "SISMEMBER",
+    "EXISTS",
+}
 
 
 @pytest.mark.parametrize("path", SCRIPT_PATHS, ids=[path.stem for path in SCRIPT_PATHS])
@@ -339,8 +349,12 @@ BROKEN: list[tuple[str, str, str, str]] = [
     ("undeclared-key", "keys", BINDING, BINDING + "local seq_key = KEYS[3]\n"),
     ("unused-key", "keys", "ARGV[1] now", "KEYS[3] seq     string {a:X}:seq\nARGV[1] now"),
     ("misnumbered-keys", "keys", "KEYS[2] events", "KEYS[3] events"),
-    ("dynamic-keys", "keys", 'return {"ok"}',
-     'for _, k in ipairs(KEYS) do redis.call("DEL", k) end\nreturn {"ok"}'),
+    (
+        "dynamic-keys",
+        "keys",
+        'return {"ok"}',
+        'for _, k in ipairs(KEYS) do redis.call("DEL", k) end\nreturn {"ok"}',
+    ),
     ("undeclared-arg", "argv", "ARGV[2]\n", "ARGV[3]\n"),
     ("unused-arg", "argv", "ARGV[2] user_id", "ARGV[2] user_id\nARGV[3] channel"),
     ("dynamic-arg", "argv", "ARGV[2]\n", "ARGV[#ARGV]\n"),
@@ -378,7 +392,8 @@ def test_check_catches_broken_source(check: str, old: str, new: str) -> None:
 
 def test_built_local_via_intermediate_is_caught() -> None:
     broken = GOOD.replace(BINDING, BINDING + 'local built = "{a:" .. user_id .. "}:act"\n').replace(
-        CALL, 'redis.call("HGET", built, "stock_left")')
+        CALL, 'redis.call("HGET", built, "stock_left")'
+    )
     assert check_no_built_keys(broken) != []
 
 

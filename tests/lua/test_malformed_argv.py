@@ -21,12 +21,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gateway.checkout import refund_keys
-from gateway.codes import batch_record
+from gateway.checkout.service import refund_keys
+from gateway.codes.service import batch_record
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import ScriptRunner
-from gateway.scripts import load_scripts
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import ScriptRunner
 from gateway.settings import Settings
 from tests.lua.support import DAY, HASH_A, NOW, activity_config, put_activity
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.keys import ActivityKeys, KeySpace
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.conftest import MakeActivity
 from tests.lua.support import NOW, Claimer, Snapshot, changed, last_event, snapshot
 

@@ -13,11 +13,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.fence import Fence
 from gateway.keys import KeySpace
-from gateway.pipelined import FLUSH_AT, PipelinedScripts
-from gateway.redis_client import RedisClient, ScriptRunner, UncheckedRedis
-from gateway.scripts import load_scripts
+from gateway.scripts.fence import Fence
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import RedisClient, ScriptRunner, UncheckedRedis
+from gateway.scripts.transport import FLUSH_AT, PipelinedScripts
 from gateway.settings import Settings
 
 ECHO = "return {ARGV[1], KEYS[1]}"

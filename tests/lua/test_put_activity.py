@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 
-from gateway.admin import AdminService
-from gateway.campaign import Activity, ActivityIn, Eligibility, PackItem, Template
+from gateway.catalog.admin import AdminService
+from gateway.catalog.campaign import Activity, ActivityIn, Eligibility, PackItem, Template
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import NOW, activity_config, changed, put_activity, snapshot
 
 
-async def test_creates_config_allow_group_seq_and_event(runner: ScriptRunner,
-                                                        redis_client: RedisClient) -> None:
+async def test_creates_config_allow_group_seq_and_event(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
     keys = KeySpace.activity("act1")
     config = activity_config(stock=7, per_user_limit=2, per_device_limit=3, elig={"users": True})
     before = await snapshot(redis_client)
@@ -60,8 +61,9 @@ async def test_long_allow_list_is_added_in_chunks(runner: ScriptRunner, redis_cl
     assert await redis_client.smembers(KeySpace.activity("act1").allow_list) == set(users)
 
 
-async def test_second_call_replays_and_changes_nothing(runner: ScriptRunner,
-                                                       redis_client: RedisClient) -> None:
+async def test_second_call_replays_and_changes_nothing(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
     assert (await put_activity(runner, "act1", activity_config(stock=5), allow=["u1"]))[0] == "ok"
     before = await snapshot(redis_client)
 
@@ -83,17 +85,37 @@ async def test_existing_group_is_kept(runner: ScriptRunner, redis_client: RedisC
     assert await redis_client.xlen(keys.events) == 1
 
 
-async def test_admin_mirror_builds_what_claim_reads(runner: ScriptRunner, redis_client: RedisClient,
-                                                    db: object) -> None:
+async def test_admin_mirror_builds_what_claim_reads(
+    runner: ScriptRunner, redis_client: RedisClient, db: object
+) -> None:
     """AdminService.mirror_activity (hot_config) makes a config of the shape the claim script reads."""
-    days = Template(name="5 off", kind="cash", amount_off=500, valid_days=7, id="t1", created_by="a",
-                    created_at=1)
-    window = Template(name="10%", kind="discount", percent_off=10, max_off=300, valid_from=NOW,
-                      valid_until=NOW + 100, id="t2", created_by="a", created_at=1)
+    days = Template(
+        name="5 off", kind="cash", amount_off=500, valid_days=7, id="t1", created_by="a", created_at=1
+    )
+    window = Template(
+        name="10%",
+        kind="discount",
+        percent_off=10,
+        max_off=300,
+        valid_from=NOW,
+        valid_until=NOW + 100,
+        id="t2",
+        created_by="a",
+        created_at=1,
+    )
     activity = Activity(
-        name="sale", pack=[PackItem("t1", 2), PackItem("t2", 1)], starts_at=NOW - 10, ends_at=NOW + 3600,
-        stock=3, per_user_limit=1, eligibility=Eligibility(min_orders=1, users=["u1"]), id="act9",
-        status="active", face_per_pack=1300, created_by="alice", created_at=NOW,
+        name="sale",
+        pack=[PackItem("t1", 2), PackItem("t2", 1)],
+        starts_at=NOW - 10,
+        ends_at=NOW + 3600,
+        stock=3,
+        per_user_limit=1,
+        eligibility=Eligibility(min_orders=1, users=["u1"]),
+        id="act9",
+        status="active",
+        face_per_pack=1300,
+        created_by="alice",
+        created_at=NOW,
     )
     admin = AdminService(db, runner, KeySpace(8, 4))  # type: ignore[arg-type]
 
@@ -103,11 +125,19 @@ async def test_admin_mirror_builds_what_claim_reads(runner: ScriptRunner, redis_
     keys = KeySpace.activity("act9")
     config = await redis_client.hgetall(keys.config)
     assert config == {
-        "status": "active", "starts_at": str(NOW - 10), "ends_at": str(NOW + 3600), "stock_left": "3",
-        "taken": "0", "per_user_limit": "1", "per_device_limit": "0", "elig": '{"min_orders":1,"users":true}',
+        "status": "active",
+        "starts_at": str(NOW - 10),
+        "ends_at": str(NOW + 3600),
+        "stock_left": "3",
+        "taken": "0",
+        "per_user_limit": "1",
+        "per_device_limit": "0",
+        "elig": '{"min_orders":1,"users":true}',
         "pack": '[{"template_id":"t1","count":2,"valid_days":7},'
-                f'{{"template_id":"t2","count":1,"valid_from":{NOW},"valid_until":{NOW + 100}}}]',
-        "face_per_pack": "1300", "name": activity.name, "budget": "",
+        f'{{"template_id":"t2","count":1,"valid_from":{NOW},"valid_until":{NOW + 100}}}]',
+        "face_per_pack": "1300",
+        "name": activity.name,
+        "budget": "",
     }
     assert await redis_client.smembers(keys.allow_list) == {"u1"}
     assert await redis_client.get(keys.seq) == "1"
@@ -116,10 +146,17 @@ async def test_admin_mirror_builds_what_claim_reads(runner: ScriptRunner, redis_
 async def test_large_numbers_are_stored_as_given(runner: ScriptRunner, redis_client: RedisClient) -> None:
     """The header: the config's other fields are stored as given. face_per_pack reaches 10**14 and more
     within the admin API's own limits (amount_off <= 10**12, count <= 100, 20 pack items)."""
-    big = Template(name="big", kind="cash", amount_off=10**12, valid_days=7, id="t1", created_by="a",
-                   created_at=1)
-    body = ActivityIn(name="sale", pack=[PackItem("t1", 100)], starts_at=NOW - 10, ends_at=NOW + 3600, stock=1,
-                      per_user_limit=1)
+    big = Template(
+        name="big", kind="cash", amount_off=10**12, valid_days=7, id="t1", created_by="a", created_at=1
+    )
+    body = ActivityIn(
+        name="sale",
+        pack=[PackItem("t1", 100)],
+        starts_at=NOW - 10,
+        ends_at=NOW + 3600,
+        stock=1,
+        per_user_limit=1,
+    )
     face = body.check({"t1": big})
     assert face == 10**14  # accepted by validation
     config = activity_config(face_per_pack=face)

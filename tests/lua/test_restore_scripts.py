@@ -8,9 +8,9 @@ import time
 from itertools import count
 from typing import Any
 
-from gateway.codes import batch_record
+from gateway.codes.service import batch_record
 from gateway.keys import BLOCKLIST, KeySpace, Partition, WalletKeys, order_field, stable_bucket
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import (
     NOW,
     Snapshot,

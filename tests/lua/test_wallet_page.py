@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import NOW, snapshot
 
 WALLET = KeySpace(8, 4).wallet("alice")

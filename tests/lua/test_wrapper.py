@@ -10,10 +10,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway.fence import FENCED_RETRY_AFTER, LEDGER_PAUSED, Fence
 from gateway.keys import KeySpace, slot_of
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import (
+from gateway.scripts.fence import FENCED_RETRY_AFTER, LEDGER_PAUSED, Fence
+from gateway.scripts.registry import load_scripts
+from gateway.scripts.runner import (
     MEMORY_RETRY_AFTER,
     SPARE_CONNECTIONS,
     CrossSlotCall,
@@ -21,7 +22,6 @@ from gateway.redis_client import (
     ScriptRunner,
     connect,
 )
-from gateway.scripts import load_scripts
 from gateway.settings import Settings
 from tests.lua.conftest import MakeActivity
 from tests.lua.support import NOW, Claimer, activity_config, command_calls, deliver, put_activity, snapshot

@@ -9,15 +9,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import code_format
-from gateway.campaign import Activity
-from gateway.checkout import CheckoutService, LockSweeper
-from gateway.codes import CodeService
+from gateway.catalog.campaign import Activity
+from gateway.checkout.quote import Line
+from gateway.checkout.service import CheckoutService, LockSweeper
+from gateway.checkout.terms import TermsCache
+from gateway.codes import format as code_format
+from gateway.codes.service import CodeService
 from gateway.keys import ActivityKeys, CodeKeys, WalletKeys
 from gateway.outcomes import DomainError, Outcome
-from gateway.quote import Line
-from gateway.redis_client import RedisClient
-from gateway.terms import TermsCache
+from gateway.scripts.runner import RedisClient
 from gateway.tokens import UserIdentity
 from tests.recovery.support import KEYS, OPERATOR, new_activity, redis_state, text
 from worker.consumer import Consumer

@@ -11,9 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.admin import AdminService
-from gateway.blocklist import Blocklist
-from gateway.campaign import (
+from gateway.catalog.admin import AdminService
+from gateway.catalog.campaign import (
     Activity,
     ActivityIn,
     BlocklistChange,
@@ -22,11 +21,12 @@ from gateway.campaign import (
     StockChange,
     TemplateIn,
 )
-from gateway.claims import ClaimResult
-from gateway.grants import GrantBody, GrantService
+from gateway.claim.blocklist import Blocklist
+from gateway.claim.grants import GrantBody, GrantService
+from gateway.claim.service import ClaimResult
 from gateway.keys import FENCE_CHECKED, ActivityKeys, KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 from gateway.tokens import UserIdentity
 from tests.conftest import ROOT, settings_env
 from tests.worker.conftest import drain
@@ -206,7 +206,7 @@ def cli(command: str, redis_url: str, database_url: str, *args: str) -> subproce
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLAIMGATE_")}
     env.update(settings_env(redis_url, database_url))
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", command, *args],
+        [sys.executable, "-m", "claimgate.cli", command, *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from gateway import store
-from gateway.campaign import Activity, ActivityIn, BlocklistChange, PackItem, TemplateIn, hot_config
+from gateway.catalog import store
+from gateway.catalog.campaign import Activity, ActivityIn, BlocklistChange, PackItem, TemplateIn, hot_config
 from gateway.keys import BLOCKLIST
 from gateway.tokens import UserIdentity
 from tests.lua.support import Claimer

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.codes import CodeService
+from gateway.codes.service import CodeService
 from gateway.keys import order_field
 from gateway.outcomes import DomainError, Outcome
 from tests.recovery.checkout_support import Shop, build_shop, code_bucket_of, code_service, hot_config

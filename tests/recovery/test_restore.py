@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from gateway import ledger_check
-from gateway.blocklist import Blocklist
-from gateway.campaign import StockChange
+from gateway.catalog.campaign import StockChange
+from gateway.claim.blocklist import Blocklist
+from gateway.claim.grants import GrantBody, GrantService
 from gateway.devstack.valkey import ValkeyServer
-from gateway.fence import Fence
-from gateway.grants import GrantBody, GrantService
 from gateway.keys import BLOCKLIST, FENCE_CHECKED, stable_bucket
 from gateway.outcomes import Outcome
+from gateway.scripts import ledger_check
+from gateway.scripts.fence import Fence
 from tests.conftest import flush_redis
 from tests.lua.support import changed, snapshot
 from tests.recovery.support import (

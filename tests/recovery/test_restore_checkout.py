@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from gateway import ledger_check
-from gateway.checkout import checkout_figures
-from gateway.codes import codes_redeemed
+from gateway.checkout.service import checkout_figures
+from gateway.codes.service import codes_redeemed
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts import ledger_check
 from gateway.tokens import UserIdentity
 from tests.recovery.checkout_support import (
     DISCOUNT,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.campaign import ActivityIn, TemplateIn
+from gateway.catalog.campaign import ActivityIn, TemplateIn
 from gateway.http.bodies import decode
 from gateway.http.claim_routes import ClaimBody
 from gateway.outcomes import DomainError, Outcome

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from gateway.code_format import ALPHABET, LENGTH, canonical, check_symbol, code_hash, new_code, shown
+from gateway.codes.format import ALPHABET, LENGTH, canonical, check_symbol, code_hash, new_code, shown
 
 RANDOM_CODES = 300
 SHOWN = re.compile(r"[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{5}")

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.quote import Held, Line, Terms, quote, split, worth
+from gateway.checkout.quote import Held, Line, Terms, quote, split, worth
 
 MAX_AMOUNT = 10**12
 CATEGORIES = ("food", "toys", "books", "tech")

@@ -3,8 +3,8 @@ fixed lag applies only where configured or where Redis has no maxmemory to measu
 
 from __future__ import annotations
 
+from gateway.claim.shedding import FALLBACK_LAG, Load, LoadWatch
 from gateway.keys import KeySpace
-from gateway.load import FALLBACK_LAG, Load, LoadWatch
 from gateway.settings import ShedSettings
 
 GIB = 1 << 30
@@ -26,8 +26,10 @@ def test_with_maxmemory_claims_are_shed_once_memory_passes_its_share() -> None:
 
 def test_without_maxmemory_the_fallback_lag_sheds() -> None:
     assert watch().verdict(Load(lag=FALLBACK_LAG, memory_used=GIB, memory_max=0)) == ""
-    assert watch().verdict(Load(lag=FALLBACK_LAG + 1, memory_used=GIB, memory_max=0)).endswith(
-        f"(limit {FALLBACK_LAG})"
+    assert (
+        watch()
+        .verdict(Load(lag=FALLBACK_LAG + 1, memory_used=GIB, memory_max=0))
+        .endswith(f"(limit {FALLBACK_LAG})")
     )
 
 

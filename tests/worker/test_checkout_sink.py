@@ -12,12 +12,12 @@ from typing import Any, cast
 import asyncpg
 import msgspec
 
-from gateway.admin import AdminService
-from gateway.campaign import ActivityIn, PackItem, TemplateIn
-from gateway.checkout import CheckoutService, LockSweeper
+from gateway.catalog.admin import AdminService
+from gateway.catalog.campaign import ActivityIn, PackItem, TemplateIn
+from gateway.checkout.quote import Line
+from gateway.checkout.service import CheckoutService, LockSweeper
+from gateway.checkout.terms import TermsCache
 from gateway.keys import WalletKeys
-from gateway.quote import Line
-from gateway.terms import TermsCache
 from gateway.tokens import UserIdentity
 from tests.worker.conftest import drain
 from tests.worker.test_sink import pending

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.claims import ClaimService
+from gateway.claim.service import ClaimService
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
 from gateway.settings import Settings

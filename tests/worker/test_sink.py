@@ -7,9 +7,9 @@ import time
 import asyncpg
 import pytest
 
-from gateway.admin import AdminService
-from gateway.campaign import ActivityIn, PackItem, TemplateIn
-from gateway.claims import ClaimService
+from gateway.catalog.admin import AdminService
+from gateway.catalog.campaign import ActivityIn, PackItem, TemplateIn
+from gateway.claim.service import ClaimService
 from gateway.keys import KeySpace
 from gateway.tokens import UserIdentity
 from tests.worker.conftest import drain

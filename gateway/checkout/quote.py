@@ -19,7 +19,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from gateway.campaign import Label, Template
+from gateway.catalog.campaign import Label, Template
 
 MAX_AMOUNT = 10**12
 

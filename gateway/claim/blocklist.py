@@ -11,7 +11,7 @@ import logging
 
 from gateway.background import cancel_requested
 from gateway.keys import BLOCKLIST
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+LUA_DIR = Path(__file__).resolve().parents[2] / "lua"
 
 _SHEBANG = re.compile(r"^#!lua(?:\s+flags=(?P<flags>[\w,-]+))?\s*$")
 _KEY = re.compile(r"^KEYS\[(\d+)\]\s+(\w+)")

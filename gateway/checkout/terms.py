@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from gateway import store
-from gateway.quote import Terms
+from gateway.catalog import store
+from gateway.checkout.quote import Terms
 
 
 class TermsCache:

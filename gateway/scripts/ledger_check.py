@@ -24,9 +24,9 @@ from redis.asyncio import RedisCluster
 
 from gateway import clock
 from gateway.background import cancel_requested
-from gateway.fence import Fence
 from gateway.keys import FENCE_CHECKED, Partition
-from gateway.redis_client import RedisClient, drop_idle_connections
+from gateway.scripts.fence import Fence
+from gateway.scripts.runner import RedisClient, drop_idle_connections
 
 log = logging.getLogger(__name__)
 CLOCK_CHECK_SECONDS = 10.0
@@ -71,7 +71,9 @@ async def check(
         if not lives <= await checked_lives(client):
             fence.close(f"the ledger is unreachable to check Redis ({exc.__class__.__name__})")
             return
-        log.warning("the ledger is unreachable (%r); Redis's primaries are as another process checked them", exc)
+        log.warning(
+            "the ledger is unreachable (%r); Redis's primaries are as another process checked them", exc
+        )
     else:
         if behind:
             shown = ", ".join(behind[:5]) + (" ..." if len(behind) > 5 else "")

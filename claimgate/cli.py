@@ -17,7 +17,7 @@ from gateway.settings import PREFIX, Settings, SettingsError, load_settings
 
 
 def _up(args: argparse.Namespace) -> int:
-    from gateway.demo import run_flash_sale
+    from gateway.devstack.demo import run_flash_sale
     from gateway.devstack.stack import start_stack
 
     stack = start_stack(Path(args.workdir), gateway_port=args.port)
@@ -136,8 +136,8 @@ async def _ledger_tools(settings: Settings, *, check_fence: bool) -> AsyncIterat
     """Clients, a Postgres pool and the key space for reconcile and restore; closed on the way out."""
     import asyncpg
 
-    from gateway import ledger_check
     from gateway.keys import KeySpace
+    from gateway.scripts import ledger_check
     from gateway.services import Clients
 
     clients = await Clients.open(settings)

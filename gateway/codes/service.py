@@ -11,12 +11,12 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway import code_format
-from gateway.claims import NO_BODY_HASH, ClaimService
+from gateway.claim.service import NO_BODY_HASH, ClaimService
+from gateway.codes import format as code_format
 from gateway.ids import new_id
 from gateway.keys import KeySpace, WalletKeys
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import RedisClient, ScriptRunner
+from gateway.scripts.runner import RedisClient, ScriptRunner
 from gateway.tokens import UserIdentity
 
 FAILED_ATTEMPTS = 10  # product.md: invalid_code answers allowed per user and per device ...

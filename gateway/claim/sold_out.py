@@ -19,7 +19,7 @@ import math
 
 from gateway.background import cancel_requested
 from gateway.keys import KeySpace
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 
 log = logging.getLogger(__name__)
 RECHECK_SECONDS = 0.5

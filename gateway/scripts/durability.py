@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio import RedisCluster
 
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 from gateway.settings import RedisSettings
 
 

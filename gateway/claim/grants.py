@@ -22,13 +22,13 @@ import msgspec
 from msgspec import Meta
 
 from gateway import clock
-from gateway.blocklist import Blocklist
-from gateway.campaign import UserId, invalid
-from gateway.claims import ClaimService
+from gateway.catalog.campaign import UserId, invalid
+from gateway.claim.blocklist import Blocklist
+from gateway.claim.service import ClaimService
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import ScriptRunner
+from gateway.scripts.runner import ScriptRunner
 from gateway.tokens import UserIdentity
 
 log = logging.getLogger(__name__)

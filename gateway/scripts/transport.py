@@ -30,9 +30,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.fence import Fence
 from gateway.keys import slot_of
-from gateway.redis_client import refuse_unchecked
+from gateway.scripts.fence import Fence
+from gateway.scripts.runner import refuse_unchecked
 
 Address = tuple[str, int]
 CONNECT_TIMEOUT_SECONDS = 1.0

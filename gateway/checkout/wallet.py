@@ -6,7 +6,7 @@ import msgspec
 
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import ScriptRunner
+from gateway.scripts.runner import ScriptRunner
 
 STATUSES = ("available", "locked", "redeemed", "expired")
 PAGE = 100

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
-from gateway.campaign import Activity, Eligibility, PackItem, Template
+from gateway.catalog.campaign import Activity, Eligibility, PackItem, Template
 from gateway.keys import ActivityKeys, Partition
 
 _TEMPLATE_COLUMNS = (

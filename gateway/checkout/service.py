@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 import msgspec
 
+from gateway.checkout.quote import Line, Share, split, worth
+from gateway.checkout.terms import TermsCache
 from gateway.ids import new_id
 from gateway.keys import KeySpace, WalletKeys
 from gateway.outcomes import DomainError, Outcome
-from gateway.quote import Line, Share, split, worth
-from gateway.redis_client import RedisClient, ScriptRunner
-from gateway.terms import TermsCache
+from gateway.scripts.runner import RedisClient, ScriptRunner
 
 # What the order's view shows of its coupon: held by the order (locked, redeemed), else free as far as the
 # order is concerned (released, its lock lapsed, refunded and returned).

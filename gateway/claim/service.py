@@ -12,7 +12,7 @@ import msgspec
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import ScriptRunner
+from gateway.scripts.runner import ScriptRunner
 from gateway.tokens import UserIdentity
 
 TAG_SEPARATOR = "\x1f"

@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway import store
-from gateway.campaign import (
+from gateway.catalog import store
+from gateway.catalog.campaign import (
     Activity,
     ActivityIn,
     BlocklistChange,
@@ -23,7 +23,7 @@ from gateway.campaign import (
 from gateway.ids import new_id
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import ScriptRunner
+from gateway.scripts.runner import ScriptRunner
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from gateway.fence import Fence
 from gateway.keys import slot_of
 from gateway.outcomes import DomainError, Outcome
-from gateway.scripts import Script
+from gateway.scripts.fence import Fence
+from gateway.scripts.registry import Script
 
 if TYPE_CHECKING:
-    from gateway.pipelined import PipelinedScripts
+    from gateway.scripts.transport import PipelinedScripts
 
 log = logging.getLogger(__name__)
 RedisClient = Redis | RedisCluster

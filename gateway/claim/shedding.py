@@ -21,11 +21,11 @@ import asyncpg
 
 from gateway import clock
 from gateway.background import cancel_requested
+from gateway.catalog.store import registered_streams
 from gateway.keys import BLOCKLIST, KeySpace, Partition, partition_of_stream
 from gateway.outcomes import DomainError, Outcome
-from gateway.redis_client import RedisClient
+from gateway.scripts.runner import RedisClient
 from gateway.settings import ShedSettings
-from gateway.store import registered_streams
 
 log = logging.getLogger(__name__)
 SHED_RETRY_AFTER = 2
@@ -121,7 +121,9 @@ class LoadWatch:
     async def measure(self, client: RedisClient, pool: asyncpg.Pool) -> Load:
         lags = await stream_lags(client, await self.streams(pool))
         memory: Any = await client.info("memory")
-        nodes = list(memory.values()) if "used_memory" not in memory else [memory]  # a cluster answers per node
+        nodes = (
+            list(memory.values()) if "used_memory" not in memory else [memory]
+        )  # a cluster answers per node
         used = sum(int(n["used_memory"]) for n in nodes)
         most = sum(int(n["maxmemory"]) for n in nodes)
         fullest = max(

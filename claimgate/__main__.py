@@ -1,0 +1,3 @@
+from claimgate.cli import main
+
+raise SystemExit(main())

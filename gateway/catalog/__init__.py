@@ -1,0 +1,1 @@
+"""Definitions: templates and activities, their store in Postgres, the operators' changes."""

@@ -1,0 +1,1 @@
+"""Checkout: the wallet, quotes, terms, and locking, redeeming, releasing, refunding a coupon."""

@@ -1,0 +1,1 @@
+"""The claim path: claims and grants, the blocklist copy, the sold-out mark, load shedding."""

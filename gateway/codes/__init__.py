@@ -1,0 +1,1 @@
+"""One-time codes: their format and keyed hash, batches and redeems."""
