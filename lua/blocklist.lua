@@ -82,8 +82,8 @@ if changed == 0 then
 end
 redis.call("INCR", version_key)
 local seq = redis.call("INCR", seq_key)
-local function list(ids)
-  return #ids == 0 and "[]" or cjson.encode(ids)
+local function list(values)
+  return #values == 0 and "[]" or cjson.encode(values)
 end
 redis.call("XADD", events_key, "*",
   "type", "blocklist_changed", "id", event_id, "seq", seq, "at", now, "by", operator, "action", action,

@@ -66,7 +66,8 @@ if coupon.user ~= user_id then
   return {"not_found"}
 end
 
-local order, order_version = nil, 0
+local order
+local order_version = 0
 local order_raw = redis.call("HGET", orders_key, order_field)
 if order_raw then
   order = cjson.decode(order_raw)
