@@ -26,18 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
-import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import clock, probes
+from gateway import clock
 from gateway.background import stop_tasks
 from gateway.catalog.store import registered_streams
 from gateway.checkout.service import LockSweeper
 from gateway.claim.service import ClaimService
 from gateway.keys import KeySpace, is_activity_stream
-from gateway.ops_listener import OpsListener, Route
+from gateway.ops_listener import OpsListener
 from gateway.outcomes import DomainError
 from gateway.scripts import ledger_check
 from gateway.scripts.fence import Fence
@@ -48,6 +47,7 @@ from worker import sink
 from worker.dead_letters import bury
 from worker.events import Entry
 from worker.faults import crash_point, stalled
+from worker.operations import operations
 from worker.trim import trim_streams
 
 log = logging.getLogger(__name__)
@@ -338,38 +338,6 @@ class Consumer:
                 continue
             if not done:
                 await _sleep_or_stop(stop, self.settings.worker.idle_sleep_seconds)
-
-
-def operations(consumer: Consumer, lanes: list[Consumer]) -> dict[str, Route]:
-    """The worker's operations listener: ``/readyz`` (200 when Redis and Postgres answer: it can persist; the
-    fence and what each lane persisted reported) and ``/healthz``."""
-
-    async def detailed() -> tuple[int, bytes]:
-        report: dict[str, object] = {
-            "redis": await probes.redis_state(consumer.client),
-            "postgres": await probes.postgres_state(consumer.pool),
-        }
-        missing = [name for name in ("redis", "postgres") if report[name] != probes.OK]
-        fence = consumer.redis.fence
-        report["fence"] = "open" if fence.is_open else f"closed: {fence.why_closed}"
-        report["lanes"] = {
-            lane.lane_name: {
-                "streams": len(lane.streams),
-                "persisted": lane.persisted,
-                "conflicts": lane.conflicts,
-                "dead_lettered": lane.dead_lettered,
-            }
-            for lane in lanes
-        }
-        report["status"] = "ready" if not missing else "not ready"
-        if missing:
-            report["missing"] = missing
-        return (200 if not missing else 503), msgspec.json.encode(report)
-
-    async def alive() -> tuple[int, bytes]:
-        return 200, b'{"status":"ok"}'
-
-    return {"/readyz": detailed, "/healthz": alive}
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -28,6 +28,7 @@ from gateway.catalog import store
 from gateway.catalog.campaign import hot_config
 from gateway.codes.service import batch_record
 from gateway.keys import order_field
+from worker.wallet_records import coupon_record, order_record
 
 KINDS = ("activity", "wallet", "code", "blocklist")
 
@@ -237,44 +238,6 @@ async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> 
         )
     ]
     return state
-
-
-def coupon_record(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """A coupon as deliver and the checkout scripts keep it in the wallet's hash: the order and discount while
-    locked or redeemed, the deadline while locked (the sink keeps them only then)."""
-    record = {
-        "user": row["user_id"],
-        "activity": row["activity_id"],
-        "template": row["template_id"],
-        "claim": row["claim_id"],
-        "valid_from": row["valid_from"],
-        "valid_until": row["valid_until"],
-        "status": row["status"],
-        "version": row["version"],
-    }
-    if row["status"] in ("locked", "redeemed"):
-        record["order"] = row["order_id"]
-        record["discount"] = row["discount"]
-    if row["status"] == "locked":
-        record["locked_until"] = row["locked_until"]
-    return record
-
-
-def order_record(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """An order as the checkout scripts keep it in the wallet's orders hash: the deadline only while locked,
-    ``returned`` only once refunded."""
-    record = {
-        "coupon": row["coupon_id"],
-        "status": row["status"],
-        "discount": row["discount"],
-        "split": row["split"],
-        "version": row["version"],
-    }
-    if row["status"] == "locked":
-        record["locked_until"] = row["locked_until"]
-    if row["status"] == "refunded":
-        record["returned"] = row["returned"]
-    return record
 
 
 async def _wallet(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> WalletState:

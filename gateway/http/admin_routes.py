@@ -12,17 +12,12 @@ from litestar.params import FromPath
 from gateway import clock
 from gateway.catalog import store
 from gateway.catalog.campaign import Activity, ActivityIn, ActivityPatch, StockChange, Template, TemplateIn
-from gateway.checkout.service import checkout_figures
 from gateway.claim.grants import GrantBody
-from gateway.claim.shedding import dead_letter_count, stream_lags
-from gateway.codes.service import codes_redeemed
 from gateway.http import auth, bodies
 from gateway.http.answers import (
     ActivityPage,
     ActivityRecord,
-    ActivityStats,
     GrantResults,
-    LedgerStats,
     TemplatePage,
 )
 from gateway.http.errors import JSON
@@ -33,7 +28,7 @@ ADMIN_BODY_LIMIT = 1024 * 1024
 LIST_QUERY = (bodies.LIMIT, bodies.cursor_query(bodies.PATH_ID))
 
 
-def _json(value: object, status: int = 200) -> Response[bytes]:
+def as_json(value: object, status: int = 200) -> Response[bytes]:
     return Response(msgspec.json.encode(value), status_code=status, media_type=JSON)
 
 
@@ -51,7 +46,7 @@ async def _page(
     page: dict[str, object] = {"items": [await show(i) for i in items] if show else items}
     if len(found) > limit:
         page["next_cursor"] = items[-1].id
-    return _json(page)
+    return as_json(page)
 
 
 @post(
@@ -69,7 +64,7 @@ async def create_template(request: Request[Any, Any, Any]) -> Response[bytes]:
     bodies.only_query(request)
     body = await bodies.body(request, TemplateIn)
     template = await auth.services(request).admin.create_template(body, operator, int(clock.now()))
-    return _json(template, 201)
+    return as_json(template, 201)
 
 
 @get(
@@ -103,7 +98,7 @@ async def create_activity(request: Request[Any, Any, Any]) -> Response[bytes]:
     bodies.only_query(request)
     body = await bodies.body(request, ActivityIn)
     activity = await auth.services(request).admin.create_activity(body, operator, int(clock.now()))
-    return _json(activity, 201)
+    return as_json(activity, 201)
 
 
 @get(
@@ -186,7 +181,7 @@ async def _live_record(request: Request[Any, Any, Any], activity: Activity) -> d
 async def get_activity(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     auth.operator(request)
     bodies.only_query(request)
-    return _json(await _live_record(request, await activity_of_path(request, activity_id)))
+    return as_json(await _live_record(request, await activity_of_path(request, activity_id)))
 
 
 @patch(
@@ -207,7 +202,7 @@ async def patch_activity(request: Request[Any, Any, Any], activity_id: FromPath[
     changes = (await bodies.body(request, ActivityPatch)).changes()  # the request's shape before the domain
     activity = await _mirrored(request, activity_id)
     await auth.services(request).admin.patch(activity.id, changes, operator, int(clock.now()))
-    return _json(await _live_record(request, activity))
+    return as_json(await _live_record(request, activity))
 
 
 async def _set_status(request: Request[Any, Any, Any], activity_id: str, action: str) -> Response[bytes]:
@@ -215,7 +210,7 @@ async def _set_status(request: Request[Any, Any, Any], activity_id: str, action:
     bodies.only_query(request)
     activity = await _mirrored(request, activity_id)
     await auth.services(request).admin.set_status(activity.id, action, operator, int(clock.now()))
-    return _json(await _live_record(request, activity))
+    return as_json(await _live_record(request, activity))
 
 
 @post(
@@ -283,7 +278,7 @@ async def change_stock(request: Request[Any, Any, Any], activity_id: FromPath[st
     body.check()  # the request's shape before the domain
     activity = await _mirrored(request, activity_id)
     await auth.services(request).admin.restock(activity, body, operator, int(clock.now()))
-    return _json(await _live_record(request, activity))
+    return as_json(await _live_record(request, activity))
 
 
 @post(
@@ -314,78 +309,6 @@ async def grant(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> 
     return Response(answer, media_type=JSON)
 
 
-@get(
-    "/v1/admin/activities/{activity_id:str}/stats",
-    opt=documented(
-        callers=OPERATOR,
-        description="An activity's live figures: packs left, claimed and persisted, coupons locked and redeemed, "
-        "and their values.",
-        answer=ActivityStats,
-        scripts=True,
-    ),
-)
-async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
-    """Live figures: packs left and handed out (claims, grants, redeemed codes: Redis), packs persisted (the
-    ledger), face value out; coupons locked and redeemed and the discounts redeemed (Redis, every wallet bucket)."""
-    auth.operator(request)
-    bodies.only_query(request)
-    services = auth.services(request)
-    activity = await activity_of_path(request, activity_id)
-    hot = await services.admin.live_state(activity, int(clock.now()))
-    claimed = int(hot["taken"]) + await codes_redeemed(services.client, services.keyspace, activity.id)
-    persisted = await store.persisted_claims(services.pool, activity.id)
-    [lag] = await stream_lags(services.client, [services.keyspace.activity(activity.id).events])
-    figures = await checkout_figures(services.client, services.keyspace, activity.id)
-    return _json(
-        {
-            "stock_left": int(hot["stock_left"]),
-            "claimed": claimed,
-            "persisted": persisted,
-            "face_value_out": claimed * activity.face_per_pack,
-            "lag": lag.total,
-            "conflicts": await store.conflicts(services.pool, activity.id),
-            "locked": figures.locked,
-            "redeemed": figures.redeemed,
-            "redeemed_value": figures.redeemed_value,
-        }
-    )
-
-
-@get(
-    "/v1/admin/stats",
-    opt=documented(
-        callers=OPERATOR,
-        description="Persistence and load now: stream lag, Redis memory, shedding, conflicts, dead letters and "
-        "the fence.",
-        answer=LedgerStats,
-        scripts=True,
-    ),
-)
-async def ledger_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Persistence and load: lag, Redis memory, shedding, conflicts, dead letters and the fence, measured now."""
-    auth.operator(request)
-    bodies.only_query(request)
-    services = auth.services(request)
-    load = await services.load.measure(services.client, services.pool)
-    dead = await dead_letter_count(services.client, await services.load.streams(services.pool))
-    conflicts = await store.conflicts(services.pool)
-    settings = services.settings.shed
-    return _json(
-        LedgerStats(
-            lag=load.lag,
-            lag_limit=services.load.lag_limit(load),
-            memory_used=load.memory_used,
-            memory_max=load.memory_max,
-            memory_limit=settings.memory,
-            shedding=services.load.shedding,
-            conflicts=conflicts,
-            dead_letters=dead,
-            fence="open" if services.fence.is_open else f"closed: {services.fence.why_closed}",
-            measured_at=load.measured_at,
-        )
-    )
-
-
 ROUTES = [
     create_template,
     list_templates,
@@ -398,6 +321,4 @@ ROUTES = [
     end_activity,
     change_stock,
     grant,
-    activity_stats,
-    ledger_stats,
 ]

@@ -27,6 +27,7 @@ from gateway.http import (
     claim_routes,
     code_routes,
     ops_routes,
+    stats_routes,
     wallet_routes,
 )
 from gateway.http.claim_routes import MOUNT
@@ -124,7 +125,12 @@ def create_app(settings: Settings) -> Gateway:
             ),
             Router(
                 "/",
-                route_handlers=[*admin_routes.ROUTES, *blocklist_routes.ROUTES, *code_routes.ADMIN_ROUTES],
+                route_handlers=[
+                    *admin_routes.ROUTES,
+                    *stats_routes.ROUTES,
+                    *blocklist_routes.ROUTES,
+                    *code_routes.ADMIN_ROUTES,
+                ],
                 request_max_body_size=admin_routes.ADMIN_BODY_LIMIT,
             ),
             Router(

@@ -5,22 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import msgspec
 from litestar import Request, Response, get, post
 
 from gateway import clock
 from gateway.catalog.campaign import BlocklistChange
 from gateway.http import auth, bodies
+from gateway.http.admin_routes import as_json
 from gateway.http.answers import BlocklistChanged, BlocklistPage
-from gateway.http.errors import JSON
 from gateway.http.openapi import OPERATOR, documented
 
 _CURSOR = re.compile(r"([0-9]{1,15})\.(user|device)\.([A-Za-z0-9_.:-]{1,64})")
 _QUERY = (bodies.LIMIT, bodies.cursor_query(_CURSOR))
-
-
-def _json(value: object) -> Response[bytes]:
-    return Response(msgspec.json.encode(value), media_type=JSON)
 
 
 async def _change(request: Request[Any, Any, Any], action: str) -> Response[bytes]:
@@ -28,7 +23,7 @@ async def _change(request: Request[Any, Any, Any], action: str) -> Response[byte
     bodies.only_query(request)
     body = await bodies.body(request, BlocklistChange)
     changed = await auth.services(request).admin.change_blocklist(action, body, operator, int(clock.now()))
-    return _json({"changed": changed})
+    return as_json({"changed": changed})
 
 
 @post(
@@ -88,7 +83,7 @@ async def list_blocklist(request: Request[Any, Any, Any]) -> Response[bytes]:
     page: dict[str, object] = {"items": entries[:limit]}
     if len(entries) > limit:
         page["next_cursor"] = entries[limit - 1].cursor
-    return _json(page)
+    return as_json(page)
 
 
 ROUTES = [add_to_blocklist, remove_from_blocklist, list_blocklist]
