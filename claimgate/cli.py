@@ -152,7 +152,7 @@ async def _ledger_tools(settings: Settings, *, check_fence: bool) -> AsyncIterat
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    from worker.reconcile import Reconciler
+    from worker.recovery.reconcile import Reconciler
 
     settings = load_settings()
 
@@ -173,7 +173,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from worker.restore import restore
+    from worker.recovery.restore import restore
 
     settings = load_settings()
 

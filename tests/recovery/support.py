@@ -31,7 +31,7 @@ from gateway.tokens import UserIdentity
 from tests.conftest import ROOT, settings_env
 from tests.worker.conftest import drain
 from worker.consumer import Consumer
-from worker.reconcile import Reconciler
+from worker.recovery.reconcile import Reconciler
 
 KEYS = KeySpace(8, 4)  # as tests.conftest.settings_env sets the buckets
 FIXED_PARTITIONS = 8 + 4 + 1  # wallet buckets, code buckets, the blocklist

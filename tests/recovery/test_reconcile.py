@@ -30,7 +30,7 @@ from tests.recovery.support import (
     texts,
 )
 from worker.consumer import Consumer
-from worker.reconcile import Difference, Report
+from worker.recovery.reconcile import Difference, Report
 
 
 async def settled_sale(consumer: Consumer) -> Sale:

@@ -36,7 +36,7 @@ from tests.recovery.support import (
     refusal,
 )
 from worker.consumer import Consumer
-from worker.restore import PART_SIZE, Restored, restore
+from worker.recovery.restore import PART_SIZE, Restored, restore
 
 LEVEL = "level with the ledger (use --force to rebuild anyway)"
 NOTHING = "nothing to restore"

@@ -26,7 +26,7 @@ from tests.recovery.checkout_support import (
 from tests.recovery.support import KEYS, marks, persist, reconciler, text
 from tests.recovery.test_restore import empty_redis, restore_all, same_state
 from worker.consumer import Consumer
-from worker.restore import PART_SIZE
+from worker.recovery.restore import PART_SIZE
 
 
 async def test_restore_on_an_empty_redis_reproduces_checkout_and_codes(consumer: Consumer) -> None:

@@ -11,8 +11,8 @@ from tests.conftest import flush_redis
 from tests.worker.conftest import drain
 from tests.worker.test_sink import make_activity
 from worker.consumer import Consumer
-from worker.reconcile import Reconciler
-from worker.restore import restore
+from worker.recovery.reconcile import Reconciler
+from worker.recovery.restore import restore
 
 
 def reconciler(consumer: Consumer) -> Reconciler:

@@ -18,8 +18,8 @@ from tests.worker.test_sink import claim_n, make_activity
 from worker import sink
 from worker.consumer import Consumer
 from worker.events import Entry
-from worker.reconcile import Reconciler
-from worker.restore import restore
+from worker.recovery.reconcile import Reconciler
+from worker.recovery.restore import restore
 
 
 async def read_all(consumer: Consumer, lane: str) -> list[Entry]:

@@ -28,7 +28,7 @@ from gateway.catalog import store
 from gateway.catalog.campaign import hot_config
 from gateway.codes.service import batch_record
 from gateway.keys import order_field
-from worker.wallet_records import coupon_record, order_record
+from worker.recovery.wallet_records import coupon_record, order_record
 
 KINDS = ("activity", "wallet", "code", "blocklist")
 

@@ -28,8 +28,8 @@ from gateway.scripts.ledger_check import partitions_behind
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from worker import sink
-from worker.drain import drain_partition
-from worker.ledger_state import (
+from worker.recovery.drain import drain_partition
+from worker.recovery.ledger_state import (
     ActivityState,
     BareState,
     BlocklistState,
@@ -41,7 +41,7 @@ from worker.ledger_state import (
     mark_of,
     partitions,
 )
-from worker.reconcile import indexed_users
+from worker.recovery.reconcile import indexed_users
 
 PART_SIZE = 2000  # fields per script call: large partitions go in parts, each one short for Redis
 

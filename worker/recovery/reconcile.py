@@ -39,8 +39,8 @@ from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, KeySpace, Partition,
 from gateway.outcomes import DomainError, Outcome
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from worker import sink
-from worker.drain import drain_partition
-from worker.ledger_state import (
+from worker.recovery.drain import drain_partition
+from worker.recovery.ledger_state import (
     ActivityState,
     BlocklistState,
     CodeState,
