@@ -30,7 +30,8 @@ from tests.recovery.support import (
     texts,
 )
 from worker.consumer import Consumer
-from worker.recovery.reconcile import Difference, Report
+from worker.recovery.compare import Difference
+from worker.recovery.reconcile import Report
 
 
 async def settled_sale(consumer: Consumer) -> Sale:

@@ -16,7 +16,8 @@ from gateway.outcomes import DomainError, Outcome
 from tests.recovery.checkout_support import Shop, build_shop, code_bucket_of, code_service, hot_config
 from tests.recovery.support import KEYS, OPERATOR, persist, reconciler, text
 from worker.consumer import Consumer
-from worker.recovery.reconcile import Difference, Report
+from worker.recovery.compare import Difference
+from worker.recovery.reconcile import Report
 
 
 async def settled_shop(consumer: Consumer) -> Shop:

@@ -28,6 +28,7 @@ from gateway.scripts.ledger_check import partitions_behind
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from worker import sink
+from worker.recovery.compare import indexed_users
 from worker.recovery.drain import drain_partition
 from worker.recovery.ledger_state import (
     ActivityState,
@@ -41,7 +42,6 @@ from worker.recovery.ledger_state import (
     mark_of,
     partitions,
 )
-from worker.recovery.reconcile import indexed_users
 
 PART_SIZE = 2000  # fields per script call: large partitions go in parts, each one short for Redis
 
