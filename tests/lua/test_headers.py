@@ -246,7 +246,8 @@ def check_no_built_keys(source: str) -> list[str]:
     if keys_uses != len(bound):
         problems.append(f"KEYS appears {keys_uses}x but only {len(bound)} plain local bindings exist")
     parameters = function_parameters(code)
-    key_parameters: dict[str, set[int]] = {}  # function -> places of its parameters that reach redis.call as keys
+    # function -> the places of its parameters that reach redis.call as keys
+    key_parameters: dict[str, set[int]] = {}
     for args in redis_calls(code):
         command = literal(args[0]) if args else None
         if command is None:
@@ -261,7 +262,9 @@ def check_no_built_keys(source: str) -> list[str]:
             key_parameters.setdefault(function, set()).add(place)
         if not owners and key not in bound:
             problems.append(f"{command} gets key {key!r}, not a local bound from KEYS")
-    passed_on = {parameters[function][place] for function, places in key_parameters.items() for place in places}
+    passed_on = {
+        parameters[function][place] for function, places in key_parameters.items() for place in places
+    }
     for name in set(bound) | passed_on:
         problems += _key_name_problems(code, name, 1 if name in bound else 0)
     for function, places in key_parameters.items():
@@ -423,7 +426,7 @@ BROKEN: list[tuple[str, str, str, str]] = [
     ("key-parameter-from-argv", "no_built_keys", "field_of(config_key,", "field_of(user_id,"),
     ("key-parameter-built", "no_built_keys", "field_of(config_key,", 'field_of("{a:" .. user_id .. "}:act",'),
     ("key-parameter-left-out", "no_built_keys", "field_of(config_key, ", "field_of("),
-    ("key-parameter-reassigned", "no_built_keys", "  return redis", '  hash_key = user_id\n  return redis'),
+    ("key-parameter-reassigned", "no_built_keys", "  return redis", "  hash_key = user_id\n  return redis"),
     ("key-function-passed-on", "no_built_keys", 'return {"ok"}', 'local get = field_of\nreturn {"ok"}'),
 ]
 
