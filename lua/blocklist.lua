@@ -19,13 +19,8 @@ REPLY ok changed     the number of entries added or removed
 REPLY replay         nothing to change; nothing written
 EVENT blocklist_changed
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("blocklist: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+local integer = integer_reader("blocklist")
 local function ids(json, name)
   local list = cjson.decode(json)
   if type(list) ~= "table" then

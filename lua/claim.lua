@@ -42,13 +42,11 @@ REPLY not_eligible
 REPLY limit_reached
 EVENT claimed
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("claim: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include replay_record
+--#include idempotency_record
+--#include pack_answer
+local integer = integer_reader("claim")
 local function optional_integer(value, name)
   if value == "" then
     return nil
@@ -73,10 +71,7 @@ end
 if idem_key ~= "" then
   local record = redis.call("GET", idem_key_name)
   if record then
-    if string.sub(record, 1, 32) ~= body_hash then
-      return {"idempotency_conflict"}
-    end
-    return {"replay", string.sub(record, 34)}
+    return replay_of(record, body_hash)
   end
 end
 
@@ -158,23 +153,7 @@ if check_device and tonumber(redis.call("HGET", dev_counts_key, device_id) or "0
   return {"limit_reached"}
 end
 
-local coupons_json = {}
-local n = 0
-for _, entry in ipairs(cjson.decode(rest[4])) do
-  local valid_from, valid_until
-  if entry.valid_days then
-    valid_from, valid_until = now, now + entry.valid_days * 86400
-  else
-    valid_from, valid_until = entry.valid_from, entry.valid_until
-  end
-  for _ = 1, entry.count do
-    n = n + 1
-    coupons_json[n] = string.format(
-      '{"coupon_id":"%s.%d","template_id":%s,"valid_from":%d,"valid_until":%d}',
-      claim_id, n, cjson.encode(entry.template_id), valid_from, valid_until)
-  end
-end
-local answer = string.format('{"claim_id":"%s","coupons":[%s]}', claim_id, table.concat(coupons_json, ","))
+local answer = pack_answer(claim_id, rest[4], now)
 
 redis.call("HINCRBY", config_key, "stock_left", -1)
 local ordinal = redis.call("HINCRBY", config_key, "taken", 1)
@@ -185,7 +164,7 @@ end
 local idem_record, idem_expires = "", ""
 if idem_key ~= "" then
   idem_record = idem_key_name
-  redis.call("SET", idem_key_name, body_hash .. "|" .. answer, "EX", idem_ttl)
+  redis.call("SET", idem_key_name, idempotency_record(body_hash, answer), "EX", idem_ttl)
   idem_expires = tostring(now + idem_ttl)
 end
 local seq = redis.call("INCR", seq_key)

@@ -17,13 +17,9 @@ REPLY rate_limited retry_after seconds until the oldest failed attempt leaves th
 REPLY replay answer            the first success with this key (nothing counted)
 REPLY idempotency_conflict     the key was used with another body (nothing counted)
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("code_gate: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include replay_record
+local integer = integer_reader("code_gate")
 
 local fails_key, idem_key_name = KEYS[1], KEYS[2]
 local now, attempt_id = integer(ARGV[1], "now"), ARGV[2]
@@ -41,10 +37,7 @@ end
 if idem_key ~= "" then
   local record = redis.call("GET", idem_key_name)
   if record then
-    if string.sub(record, 1, 32) ~= body_hash then
-      return {"idempotency_conflict"}
-    end
-    return {"replay", string.sub(record, 34)}
+    return replay_of(record, body_hash)
   end
 end
 redis.call("ZADD", fails_key, now, attempt_id)

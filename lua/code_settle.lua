@@ -16,13 +16,9 @@ ARGV[7] answer     the success's answer JSON
 REPLY ok
 EVENT idempotency_recorded
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("code_settle: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include idempotency_record
+local integer = integer_reader("code_settle")
 
 local fails_key, idem_key_name, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, event_id, attempt_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3]
@@ -32,7 +28,7 @@ if ttl <= 0 or answer == nil then
 end
 
 redis.call("ZREM", fails_key, attempt_id)
-if idem_key ~= "" and redis.call("SET", idem_key_name, body_hash .. "|" .. answer, "NX", "EX", ttl) then
+if idem_key ~= "" and redis.call("SET", idem_key_name, idempotency_record(body_hash, answer), "NX", "EX", ttl) then
   local seq = redis.call("INCR", seq_key)
   redis.call("XADD", events_key, "*",
     "type", "idempotency_recorded", "id", event_id, "seq", seq, "at", now,

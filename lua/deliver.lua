@@ -16,13 +16,8 @@ REPLY ok       coupons created
 REPLY replay   this claim's coupons were already delivered; nothing written
 EVENT delivered
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("deliver: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+local integer = integer_reader("deliver")
 
 local coupons_key, index_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, event_id, user_id, activity_id, answer = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4], ARGV[5]

@@ -31,13 +31,10 @@ REPLY pending results       open: the call started before and is not closed; the
 REPLY idempotency_conflict  open or settle: this key was used with another body
 EVENT grant_call_recorded
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("grant_call: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include replay_record
+--#include idempotency_record
+local integer = integer_reader("grant_call")
 
 local record_key, results_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
@@ -47,11 +44,8 @@ if ttl <= 0 or ARGV[9] == nil or (step ~= "open" and step ~= "settle") then
 end
 
 local held = redis.call("GET", record_key)
-if held and string.sub(held, 1, 32) ~= body_hash then
-  return {"idempotency_conflict"}
-end
-if held and #held > 33 then
-  return {"replay", string.sub(held, 34)}
+if held and not still_open(held, body_hash) then
+  return replay_of(held, body_hash)
 end
 
 if step == "open" then
@@ -63,7 +57,7 @@ if step == "open" then
     return {"pending", table.concat(lines, "\n")}
   end
   redis.call("DEL", results_key)  -- left by a record that expired: not this call's
-  redis.call("SET", record_key, body_hash .. "|", "EX", ttl)
+  redis.call("SET", record_key, idempotency_record(body_hash, ""), "EX", ttl)
   return {"ok", ""}
 end
 
@@ -83,7 +77,7 @@ end
 
 if not held then  -- the record expired or was lost while the call ran: open it again
   redis.call("DEL", results_key)
-  redis.call("SET", record_key, body_hash .. "|", "EX", ttl)
+  redis.call("SET", record_key, idempotency_record(body_hash, ""), "EX", ttl)
 end
 for i = 1, #places do
   redis.call("HSETNX", results_key, places[i], results[i])
@@ -102,7 +96,7 @@ for i = 1, #kept, 2 do
   by_place[tonumber(kept[i])] = kept[i + 1]
 end
 local answer = '{"results":[' .. table.concat(by_place, ",", 1, users) .. ']}'
-redis.call("SET", record_key, body_hash .. "|" .. answer, "EX", ttl)
+redis.call("SET", record_key, idempotency_record(body_hash, answer), "EX", ttl)
 redis.call("DEL", results_key)
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",

@@ -28,13 +28,11 @@ REPLY coupon_unavailable locked by another order, redeemed, expired or not yet v
 REPLY not_applicable     the coupon does not apply to these lines
 EVENT locked
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("lock: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include lapsed_lock
+--#include order_lookup
+--#include checkout_event
+local integer = integer_reader("lock")
 
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
 local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
@@ -46,7 +44,7 @@ end
 if type(cjson.decode(split)) ~= "table" then
   error("lock: split must be a JSON array")
 end
-local order_field = user_id .. "/" .. order_id
+local order_field = order_field_of(user_id, order_id)
 
 local function answer_of(order)
   return string.format('{"order_id":%s,"coupon_id":%s,"discount":%d,"split":%s,"locked_until":%d}',
@@ -54,7 +52,7 @@ local function answer_of(order)
 end
 
 local function held_lock(record)
-  return record.status == "locked" and record.order == order_id and tonumber(record.locked_until) > now
+  return record.status == "locked" and record.order == order_id and not lock_lapsed(record, now)
 end
 
 local raw = redis.call("HGET", coupons_key, coupon_id)
@@ -66,11 +64,9 @@ if coupon.user ~= user_id then
   return {"not_found"}
 end
 
-local order
 local order_version = 0
-local order_raw = redis.call("HGET", orders_key, order_field)
-if order_raw then
-  order = cjson.decode(order_raw)
+local order = find_order(orders_key, order_field)
+if order then
   order_version = order.version
   if order.status == "redeemed" or order.status == "refunded" then
     return {"coupon_unavailable"}  -- a paid order keeps the coupon it was paid with
@@ -89,7 +85,7 @@ if order_raw then
   end
 end
 
-local lapsed = coupon.status == "locked" and tonumber(coupon.locked_until) <= now
+local lapsed = lock_lapsed(coupon, now)
 if coupon.status ~= "available" and not lapsed then
   return {"coupon_unavailable"}
 end
@@ -114,10 +110,9 @@ local new_order = {
 }
 redis.call("HSET", orders_key, order_field, cjson.encode(new_order))
 local seq = redis.call("INCR", seq_key)
-redis.call("XADD", events_key, "*",
-  "type", "locked", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
-  "coupon", coupon_id, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
-  "valid_until", coupon.valid_until, "status", "locked", "version", coupon.version, "order", order_id,
-  "order_status", "locked", "order_version", new_order.version, "discount", discount, "split", split,
-  "locked_until", locked_until, "returned", "")
+redis.call("XADD", events_key, "*", "type", "locked", "id", event_id, "seq", seq, "at", now,
+  checkout_fields(user_id, coupon_id, coupon, {
+    status = "locked", version = coupon.version, order = order_id, order_status = "locked",
+    order_version = new_order.version, discount = discount, split = split, locked_until = locked_until, returned = "",
+  }))
 return {"ok", answer_of(new_order)}

@@ -8,8 +8,9 @@ ARGV[2] order_id
 REPLY ok order coupon   the two JSON records
 REPLY not_found         the order never locked a coupon
 ]]
+--#include order_lookup
 local coupons_key, orders_key = KEYS[1], KEYS[2]
-local order_raw = redis.call("HGET", orders_key, ARGV[1] .. "/" .. ARGV[2])
+local order_raw = redis.call("HGET", orders_key, order_field_of(ARGV[1], ARGV[2]))
 if not order_raw then
   return {"not_found"}
 end

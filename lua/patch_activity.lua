@@ -17,13 +17,9 @@ REPLY state_conflict     ended, or the window or limits after the start
 REPLY invalid_request    the resulting window would not end after it starts
 EVENT activity_patched
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("patch_activity: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include stored_value
+local integer = integer_reader("patch_activity")
 
 local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
@@ -67,7 +63,7 @@ if ends_at <= starts_at then
 end
 local before, after, fields = {}, {}, {}
 for name, value in pairs(changes) do
-  local stored = type(value) == "number" and string.format("%.0f", value) or tostring(value)
+  local stored = as_stored(value)
   local held = redis.call("HGET", config_key, name)
   if held and name ~= "name" then
     held = tonumber(held)

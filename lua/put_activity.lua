@@ -18,13 +18,10 @@ REPLY ok seq     mirrored; the event's seq
 REPLY replay     already mirrored; nothing written
 EVENT activity_created
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("put_activity: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include stored_value
+--#include consumer_group
+local integer = integer_reader("put_activity")
 
 local config_key, allow_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
@@ -50,13 +47,6 @@ for _, id in ipairs(allow) do
     error("put_activity: allow_users must hold strings only")
   end
 end
--- cjson reads numbers as doubles and tostring keeps 14 digits: write integers out whole.
-local function as_stored(value)
-  if type(value) == "number" then
-    return string.format("%.0f", value)
-  end
-  return tostring(value)
-end
 local fields = {}
 for name, value in pairs(config) do
   if name ~= "stock" then
@@ -65,9 +55,9 @@ for name, value in pairs(config) do
   end
 end
 -- The group first: the one write that may fail (the events key of another type) then leaves nothing behind.
-local created = redis.pcall("XGROUP", "CREATE", events_key, events_key, "0", "MKSTREAM")
-if type(created) == "table" and created.err and not string.find(created.err, "BUSYGROUP") then
-  return created
+local refused = ensure_group(events_key)
+if refused then
+  return refused
 end
 redis.call("HSET", config_key, "stock_left", as_stored(config.stock), "taken", 0, unpack(fields))
 for i = 1, #allow, 1000 do

@@ -18,13 +18,8 @@ REPLY ok written   codes written (put) or dropped (drop) now
 EVENT codes_stored
 EVENT codes_dropped
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("put_codes: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+local integer = integer_reader("put_codes")
 
 local codes_key, batches_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, event_id, batch_id, batch, action = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4], ARGV[5]

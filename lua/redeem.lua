@@ -19,13 +19,11 @@ REPLY not_found          the order never locked a coupon
 REPLY coupon_unavailable the lock lapsed and the coupon was taken, used or expired; or the order was refunded
 EVENT redeemed
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("redeem: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include lapsed_lock
+--#include order_lookup
+--#include checkout_event
+local integer = integer_reader("redeem")
 
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
 local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
@@ -33,13 +31,12 @@ local now, event_id, user_id, order_id = integer(ARGV[1], "now"), ARGV[2], ARGV[
 if order_id == nil then
   error("redeem: all 4 arguments must be given")
 end
-local order_field = user_id .. "/" .. order_id
+local order_field = order_field_of(user_id, order_id)
 
-local order_raw = redis.call("HGET", orders_key, order_field)
-if not order_raw then
+local order = find_order(orders_key, order_field)
+if not order then
   return {"not_found"}
 end
-local order = cjson.decode(order_raw)
 local answer = string.format('{"order_id":%s,"coupon_id":%s,"status":"redeemed"}',
   cjson.encode(order_id), cjson.encode(order.coupon))
 if order.status == "redeemed" then
@@ -48,12 +45,11 @@ end
 if order.status == "refunded" then
   return {"coupon_unavailable"}
 end
-local coupon = cjson.decode(redis.call("HGET", coupons_key, order.coupon))
+local coupon = coupon_of(coupons_key, order)
 local was_locked = coupon.status == "locked"
-local deadline = tonumber(coupon.locked_until or 0)
-local held = was_locked and coupon.order == order_id and deadline > now
+local held = was_locked and coupon.order == order_id and not lock_lapsed(coupon, now)
 if not held then
-  local free = coupon.status == "available" or (was_locked and deadline <= now)
+  local free = coupon.status == "available" or lock_lapsed(coupon, now)
   if not free or now < tonumber(coupon.valid_from) or now >= tonumber(coupon.valid_until) then
     return {"coupon_unavailable"}
   end
@@ -71,10 +67,9 @@ redis.call("HINCRBY", counters_key, coupon.activity .. "|redeemed_value", order.
 order.status, order.locked_until, order.version = "redeemed", nil, order.version + 1
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
 local seq = redis.call("INCR", seq_key)
-redis.call("XADD", events_key, "*",
-  "type", "redeemed", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
-  "coupon", order.coupon, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
-  "valid_until", coupon.valid_until, "status", "redeemed", "version", coupon.version, "order", order_id,
-  "order_status", "redeemed", "order_version", order.version, "discount", order.discount, "split", order.split,
-  "locked_until", "", "returned", "")
+redis.call("XADD", events_key, "*", "type", "redeemed", "id", event_id, "seq", seq, "at", now,
+  checkout_fields(user_id, order.coupon, coupon, {
+    status = "redeemed", version = coupon.version, order = order_id, order_status = "redeemed",
+    order_version = order.version, discount = order.discount, split = order.split, locked_until = "", returned = "",
+  }))
 return {"ok", answer}

@@ -24,13 +24,9 @@ REPLY not_started
 REPLY ended
 EVENT code_redeemed
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("redeem_code: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include pack_answer
+local integer = integer_reader("redeem_code")
 
 local codes_key, batches_key, counters_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, event_id, code_hash, user_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
@@ -58,22 +54,7 @@ if now >= tonumber(batch.ends_at) then
   return {"ended"}
 end
 
-local coupons_json, n = {}, 0
-for _, entry in ipairs(cjson.decode(batch.pack)) do
-  local valid_from, valid_until
-  if entry.valid_days then
-    valid_from, valid_until = now, now + entry.valid_days * 86400
-  else
-    valid_from, valid_until = entry.valid_from, entry.valid_until
-  end
-  for _ = 1, entry.count do
-    n = n + 1
-    coupons_json[n] = string.format(
-      '{"coupon_id":"%s.%d","template_id":%s,"valid_from":%d,"valid_until":%d}',
-      claim_id, n, cjson.encode(entry.template_id), valid_from, valid_until)
-  end
-end
-local answer = string.format('{"claim_id":"%s","coupons":[%s]}', claim_id, table.concat(coupons_json, ","))
+local answer = pack_answer(claim_id, batch.pack, now)
 
 code.user, code.claim, code.answer, code.activity, code.at = user_id, claim_id, answer, batch.activity, now
 redis.call("HSET", codes_key, code_hash, cjson.encode(code))

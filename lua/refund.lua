@@ -17,26 +17,22 @@ REPLY not_found          the order never locked a coupon
 REPLY coupon_unavailable the order was not paid (its coupon is locked, released or lapsed)
 EVENT refunded       the coupon's version moves only when it is returned ("version" is "" otherwise)
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("refund: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include order_lookup
+--#include checkout_event
+local integer = integer_reader("refund")
 
 local coupons_key, orders_key, counters_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, event_id, user_id, order_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
 if order_id == nil then
   error("refund: all 4 arguments must be given")
 end
-local order_field = user_id .. "/" .. order_id
+local order_field = order_field_of(user_id, order_id)
 
-local order_raw = redis.call("HGET", orders_key, order_field)
-if not order_raw then
+local order = find_order(orders_key, order_field)
+if not order then
   return {"not_found"}
 end
-local order = cjson.decode(order_raw)
 local function answer(returned)
   return string.format('{"order_id":%s,"coupon_id":%s,"status":"%s","returned":%s}',
     cjson.encode(order_id), cjson.encode(order.coupon), returned and "available" or "redeemed",
@@ -49,7 +45,7 @@ if order.status ~= "redeemed" then
   return {"coupon_unavailable"}
 end
 
-local coupon = cjson.decode(redis.call("HGET", coupons_key, order.coupon))
+local coupon = coupon_of(coupons_key, order)
 local returned = now < tonumber(coupon.valid_until)
 local version = ""
 if returned then
@@ -63,10 +59,10 @@ end
 order.status, order.returned, order.version = "refunded", returned, order.version + 1
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
 local seq = redis.call("INCR", seq_key)
-redis.call("XADD", events_key, "*",
-  "type", "refunded", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
-  "coupon", order.coupon, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
-  "valid_until", coupon.valid_until, "status", coupon.status, "version", version, "order", order_id,
-  "order_status", "refunded", "order_version", order.version, "discount", order.discount, "split", order.split,
-  "locked_until", "", "returned", returned and "1" or "0")
+redis.call("XADD", events_key, "*", "type", "refunded", "id", event_id, "seq", seq, "at", now,
+  checkout_fields(user_id, order.coupon, coupon, {
+    status = coupon.status, version = version, order = order_id, order_status = "refunded",
+    order_version = order.version, discount = order.discount, split = order.split, locked_until = "",
+    returned = returned and "1" or "0",
+  }))
 return {"ok", answer(returned)}

@@ -21,13 +21,11 @@ REPLY not_found          the order never locked a coupon
 REPLY coupon_unavailable the order was paid (redeemed or refunded): a refund, not a release
 EVENT released
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("release: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include shown_status
+--#include order_lookup
+--#include checkout_event
+local integer = integer_reader("release")
 
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
 local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
@@ -35,13 +33,12 @@ local now, event_id, user_id, order_id = integer(ARGV[1], "now"), ARGV[2], ARGV[
 if order_id == nil then
   error("release: all 4 arguments must be given")
 end
-local order_field = user_id .. "/" .. order_id
+local order_field = order_field_of(user_id, order_id)
 
-local order_raw = redis.call("HGET", orders_key, order_field)
-if not order_raw then
+local order = find_order(orders_key, order_field)
+if not order then
   return {"not_found"}
 end
-local order = cjson.decode(order_raw)
 if order.status == "redeemed" or order.status == "refunded" then
   return {"coupon_unavailable"}
 end
@@ -52,16 +49,9 @@ end
 if order.status == "released" then
   return {"replay", answer("available")}
 end
-local coupon = cjson.decode(redis.call("HGET", coupons_key, order.coupon))
+local coupon = coupon_of(coupons_key, order)
 if order.status ~= "locked" or coupon.status ~= "locked" or coupon.order ~= order_id then
-  local status = coupon.status
-  if status == "locked" and tonumber(coupon.locked_until) <= now then
-    status = "available"
-  end
-  if status == "available" and now >= tonumber(coupon.valid_until) then
-    status = "expired"
-  end
-  return {"replay", answer(status)}
+  return {"replay", answer(shown_status(coupon, now))}
 end
 
 coupon.status, coupon.order, coupon.locked_until, coupon.discount = "available", nil, nil, nil
@@ -72,10 +62,9 @@ redis.call("HINCRBY", counters_key, coupon.activity .. "|locked", -1)
 order.status, order.locked_until, order.version = "released", nil, order.version + 1
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
 local seq = redis.call("INCR", seq_key)
-redis.call("XADD", events_key, "*",
-  "type", "released", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
-  "coupon", order.coupon, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
-  "valid_until", coupon.valid_until, "status", "available", "version", coupon.version, "order", order_id,
-  "order_status", "released", "order_version", order.version, "discount", order.discount, "split", order.split,
-  "locked_until", "", "returned", "")
-return {"ok", answer(now >= tonumber(coupon.valid_until) and "expired" or "available")}
+redis.call("XADD", events_key, "*", "type", "released", "id", event_id, "seq", seq, "at", now,
+  checkout_fields(user_id, order.coupon, coupon, {
+    status = "available", version = coupon.version, order = order_id, order_status = "released",
+    order_version = order.version, discount = order.discount, split = order.split, locked_until = "", returned = "",
+  }))
+return {"ok", answer(shown_status(coupon, now))}

@@ -19,13 +19,8 @@ REPLY state_conflict     ended, or removing more than is left
 REPLY over_budget        adding would let the face value out exceed the budget
 EVENT stock_changed
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("restock: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+local integer = integer_reader("restock")
 
 local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]

@@ -14,20 +14,8 @@ ARGV[2] payload  JSON {config: [field, value, ...], users: [id, n, ...], devices
                  batches: [id, n or "void", ...]} (values as strings; config only with "reset")
 REPLY ok
 ]]
-local function flat(list, name, even)  -- malformed ARGV fails here, before any write
-  if type(list) ~= "table" then
-    error("restore_activity: " .. name .. " must be a JSON array")
-  end
-  for _, item in ipairs(list) do
-    if type(item) ~= "string" and type(item) ~= "number" then
-      error("restore_activity: " .. name .. " must hold strings and numbers only")
-    end
-  end
-  if even and #list % 2 ~= 0 then
-    error("restore_activity: " .. name .. " must hold pairs")
-  end
-  return list
-end
+--#include flat_list
+local flat = flat_reader("restore_activity")
 
 local config_key, users_key, devices_key, allow_key, batches_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local step, payload = ARGV[1], cjson.decode(ARGV[2])

@@ -11,20 +11,8 @@ ARGV[1] step     "reset" or "more"
 ARGV[2] payload  JSON {users: [id, ...], devices: [id, ...], entries: [name, record JSON, ...]}
 REPLY ok
 ]]
-local function flat(list, name, even)  -- malformed ARGV fails here, before any write
-  if type(list) ~= "table" then
-    error("restore_blocklist: " .. name .. " must be a JSON array")
-  end
-  for _, item in ipairs(list) do
-    if type(item) ~= "string" and type(item) ~= "number" then
-      error("restore_blocklist: " .. name .. " must hold strings and numbers only")
-    end
-  end
-  if even and #list % 2 ~= 0 then
-    error("restore_blocklist: " .. name .. " must hold pairs")
-  end
-  return list
-end
+--#include flat_list
+local flat = flat_reader("restore_blocklist")
 
 local users_key, devices_key, entries_key, version_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local step, payload = ARGV[1], cjson.decode(ARGV[2])

@@ -12,20 +12,8 @@ ARGV[2] payload   JSON {codes: [hash, record JSON, ...], batches: [id, record JS
                   counters: [activity, n, ...]} (values as strings)
 REPLY ok
 ]]
-local function flat(list, name, even)  -- malformed ARGV fails here, before any write
-  if type(list) ~= "table" then
-    error("restore_codes: " .. name .. " must be a JSON array")
-  end
-  for _, item in ipairs(list) do
-    if type(item) ~= "string" and type(item) ~= "number" then
-      error("restore_codes: " .. name .. " must hold strings and numbers only")
-    end
-  end
-  if even and #list % 2 ~= 0 then
-    error("restore_codes: " .. name .. " must hold pairs")
-  end
-  return list
-end
+--#include flat_list
+local flat = flat_reader("restore_codes")
 
 local codes_key, batches_key, counters_key = KEYS[1], KEYS[2], KEYS[3]
 local step, payload = ARGV[1], cjson.decode(ARGV[2])

@@ -13,13 +13,9 @@ ARGV[5] summary     JSON: what was restored (counts), for the audit
 REPLY ok seq     the seq of the restored event
 EVENT restored
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("restore_finish: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include consumer_group
+local integer = integer_reader("restore_finish")
 
 local seq_key, events_key = KEYS[1], KEYS[2]
 local now, event_id, operator = integer(ARGV[1], "now"), ARGV[2], ARGV[3]
@@ -28,9 +24,9 @@ if summary == nil then
   error("restore_finish: all 5 arguments must be given")
 end
 
-local created = redis.pcall("XGROUP", "CREATE", events_key, events_key, "0", "MKSTREAM")
-if type(created) == "table" and created.err and not string.find(created.err, "BUSYGROUP") then
-  return created
+local refused = ensure_group(events_key)
+if refused then
+  return refused
 end
 if tonumber(redis.call("GET", seq_key) or "0") < at_least then
   redis.call("SET", seq_key, at_least)

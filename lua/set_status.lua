@@ -16,13 +16,8 @@ REPLY not_found
 REPLY state_conflict     the activity has ended, or the action does not apply to its status
 EVENT status_changed
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("set_status: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+local integer = integer_reader("set_status")
 
 local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local now, event_id, operator, activity_id, action = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4], ARGV[5]

@@ -16,13 +16,11 @@ ARGV[3] limit      most locks expired in one pass
 REPLY ok expired seen   how many locks this pass expired, and how many index entries it looked at
 EVENT lock_expired
 ]]
-local function integer(value, name)  -- malformed ARGV fails here, before any write
-  local n = tonumber(value)
-  if not n or n % 1 ~= 0 or n > 2^53 or n < -2^53 then
-    error("sweep_locks: " .. name .. " must be an integer, not " .. tostring(value))
-  end
-  return n
-end
+--#include integer
+--#include lapsed_lock
+--#include order_lookup
+--#include checkout_event
+local integer = integer_reader("sweep_locks")
 
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
 local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
@@ -34,31 +32,27 @@ for _, coupon_id in ipairs(due) do
   redis.call("ZREM", locks_key, coupon_id)
   local raw = redis.call("HGET", coupons_key, coupon_id)
   local coupon = raw and cjson.decode(raw)
-  if coupon and coupon.status == "locked" and tonumber(coupon.locked_until) <= now then
+  if coupon and lock_lapsed(coupon, now) then
     local order_id = coupon.order
     coupon.status, coupon.order, coupon.locked_until, coupon.discount = "available", nil, nil, nil
     coupon.version = coupon.version + 1
     redis.call("HSET", coupons_key, coupon_id, cjson.encode(coupon))
     redis.call("HINCRBY", counters_key, coupon.activity .. "|locked", -1)
-    local order_field = coupon.user .. "/" .. order_id
-    local order_raw = redis.call("HGET", orders_key, order_field)
+    local order_field = order_field_of(coupon.user, order_id)
+    local order = find_order(orders_key, order_field)
     local order_status, order_version, discount, split = "", "", "", ""
-    if order_raw then
-      local order = cjson.decode(order_raw)
-      if order.status == "locked" and order.coupon == coupon_id then
-        order.status, order.locked_until, order.version = "expired", nil, order.version + 1
-        redis.call("HSET", orders_key, order_field, cjson.encode(order))
-        order_status, order_version, discount, split = "expired", order.version, order.discount, order.split
-      end
+    if order and order.status == "locked" and order.coupon == coupon_id then
+      order.status, order.locked_until, order.version = "expired", nil, order.version + 1
+      redis.call("HSET", orders_key, order_field, cjson.encode(order))
+      order_status, order_version, discount, split = "expired", order.version, order.discount, order.split
     end
     expired = expired + 1
     local seq = redis.call("INCR", seq_key)
-    redis.call("XADD", events_key, "*",
-      "type", "lock_expired", "id", event_id .. "." .. expired, "seq", seq, "at", now, "user", coupon.user,
-      "activity", coupon.activity, "coupon", coupon_id, "template", coupon.template, "claim", coupon.claim,
-      "valid_from", coupon.valid_from, "valid_until", coupon.valid_until, "status", "available",
-      "version", coupon.version, "order", order_id, "order_status", order_status, "order_version", order_version,
-      "discount", discount, "split", split, "locked_until", "", "returned", "")
+    redis.call("XADD", events_key, "*", "type", "lock_expired", "id", event_id .. "." .. expired, "seq", seq,
+      "at", now, checkout_fields(coupon.user, coupon_id, coupon, {
+        status = "available", version = coupon.version, order = order_id, order_status = order_status,
+        order_version = order_version, discount = discount, split = split, locked_until = "", returned = "",
+      }))
   end
 end
 return {"ok", expired, #due}

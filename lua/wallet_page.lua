@@ -13,23 +13,13 @@ REPLY ok items next   items: the page as a JSON array of {coupon_id, template_id
                       valid_until, order_id?}; next: the cursor of the next page, "" on the last
 REPLY not_found       the cursor is none of the user's coupons
 ]]
+--#include shown_status
 local coupons_key, index_key = KEYS[1], KEYS[2]
 local now, cursor, limit, wanted = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local CHUNK = 100
 
 if cursor ~= "" and not redis.call("ZSCORE", index_key, cursor) then
   return {"not_found"}
-end
-
-local function shown_status(record)
-  local status = record.status
-  if status == "locked" and record.locked_until and tonumber(record.locked_until) <= now then
-    status = "available"
-  end
-  if status == "available" and tonumber(record.valid_until) <= now then
-    return "expired"
-  end
-  return status
 end
 
 local items, upper = {}, cursor == "" and "+" or "(" .. cursor
@@ -43,7 +33,7 @@ while true do
   for i, id in ipairs(ids) do
     if records[i] then
       local record = cjson.decode(records[i])
-      local status = shown_status(record)
+      local status = shown_status(record, now)
       if wanted == "" or status == wanted then
         if #items == limit then
           more = true

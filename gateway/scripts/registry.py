@@ -1,4 +1,5 @@
-"""The Lua scripts in ``lua/``: source, SHA, flags and the header every script declares."""
+"""The Lua scripts in ``lua/``: source (assembled with its fragments), SHA, flags and the header every script
+declares."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.scripts.includes import assemble, read_fragments
 
 LUA_DIR = Path(__file__).resolve().parents[2] / "lua"
 
@@ -67,4 +70,9 @@ def parse_script(name: str, source: str) -> Script:
 
 
 def load_scripts(directory: Path = LUA_DIR) -> dict[str, Script]:
-    return {path.stem: parse_script(path.stem, path.read_text()) for path in sorted(directory.glob("*.lua"))}
+    """Every script in ``directory`` (not its ``include/`` fragments), assembled, then parsed and hashed."""
+    fragments = read_fragments(directory / "include")
+    return {
+        path.stem: parse_script(path.stem, assemble(path.stem, path.read_text(), fragments))
+        for path in sorted(directory.glob("*.lua"))
+    }

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from gateway.outcomes import Outcome
 from gateway.scripts.registry import LUA_DIR, load_scripts, parse_script
 
-SCRIPT_PATHS = sorted(LUA_DIR.glob("*.lua"))
+SCRIPTS = load_scripts()  # each script's source as assembled with its fragments: what EVALSHA runs
+NAMES = sorted(SCRIPTS)
 OUTCOMES = {outcome.value for outcome in Outcome}
 # Commands whose first key comes after a subcommand; commands that take no key at all.
 SUBCOMMAND_KEYED = {"XGROUP", "XINFO", "OBJECT", "MEMORY"}
@@ -100,8 +100,13 @@ def split_top(text: str) -> list[str]:
 
 def redis_calls(code: str) -> list[list[str]]:
     """The argument lists of every ``redis.call(...)`` / ``redis.pcall(...)``."""
+    return call_arguments(code, r"\bredis\.p?call")
+
+
+def call_arguments(code: str, callee: str) -> list[list[str]]:
+    """The argument lists of every call of ``callee`` (a regex)."""
     calls = []
-    for match in re.finditer(r"\bredis\.p?call\s*\(", code):
+    for match in re.finditer(callee + r"\s*\(", code):
         depth, i = 1, match.end()
         while i < len(code) and depth:
             if code[i] in "\"'":
@@ -221,8 +226,17 @@ def check_events(source: str) -> list[str]:
     return problems
 
 
+def function_parameters(code: str) -> dict[str, list[str]]:
+    """Each ``local function``'s parameter names."""
+    return {
+        m[1]: [name.strip() for name in m[2].split(",") if name.strip()]
+        for m in re.finditer(r"\blocal[ \t]+function[ \t]+(\w+)\s*\(([^)]*)\)", code)
+    }
+
+
 def check_no_built_keys(source: str) -> list[str]:
-    """Keys reach redis.call only as locals bound, once, straight from a declared KEYS slot."""
+    """Keys reach redis.call only as locals bound, once, straight from a declared KEYS slot, or as a parameter of a
+    local function (a fragment's) that every call of it gives such a local."""
     header, code = split_source(source)
     declared_count = len(declared_numbered(header, "KEYS"))
     bound, problems = key_locals(code)
@@ -231,15 +245,9 @@ def check_no_built_keys(source: str) -> list[str]:
     keys_uses = len(re.findall(r"\bKEYS\b", code))
     if keys_uses != len(bound):
         problems.append(f"KEYS appears {keys_uses}x but only {len(bound)} plain local bindings exist")
-    for name in bound:
-        assignments = sum(
-            name in (n.strip() for n in m[1].split(","))
-            for m in re.finditer(r"^[ \t]*(?:local[ \t]+)?([A-Za-z_][\w \t,]*?)[ \t]*=(?!=)", code, re.M)
-        )
-        if assignments != 1:
-            problems.append(f"key local {name} is assigned {assignments}x")
-        if re.search(rf"\b{name}\s*\.\.|\.\.\s*{name}\b", code):
-            problems.append(f"key local {name} is concatenated")
+    parameters = function_parameters(code)
+    # function -> the places of its parameters that reach redis.call as keys
+    key_parameters: dict[str, set[int]] = {}
     for args in redis_calls(code):
         command = literal(args[0]) if args else None
         if command is None:
@@ -249,8 +257,46 @@ def check_no_built_keys(source: str) -> list[str]:
             continue
         position = 2 if command.upper() in SUBCOMMAND_KEYED else 1
         key = args[position] if len(args) > position else ""
-        if key not in bound:
+        owners = {function: names.index(key) for function, names in parameters.items() if key in names}
+        for function, place in owners.items():
+            key_parameters.setdefault(function, set()).add(place)
+        if not owners and key not in bound:
             problems.append(f"{command} gets key {key!r}, not a local bound from KEYS")
+    passed_on = {
+        parameters[function][place] for function, places in key_parameters.items() for place in places
+    }
+    for name in set(bound) | passed_on:
+        problems += _key_name_problems(code, name, 1 if name in bound else 0)
+    for function, places in key_parameters.items():
+        problems += _key_parameter_problems(code, function, places, set(bound) | passed_on)
+    return problems
+
+
+def _key_name_problems(code: str, name: str, bindings: int) -> list[str]:
+    assignments = sum(
+        name in (n.strip() for n in m[1].split(","))
+        for m in re.finditer(r"^[ \t]*(?:local[ \t]+)?([A-Za-z_][\w \t,]*?)[ \t]*=(?!=)", code, re.M)
+    )
+    problems = []
+    if assignments != bindings:
+        problems.append(f"key local {name} is assigned {assignments}x")
+    if re.search(rf"\b{name}\s*\.\.|\.\.\s*{name}\b", code):
+        problems.append(f"key local {name} is concatenated")
+    return problems
+
+
+def _key_parameter_problems(code: str, function: str, places: set[int], keys: set[str]) -> list[str]:
+    """A function that takes keys is only ever called, and each call gives it a key local in those places."""
+    calls = call_arguments(code, rf"(?<![\w.:])(?<!function ){function}")
+    mentions = len(re.findall(rf"(?<![\w.:]){function}\b", code))
+    problems = []
+    if mentions != len(calls) + 1:
+        problems.append(f"{function}, which takes keys, is used other than by calling it")
+    for args in calls:
+        for place in sorted(places):
+            key = args[place] if place < len(args) else ""
+            if key not in keys:
+                problems.append(f"{function} gets key {key!r}, not a local bound from KEYS")
     return problems
 
 
@@ -268,14 +314,14 @@ CHECKS: dict[str, Check] = {
 
 
 def test_there_are_scripts() -> None:
-    assert {path.stem for path in SCRIPT_PATHS} >= {"claim", "deliver", "put_activity"}
-    assert set(load_scripts()) == {path.stem for path in SCRIPT_PATHS}
+    assert set(NAMES) >= {"claim", "deliver", "put_activity"}
+    assert set(NAMES) == {path.stem for path in LUA_DIR.glob("*.lua")}
 
 
 @pytest.mark.parametrize("check", list(CHECKS), ids=list(CHECKS))
-@pytest.mark.parametrize("path", SCRIPT_PATHS, ids=[path.stem for path in SCRIPT_PATHS])
-def test_script_obeys_rule(path: Path, check: str) -> None:
-    assert CHECKS[check](path.read_text()) == []
+@pytest.mark.parametrize("name", NAMES)
+def test_script_obeys_rule(name: str, check: str) -> None:
+    assert CHECKS[check](SCRIPTS[name].source) == []
 
 
 # Scripts that write only failed-attempt counters: rate-limit state, not ledger state, so no event (a guessing
@@ -294,11 +340,11 @@ READ_COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("path", SCRIPT_PATHS, ids=[path.stem for path in SCRIPT_PATHS])
-def test_loader_reads_the_same_header(path: Path) -> None:
+@pytest.mark.parametrize("name", NAMES)
+def test_loader_reads_the_same_header(name: str) -> None:
     """gateway.scripts.parse_script (what ScriptRunner uses) sees what these checks see."""
-    source = path.read_text()
-    script = parse_script(path.stem, source)
+    source = SCRIPTS[name].source
+    script = parse_script(name, source)
     header, _ = split_source(source)
     assert len(script.keys) == len(declared_numbered(header, "KEYS"))
     assert len(script.args) == len(declared_numbered(header, "ARGV"))
@@ -311,8 +357,8 @@ def test_loader_reads_the_same_header(path: Path) -> None:
     if script.read_only:
         assert not script.events
         assert commands <= READ_COMMANDS, commands - READ_COMMANDS
-    elif path.stem not in RATE_LIMIT_ONLY:
-        assert script.events or path.stem.startswith("restore_") or commands & {"SET", "HSET", "DEL"}
+    elif name not in RATE_LIMIT_ONLY:
+        assert script.events or name.startswith("restore_") or commands & {"SET", "HSET", "DEL"}
 
 
 # --- the checks catch broken sources ------------------------------------------------------------------------
@@ -330,8 +376,11 @@ EVENT claimed
 ]]
 local config_key, events_key = KEYS[1], KEYS[2]
 local now, user_id = tonumber(ARGV[1]), ARGV[2]
+local function field_of(hash_key, field)  -- as a fragment's function takes a key: a parameter
+  return redis.call("HGET", hash_key, field)
+end
 -- a comment may say redis.call("GET", "{a:X}:" .. KEYS[9]) and return {"nonsense"}
-if redis.call("HGET", config_key, "stock_left") == "0" then
+if redis.call("HGET", config_key, "stock_left") == "0" or field_of(config_key, "status") == "ended" then
   return {"sold_out"}
 end
 redis.call("XADD", events_key, "*", "type", "claimed", "user", user_id, "at", now)
@@ -374,6 +423,11 @@ BROKEN: list[tuple[str, str, str, str]] = [
     ("reassigned-key", "no_built_keys", BINDING, BINDING + 'config_key = "{a:" .. ARGV[2] .. "}:act"\n'),
     ("non-literal-command", "no_built_keys", CALL, 'redis.call(ARGV[2], config_key, "stock_left")'),
     ("subcommand-key", "no_built_keys", CALL, 'redis.call("XGROUP", "CREATE", "{a:X}:events", "g", "0")'),
+    ("key-parameter-from-argv", "no_built_keys", "field_of(config_key,", "field_of(user_id,"),
+    ("key-parameter-built", "no_built_keys", "field_of(config_key,", 'field_of("{a:" .. user_id .. "}:act",'),
+    ("key-parameter-left-out", "no_built_keys", "field_of(config_key, ", "field_of("),
+    ("key-parameter-reassigned", "no_built_keys", "  return redis", "  hash_key = user_id\n  return redis"),
+    ("key-function-passed-on", "no_built_keys", 'return {"ok"}', 'local get = field_of\nreturn {"ok"}'),
 ]
 
 
