@@ -115,7 +115,7 @@ local new_order = {
 redis.call("HSET", orders_key, order_field, cjson.encode(new_order))
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "locked", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
+  "type", "locked", "v", 2, "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
   "coupon", coupon_id, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
   "valid_until", coupon.valid_until, "status", "locked", "version", coupon.version, "order", order_id,
   "order_status", "locked", "order_version", new_order.version, "discount", discount, "split", split,

@@ -72,7 +72,7 @@ order.status, order.locked_until, order.version = "redeemed", nil, order.version
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "redeemed", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
+  "type", "redeemed", "v", 2, "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
   "coupon", order.coupon, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
   "valid_until", coupon.valid_until, "status", "redeemed", "version", coupon.version, "order", order_id,
   "order_status", "redeemed", "order_version", order.version, "discount", order.discount, "split", order.split,

@@ -64,7 +64,7 @@ order.status, order.returned, order.version = "refunded", returned, order.versio
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "refunded", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
+  "type", "refunded", "v", 2, "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
   "coupon", order.coupon, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
   "valid_until", coupon.valid_until, "status", coupon.status, "version", version, "order", order_id,
   "order_status", "refunded", "order_version", order.version, "discount", order.discount, "split", order.split,

@@ -73,7 +73,7 @@ order.status, order.locked_until, order.version = "released", nil, order.version
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "released", "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
+  "type", "released", "v", 2, "id", event_id, "seq", seq, "at", now, "user", user_id, "activity", coupon.activity,
   "coupon", order.coupon, "template", coupon.template, "claim", coupon.claim, "valid_from", coupon.valid_from,
   "valid_until", coupon.valid_until, "status", "available", "version", coupon.version, "order", order_id,
   "order_status", "released", "order_version", order.version, "discount", order.discount, "split", order.split,

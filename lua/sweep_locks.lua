@@ -54,7 +54,7 @@ for _, coupon_id in ipairs(due) do
     expired = expired + 1
     local seq = redis.call("INCR", seq_key)
     redis.call("XADD", events_key, "*",
-      "type", "lock_expired", "id", event_id .. "." .. expired, "seq", seq, "at", now, "user", coupon.user,
+      "type", "lock_expired", "v", 2, "id", event_id .. "." .. expired, "seq", seq, "at", now, "user", coupon.user,
       "activity", coupon.activity, "coupon", coupon_id, "template", coupon.template, "claim", coupon.claim,
       "valid_from", coupon.valid_from, "valid_until", coupon.valid_until, "status", "available",
       "version", coupon.version, "order", order_id, "order_status", order_status, "order_version", order_version,
