@@ -333,6 +333,11 @@ def _shape(kind: type[Event]) -> _Shape:
 _SHAPES = {type_of(kind): _shape(kind) for kind in EVENT_TYPES}
 
 
+def optional_fields(kind: type[Event] | Event) -> tuple[str, ...]:
+    """The type's fields a script writes as "" when they have no value (declared ``X | None``)."""
+    return _SHAPES[type_of(kind)].empty_is_none
+
+
 def decode(fields: Mapping[str, str]) -> Event:
     """A stream entry's fields as its event; raises ``msgspec.ValidationError`` when they do not fit it."""
     kind = fields.get("type", "")
