@@ -70,7 +70,8 @@ def collect(entries: list[Entry]) -> Rows:
         except msgspec.ValidationError as exc:
             raise EntryFault(entry, f"undecodable: {exc!r}") from exc
         APPLY[type(event)](rows, entry, event)
-        rows.marks[entry.partition] = max(rows.marks.get(entry.partition, 0), event.seq)
+        partition = entry.partition
+        rows.marks[partition] = max(rows.marks.get(partition, 0), event.seq)
     return rows
 
 
@@ -120,7 +121,7 @@ def _code_redeemed(rows: Rows, entry: Entry, event: CodeRedeemed) -> None:
 
 
 def _delivered(rows: Rows, entry: Entry, event: Delivered) -> None:
-    answer = event.answer
+    answer, partition, kind = event.answer, entry.partition, type_of(event)
     rows.claim_of[entry.key] = (entry, answer.claim_id)
     for coupon in answer.coupons:
         row = CouponRow(
@@ -134,14 +135,14 @@ def _delivered(rows: Rows, entry: Entry, event: Delivered) -> None:
             coupon.valid_from,
             coupon.valid_until,
             event.at,
-            entry.partition,
+            partition,
             None,
             None,
             None,
         )
         rows.coupons.append((entry, row))
         history = CouponEventRow(
-            coupon.coupon_id, event.version, event.event_id, type_of(event), event.at, "available", None
+            coupon.coupon_id, event.version, event.event_id, kind, event.at, "available", None
         )
         rows.coupon_events.append((entry, history))
 
