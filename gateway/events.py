@@ -299,7 +299,8 @@ EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)
 
 def type_of(kind: type[Event] | Event) -> str:
     """The event's ``type`` as the scripts write it."""
-    return _TAGS[kind if isinstance(kind, type) else type(kind)]
+    cls = kind if isinstance(kind, type) else type(kind)
+    return _TAGS.get(cls) or str(cls.__struct_config__.tag)
 
 
 _TAGS = {kind: str(kind.__struct_config__.tag) for kind in EVENT_TYPES}

@@ -66,11 +66,11 @@ def collect(entries: list[Entry]) -> Rows:
     rows = Rows()
     for entry in entries:
         try:
-            event = entry.event
-        except msgspec.ValidationError as exc:
+            event = entry.event  # msgspec.ValidationError when the fields do not fit the schema
+            APPLY[type(event)](rows, entry, event)
+            partition = entry.partition
+        except (KeyError, ValueError, msgspec.DecodeError) as exc:
             raise EntryFault(entry, f"undecodable: {exc!r}") from exc
-        APPLY[type(event)](rows, entry, event)
-        partition = entry.partition
         rows.marks[partition] = max(rows.marks.get(partition, 0), event.seq)
     return rows
 
