@@ -257,6 +257,13 @@ def is_activity_stream(stream: str) -> bool:
     return stream.startswith(ACTIVITY_TAG_PREFIX) and stream.endswith(EVENTS_SUFFIX)
 
 
+def activity_of_partition(partition: str) -> str:
+    """``{a:X}`` -> ``X``."""
+    if not (partition.startswith(ACTIVITY_TAG_PREFIX) and partition.endswith("}")):
+        raise ValueError(f"not an activity partition: {partition!r}")
+    return partition[len(ACTIVITY_TAG_PREFIX) : -1]
+
+
 def partition_of_stream(stream: str) -> str:
     """``{a:X}:events`` -> ``{a:X}``."""
     if not stream.endswith(EVENTS_SUFFIX):

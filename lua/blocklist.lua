@@ -81,6 +81,6 @@ local function list(values)
   return #values == 0 and "[]" or cjson.encode(values)
 end
 redis.call("XADD", events_key, "*",
-  "type", "blocklist_changed", "id", event_id, "seq", seq, "at", now, "by", operator, "action", action,
+  "type", "blocklist_changed", "v", 2, "id", event_id, "seq", seq, "at", now, "by", operator, "action", action,
   "users", list(changed_users), "devices", list(changed_devices))
 return {"ok", changed}

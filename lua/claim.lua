@@ -169,7 +169,7 @@ if idem_key ~= "" then
 end
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "claimed", "id", event_id, "seq", seq, "at", now,
+  "type", "claimed", "v", 2, "id", event_id, "seq", seq, "at", now,
   "activity", activity_id, "claim_id", claim_id, "user", user_id, "device", device_id, "channel", channel,
   "mode", mode, "by", operator, "answer", answer, "ordinal", ordinal,
   "idem", idem_record, "idem_hash", body_hash, "idem_expires", idem_expires)

@@ -67,11 +67,11 @@ local seq = redis.call("INCR", seq_key)
 local before_json, after_json = string.format('{"stock_left":%d}', left), string.format('{"stock_left":%d}', after)
 if action == "reserve" then
   redis.call("XADD", events_key, "*",
-    "type", "codes_reserved", "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
+    "type", "codes_reserved", "v", 2, "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
     "batch", batch_id, "count", count, "before", before_json, "after", after_json)
 else
   redis.call("XADD", events_key, "*",
-    "type", "codes_voided", "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
+    "type", "codes_voided", "v", 2, "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
     "batch", batch_id, "count", count, "before", before_json, "after", after_json)
 end
 return {"ok", after}

@@ -31,7 +31,7 @@ redis.call("ZREM", fails_key, attempt_id)
 if idem_key ~= "" and redis.call("SET", idem_key_name, idempotency_record(body_hash, answer), "NX", "EX", ttl) then
   local seq = redis.call("INCR", seq_key)
   redis.call("XADD", events_key, "*",
-    "type", "idempotency_recorded", "id", event_id, "seq", seq, "at", now,
+    "type", "idempotency_recorded", "v", 2, "id", event_id, "seq", seq, "at", now,
     "idem", idem_key_name, "idem_hash", body_hash, "answer", answer, "idem_expires", now + ttl)
 end
 return {"ok"}

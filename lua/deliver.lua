@@ -47,6 +47,6 @@ for i, coupon in ipairs(claim.coupons) do
 end
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "delivered", "id", event_id, "seq", seq, "at", now,
+  "type", "delivered", "v", 2, "id", event_id, "seq", seq, "at", now,
   "activity", activity_id, "claim_id", claim.claim_id, "user", user_id, "version", 1, "answer", answer)
 return {"ok"}

@@ -100,6 +100,6 @@ redis.call("SET", record_key, idempotency_record(body_hash, answer), "EX", ttl)
 redis.call("DEL", results_key)
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "grant_call_recorded", "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
+  "type", "grant_call_recorded", "v", 2, "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
   "idem", record_key, "idem_hash", body_hash, "idem_expires", now + ttl, "answer", answer)
 return {"ok", answer}

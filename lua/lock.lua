@@ -110,7 +110,7 @@ local new_order = {
 }
 redis.call("HSET", orders_key, order_field, cjson.encode(new_order))
 local seq = redis.call("INCR", seq_key)
-redis.call("XADD", events_key, "*", "type", "locked", "id", event_id, "seq", seq, "at", now,
+redis.call("XADD", events_key, "*", "type", "locked", "v", 2, "id", event_id, "seq", seq, "at", now,
   checkout_fields(user_id, coupon_id, coupon, {
     status = "locked", version = coupon.version, order = order_id, order_status = "locked",
     order_version = new_order.version, discount = discount, split = split, locked_until = locked_until, returned = "",

@@ -76,6 +76,6 @@ end
 redis.call("HSET", config_key, unpack(fields))
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "activity_patched", "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
+  "type", "activity_patched", "v", 2, "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
   "before", cjson.encode(before), "after", cjson.encode(after))
 return {"ok"}

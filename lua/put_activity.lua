@@ -65,6 +65,6 @@ for i = 1, #allow, 1000 do
 end
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "activity_created", "id", event_id, "seq", seq, "at", now,
+  "type", "activity_created", "v", 2, "id", event_id, "seq", seq, "at", now,
   "activity", activity_id, "by", operator, "before", "", "after", config_json, "allow", allow_json)
 return {"ok", seq}

@@ -46,9 +46,9 @@ end
 local seq = redis.call("INCR", seq_key)
 if action == "put" then
   redis.call("XADD", events_key, "*",
-    "type", "codes_stored", "id", event_id, "seq", seq, "at", now, "batch", batch_id, "count", changed)
+    "type", "codes_stored", "v", 2, "id", event_id, "seq", seq, "at", now, "batch", batch_id, "count", changed)
 else
   redis.call("XADD", events_key, "*",
-    "type", "codes_dropped", "id", event_id, "seq", seq, "at", now, "batch", batch_id, "count", changed)
+    "type", "codes_dropped", "v", 2, "id", event_id, "seq", seq, "at", now, "batch", batch_id, "count", changed)
 end
 return {"ok", changed}

@@ -67,7 +67,7 @@ redis.call("HINCRBY", counters_key, coupon.activity .. "|redeemed_value", order.
 order.status, order.locked_until, order.version = "redeemed", nil, order.version + 1
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
 local seq = redis.call("INCR", seq_key)
-redis.call("XADD", events_key, "*", "type", "redeemed", "id", event_id, "seq", seq, "at", now,
+redis.call("XADD", events_key, "*", "type", "redeemed", "v", 2, "id", event_id, "seq", seq, "at", now,
   checkout_fields(user_id, order.coupon, coupon, {
     status = "redeemed", version = coupon.version, order = order_id, order_status = "redeemed",
     order_version = order.version, discount = order.discount, split = order.split, locked_until = "", returned = "",

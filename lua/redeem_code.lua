@@ -61,6 +61,6 @@ redis.call("HSET", codes_key, code_hash, cjson.encode(code))
 redis.call("HINCRBY", counters_key, batch.activity, 1)
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "code_redeemed", "id", event_id, "seq", seq, "at", now, "code", code_hash, "batch", code.batch,
+  "type", "code_redeemed", "v", 2, "id", event_id, "seq", seq, "at", now, "code", code_hash, "batch", code.batch,
   "activity", batch.activity, "claim_id", claim_id, "user", user_id, "device", device_id, "answer", answer)
 return {"ok", answer, batch.activity}

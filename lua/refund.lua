@@ -59,7 +59,7 @@ end
 order.status, order.returned, order.version = "refunded", returned, order.version + 1
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
 local seq = redis.call("INCR", seq_key)
-redis.call("XADD", events_key, "*", "type", "refunded", "id", event_id, "seq", seq, "at", now,
+redis.call("XADD", events_key, "*", "type", "refunded", "v", 2, "id", event_id, "seq", seq, "at", now,
   checkout_fields(user_id, order.coupon, coupon, {
     status = coupon.status, version = version, order = order_id, order_status = "refunded",
     order_version = order.version, discount = order.discount, split = order.split, locked_until = "",

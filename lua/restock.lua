@@ -44,7 +44,7 @@ end
 local after = redis.call("HINCRBY", config_key, "stock_left", delta)
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "stock_changed", "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
+  "type", "stock_changed", "v", 2, "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
   "before", string.format('{"stock_left":%d}', left), "after", string.format('{"stock_left":%d}', after),
   "delta", delta)
 return {"ok", after}

@@ -33,5 +33,5 @@ if tonumber(redis.call("GET", seq_key) or "0") < at_least then
 end
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "restored", "id", event_id, "seq", seq, "at", now, "by", operator, "after", summary)
+  "type", "restored", "v", 2, "id", event_id, "seq", seq, "at", now, "by", operator, "after", summary)
 return {"ok", seq}

@@ -45,6 +45,6 @@ end
 redis.call("HSET", config_key, "status", after)
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*",
-  "type", "status_changed", "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
+  "type", "status_changed", "v", 2, "id", event_id, "seq", seq, "at", now, "activity", activity_id, "by", operator,
   "before", cjson.encode({status = before}), "after", cjson.encode({status = after}))
 return {"ok", after}

@@ -48,7 +48,7 @@ for _, coupon_id in ipairs(due) do
     end
     expired = expired + 1
     local seq = redis.call("INCR", seq_key)
-    redis.call("XADD", events_key, "*", "type", "lock_expired", "id", event_id .. "." .. expired, "seq", seq,
+    redis.call("XADD", events_key, "*", "type", "lock_expired", "v", 2, "id", event_id .. "." .. expired, "seq", seq,
       "at", now, checkout_fields(coupon.user, coupon_id, coupon, {
         status = "available", version = coupon.version, order = order_id, order_status = order_status,
         order_version = order_version, discount = discount, split = split, locked_until = "", returned = "",

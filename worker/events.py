@@ -1,33 +1,22 @@
-"""Stream entries as the scripts write them, decoded into typed events."""
+"""Stream entries as the worker reads them: the raw fields (what gets acknowledged, dead-lettered, held or
+recorded as a conflict) and, decoded once on first use, the event they carry (gateway/events.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import msgspec
-
+from gateway import events
 from gateway.keys import partition_of_stream
-
-
-class AnsweredCoupon(msgspec.Struct):
-    coupon_id: str
-    template_id: str
-    valid_from: int
-    valid_until: int
-
-
-class Answer(msgspec.Struct):
-    claim_id: str
-    coupons: list[AnsweredCoupon]
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stream entry, still raw: what gets acknowledged, dead-lettered or recorded as a conflict."""
+    """One stream entry, still raw."""
 
     stream: str
     entry_id: str
     fields: dict[str, str]
+    _event: events.Event | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -43,9 +32,11 @@ class Entry:
         return self.fields.get("type", "")
 
     @property
-    def seq(self) -> int:
-        return int(self.fields["seq"])
-
-
-def decode_answer(raw: str) -> Answer:
-    return msgspec.json.decode(raw, type=Answer)
+    def event(self) -> events.Event:
+        """The event, decoded against the schema on first use; raises ``msgspec.ValidationError`` when the
+        fields do not fit it."""
+        decoded = self._event
+        if decoded is None:
+            decoded = events.decode(self.fields)
+            object.__setattr__(self, "_event", decoded)  # a cache: the entry itself does not change
+        return decoded

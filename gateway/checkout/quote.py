@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta
 
 from gateway.catalog.campaign import Label, Template
+from gateway.events import Share
 
 MAX_AMOUNT = 10**12
 
@@ -87,11 +88,6 @@ def split(terms: Terms, lines: list[Line], discount: int) -> list[int]:
     for index in sorted(range(len(lines)), key=lambda i: (-remainders[i], i))[:left]:
         shares[index] += 1
     return shares
-
-
-class Share(msgspec.Struct):
-    sku: str
-    amount: int
 
 
 class Usable(msgspec.Struct):

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from gateway.checkout.quote import Line, Share, split, worth
+from gateway.checkout.quote import Line, split, worth
 from gateway.checkout.terms import TermsCache
+from gateway.events import Share
 from gateway.ids import new_id
 from gateway.keys import KeySpace, WalletKeys
 from gateway.outcomes import DomainError, Outcome

@@ -25,6 +25,7 @@ from gateway import clock
 from gateway.catalog.campaign import UserId, invalid
 from gateway.claim.blocklist import Blocklist
 from gateway.claim.service import ClaimService
+from gateway.events import ClaimAnswer, GrantResult
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
@@ -47,20 +48,6 @@ class GrantBody(msgspec.Struct, forbid_unknown_fields=True):
 
     def digest(self) -> str:
         return hashlib.sha256("\x1f".join(self.user_ids).encode()).hexdigest()[:32]
-
-
-class GrantResult(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
-    user_id: str
-    claim_id: str | None = None
-    error: str | None = None
-
-
-class GrantAnswer(msgspec.Struct, forbid_unknown_fields=True):
-    results: list[GrantResult]
-
-
-class _ClaimId(msgspec.Struct):
-    claim_id: str
 
 
 def is_final(result: GrantResult) -> bool:
@@ -146,7 +133,7 @@ class GrantService:
                 # retry judges the user again (and the per-user record answers it if the claim did run).
                 log.exception("grant to %s in %s failed", user_id, activity_id)
                 return GrantResult(user_id, error=Outcome.OVERLOADED.value)
-        return GrantResult(user_id, claim_id=msgspec.json.decode(result.answer, type=_ClaimId).claim_id)
+        return GrantResult(user_id, claim_id=msgspec.json.decode(result.answer, type=ClaimAnswer).claim_id)
 
 
 class _GrantCall:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from gateway.events import ClaimAnswer
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
@@ -25,14 +26,10 @@ def body_hash(channel: str) -> str:
     return hashlib.sha256(b"claim\x00" + channel.encode()).hexdigest()[:32]
 
 
-class _ClaimOf(msgspec.Struct):
-    claim_id: str
-
-
 def delivered_event_id(answer: str) -> str:
     """The ``delivered`` event's id, one per claim: a deliver repeated after a restore rebuilt the wallet without
     the claim's coupons records the very event the ledger may already hold, not a second one for version 1."""
-    return msgspec.json.decode(answer, type=_ClaimOf).claim_id + ".d"
+    return msgspec.json.decode(answer, type=ClaimAnswer).claim_id + ".d"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,22 +8,11 @@ import msgspec
 from msgspec import Meta
 
 from gateway.catalog.campaign import Activity, Template
-from gateway.claim.grants import GrantAnswer as GrantResults
-from gateway.claim.grants import GrantResult as GrantOutcome
+from gateway.events import ClaimAnswer
+from gateway.events import GrantAnswer as GrantResults
+from gateway.events import GrantResult as GrantOutcome
 
-__all__ = ["GrantOutcome", "GrantResults"]
-
-
-class Coupon(msgspec.Struct, forbid_unknown_fields=True):
-    coupon_id: str
-    template_id: str
-    valid_from: int
-    valid_until: int
-
-
-class ClaimAnswer(msgspec.Struct, forbid_unknown_fields=True):
-    claim_id: str
-    coupons: list[Coupon]
+__all__ = ["ClaimAnswer", "GrantOutcome", "GrantResults"]
 
 
 class ActivityRecord(Activity, kw_only=True, forbid_unknown_fields=True):

@@ -10,8 +10,9 @@ from litestar.params import FromPath
 from msgspec import Meta
 
 from gateway import clock
-from gateway.checkout.quote import Held, Line, Quote, Share, quote
+from gateway.checkout.quote import Held, Line, Quote, quote
 from gateway.checkout.service import OrderView
+from gateway.events import Share
 from gateway.http import auth, bodies
 from gateway.http.errors import JSON
 from gateway.http.openapi import USER_ID, USER_OR_SERVICE, documented

@@ -56,6 +56,7 @@ async def add_poison(redis: Redis, sale: Sale) -> tuple[str, str]:
         "mode": "gift",
         "by": "",
         "answer": f'{{"claim_id":"{claim_id}","coupons":[{coupons}]}}',
+        "ordinal": "0",  # a place no real claim holds (theirs start at 1): no conflict, only the constraint
         "idem": "",
         "idem_hash": "",
         "idem_expires": "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from gateway.events import SCHEMA_VERSION
 from gateway.keys import BLOCKLIST
 from gateway.scripts.runner import RedisClient, ScriptRunner
 
@@ -52,6 +53,7 @@ async def test_add_then_remove(runner: ScriptRunner, redis_client: RedisClient) 
     [(_, event)] = after["events"]  # type: ignore[misc]
     assert event == {
         "type": "blocklist_changed",
+        "v": str(SCHEMA_VERSION),
         "id": "e-1000-add",
         "seq": "1",
         "at": "1000",

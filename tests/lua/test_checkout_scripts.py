@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.checkout.service import refund_keys
+from gateway.events import SCHEMA_VERSION
 from gateway.keys import KeySpace, order_field
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import DAY, NOW, Snapshot, changed, deliver, snapshot
@@ -190,6 +191,7 @@ def event(
     """A checkout script's ledger entry, every field: the coupon's identity from its record, then the rest."""
     entry = {
         "type": kind,
+        "v": str(SCHEMA_VERSION),
         "id": event_id,
         "seq": seq,
         "at": at,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from gateway.events import SCHEMA_VERSION
 from gateway.keys import KeySpace
 from gateway.scripts.runner import RedisClient
 from gateway.settings import Settings
@@ -97,6 +98,7 @@ async def test_ok_with_key_writes_each_key_once(
     assert len(entries) == 2
     assert entries[-1][1] == {
         "type": "claimed",
+        "v": str(SCHEMA_VERSION),
         "id": "e1",
         "seq": "2",
         "at": str(NOW),
@@ -131,6 +133,7 @@ async def test_ok_without_key_touches_no_idempotency_key(
     event = await last_event(redis_client, ACT.events)
     assert event == {
         "type": "claimed",
+        "v": str(SCHEMA_VERSION),
         "id": "e1",
         "seq": "2",
         "at": str(NOW),
@@ -469,6 +472,7 @@ async def test_grant_ignores_window_and_eligibility(
     event = await last_event(redis_client, ACT.events)
     assert event == {
         "type": "claimed",
+        "v": str(SCHEMA_VERSION),
         "id": "e1",
         "seq": "2",
         "at": str(NOW),

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.codes.service import batch_record
+from gateway.events import SCHEMA_VERSION
 from gateway.keys import ActivityKeys, CodeKeys, KeySpace, WalletKeys
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.conftest import MakeActivity
@@ -92,6 +93,7 @@ def assert_batch_event(
 ) -> None:
     assert event == {
         "type": kind,
+        "v": str(SCHEMA_VERSION),
         "id": "ev-b",
         "seq": seq,
         "at": str(NOW + 5),
@@ -302,7 +304,15 @@ async def test_put_writes_the_codes_and_the_batch(runner: ScriptRunner, redis_cl
     }
     assert value(after, BUCKET.seq) == "1"
     assert appended(before, after, BUCKET.events) == [
-        {"type": "codes_stored", "id": "ev-p", "seq": "1", "at": str(NOW + 5), "batch": "b1", "count": "3"}
+        {
+            "type": "codes_stored",
+            "v": str(SCHEMA_VERSION),
+            "id": "ev-p",
+            "seq": "1",
+            "at": str(NOW + 5),
+            "batch": "b1",
+            "count": "3",
+        }
     ]
     assert all(after[key][2] == -1 for key in changed(before, after))
 
@@ -346,6 +356,7 @@ async def test_drop_removes_only_the_unredeemed_codes(
     assert appended(before, after, BUCKET.events) == [
         {
             "type": "codes_dropped",
+            "v": str(SCHEMA_VERSION),
             "id": "ev-d",
             "seq": value(after, BUCKET.seq),
             "at": str(NOW + 9),
@@ -504,6 +515,7 @@ async def test_settle_with_a_key_keeps_the_answer_once(
     assert appended(before, after, WALLET.events) == [
         {
             "type": "idempotency_recorded",
+            "v": str(SCHEMA_VERSION),
             "id": "ev-s",
             "seq": "1",
             "at": str(NOW + 2),
@@ -592,6 +604,7 @@ async def test_redeem_turns_the_code_into_the_pack(runner: ScriptRunner, redis_c
     assert appended(before, after, BUCKET.events) == [
         {
             "type": "code_redeemed",
+            "v": str(SCHEMA_VERSION),
             "id": "ev-r",
             "seq": value(after, BUCKET.seq),
             "at": str(NOW + 5),

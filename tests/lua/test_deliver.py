@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gateway.claim.service import ClaimService, body_hash
+from gateway.events import SCHEMA_VERSION
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
 from gateway.scripts.runner import RedisClient, ScriptRunner
@@ -69,6 +70,7 @@ async def test_deliver_creates_coupons_index_seq_and_event(
     assert len(after[wallet.events][1]["entries"]) == 1
     assert await last_event(redis_client, wallet.events) == {
         "type": "delivered",
+        "v": str(SCHEMA_VERSION),
         "id": "e1",
         "seq": "1",
         "at": str(NOW + 5),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gateway.events import SCHEMA_VERSION
 from gateway.keys import KeySpace
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import HASH_A, HASH_B, NOW, Snapshot, changed, last_event, script_error, snapshot
@@ -89,6 +90,7 @@ async def test_settle_closes_the_call_once_complete(runner: ScriptRunner, redis_
     assert after[ACT.seq][1] == "1"
     assert await last_event(redis_client, ACT.events) == {
         "type": "grant_call_recorded",
+        "v": str(SCHEMA_VERSION),
         "id": "ev-close",
         "seq": "1",
         "at": str(NOW),

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gateway.events import SCHEMA_VERSION
 from gateway.keys import ActivityKeys, KeySpace
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.conftest import MakeActivity
@@ -85,9 +86,10 @@ def assert_event(
     event_id: str = "ev-1",
     **extra: str,
 ) -> None:
-    expected_keys = {"type", "id", "seq", "at", "activity", "by", "before", "after", *extra}
+    expected_keys = {"type", "v", "id", "seq", "at", "activity", "by", "before", "after", *extra}
     assert set(event) == expected_keys, event
     assert event["type"] == kind
+    assert event["v"] == str(SCHEMA_VERSION)
     assert event["id"] == event_id
     assert event["seq"] == seq
     assert event["at"] == str(at)

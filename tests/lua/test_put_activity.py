@@ -6,6 +6,7 @@ import json
 
 from gateway.catalog.admin import AdminService
 from gateway.catalog.campaign import Activity, ActivityIn, Eligibility, PackItem, Template
+from gateway.events import SCHEMA_VERSION
 from gateway.keys import KeySpace
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import NOW, activity_config, changed, put_activity, snapshot
@@ -35,6 +36,7 @@ async def test_creates_config_allow_group_seq_and_event(
     assert len(entries) == 1
     assert entries[0][1] == {
         "type": "activity_created",
+        "v": str(SCHEMA_VERSION),
         "id": "ev-1",
         "seq": "1",
         "at": str(NOW),

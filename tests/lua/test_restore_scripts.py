@@ -9,6 +9,7 @@ from itertools import count
 from typing import Any
 
 from gateway.codes.service import batch_record
+from gateway.events import SCHEMA_VERSION
 from gateway.keys import BLOCKLIST, KeySpace, Partition, WalletKeys, order_field, stable_bucket
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import (
@@ -688,6 +689,7 @@ async def finish_and_check(
     assert stream["added"] == old["added"] + 1
     assert stream["entries"][-1][1] == {
         "type": "restored",
+        "v": str(SCHEMA_VERSION),
         "id": "ev-9",
         "seq": str(expected_seq),
         "at": str(NOW),

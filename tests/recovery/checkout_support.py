@@ -9,19 +9,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from gateway.catalog.campaign import Activity
 from gateway.checkout.quote import Line
 from gateway.checkout.service import CheckoutService, LockSweeper
 from gateway.checkout.terms import TermsCache
 from gateway.codes import format as code_format
 from gateway.codes.service import CodeService
+from gateway.events import ClaimAnswer
 from gateway.keys import ActivityKeys, CodeKeys, WalletKeys
 from gateway.outcomes import DomainError, Outcome
 from gateway.scripts.runner import RedisClient
 from gateway.tokens import UserIdentity
 from tests.recovery.support import KEYS, OPERATOR, new_activity, redis_state, text
 from worker.consumer import Consumer
-from worker.events import decode_answer
 
 LOCK_SECONDS = 600
 HASH_KEY = b"recovery-tests-code-hash-key-0123"
@@ -85,7 +87,7 @@ async def build_shop(consumer: Consumer) -> Shop:
         claimed = await consumer.claims.claim(
             activity.id, UserIdentity(user, f"dev{n}"), now=now - 1000, idempotency_key=None
         )
-        answer = decode_answer(claimed.answer)
+        answer = msgspec.json.decode(claimed.answer, type=ClaimAnswer)
         shop.coupons[user] = (answer.coupons[0].coupon_id, answer.coupons[1].coupon_id)
     checkout = checkout_service(consumer)
     b1, b2, b3 = (shop.coupons[u] for u in ("buyer1", "buyer2", "buyer3"))

@@ -17,13 +17,14 @@ from gateway.catalog.campaign import ActivityIn, PackItem, TemplateIn
 from gateway.checkout.quote import Line
 from gateway.checkout.service import CheckoutService, LockSweeper
 from gateway.checkout.terms import TermsCache
+from gateway.events import ClaimAnswer
 from gateway.keys import WalletKeys
 from gateway.tokens import UserIdentity
 from tests.worker.conftest import drain
 from tests.worker.test_sink import pending
 from worker import sink
 from worker.consumer import Consumer
-from worker.events import Entry, decode_answer
+from worker.events import Entry
 
 DAY = 86400
 USER = "shopper"
@@ -89,7 +90,7 @@ async def open_shop(consumer: Consumer, *, t0: int) -> Shop:
         t0,
     )
     claimed = await consumer.claims.claim(activity.id, UserIdentity(USER, "d1"), now=t0)
-    first, second = (c.coupon_id for c in decode_answer(claimed.answer).coupons)
+    first, second = (c.coupon_id for c in msgspec.json.decode(claimed.answer, type=ClaimAnswer).coupons)
     # The claim in the ledger first: a wallet's events about coupons whose claim it lacks would wait for it.
     activity_events = keyspace.activity(activity.id).events
     found = cast(list[tuple[str, dict[str, str]]], await consumer.client.xrange(activity_events))

@@ -38,6 +38,7 @@ async def test_a_poison_entry_is_dead_lettered_blocks_nothing_and_replays_once_f
         "channel": "",
         "mode": "gift",
         "by": "",
+        "ordinal": "0",  # a place no real claim holds (theirs start at 1): no conflict, only the constraint
         "idem": "",
         "idem_hash": "",
         "idem_expires": "",

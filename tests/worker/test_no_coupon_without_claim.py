@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 
 import asyncpg
+import msgspec
 import pytest
 
+from gateway.events import ClaimAnswer
 from gateway.keys import is_activity_stream
 from gateway.tokens import UserIdentity
 from tests.recovery.checkout_support import code_service, hot_config
@@ -79,7 +81,7 @@ async def test_a_checkout_change_of_an_unclaimed_coupon_is_held_too(consumer: Co
     activity_id = await make_activity(consumer)
     await claim_n(consumer.claims, activity_id, 1)
     delivered = next(e for e in await read_all(consumer, "other") if e.type == "delivered")
-    coupon_id = sink.decode_answer(delivered.fields["answer"]).coupons[0].coupon_id
+    coupon_id = msgspec.json.decode(delivered.fields["answer"], type=ClaimAnswer).coupons[0].coupon_id
     locked = Entry(
         delivered.stream,
         "99999999999999-0",
@@ -92,7 +94,7 @@ async def test_a_checkout_change_of_an_unclaimed_coupon_is_held_too(consumer: Co
             "activity": activity_id,
             "coupon": coupon_id,
             "template": "t",
-            "claim": sink.decode_answer(delivered.fields["answer"]).claim_id,
+            "claim": msgspec.json.decode(delivered.fields["answer"], type=ClaimAnswer).claim_id,
             "valid_from": "0",
             "valid_until": "9999999999",
             "status": "locked",
@@ -151,7 +153,7 @@ async def test_reconcile_names_coupons_without_a_claim_and_entries_held_too_long
         [first.partition]
     )
     ledger = sorted((d.key, d.field, d.ledger) for d in report.differences if d.what == "ledger")
-    first_claim = sink.decode_answer(first.fields["answer"]).claim_id
+    first_claim = msgspec.json.decode(first.fields["answer"], type=ClaimAnswer).claim_id
     assert ledger == [
         ("coupons", "orphan", "no-such-claim"),
         ("held_entries", f"{first.stream} {first.entry_id}", first_claim),  # the second is not held long yet
@@ -176,7 +178,7 @@ async def test_a_code_redeems_delivery_waits_for_its_code_redeemed(consumer: Con
         await sink.write(conn, wallet)
         assert await counts(consumer.pool) == {"claims": 0, "coupons": 0, "held_entries": 1}
         await sink.write(conn, redeemed)
-    pack = len(sink.decode_answer(wallet[0].fields["answer"]).coupons)
+    pack = len(msgspec.json.decode(wallet[0].fields["answer"], type=ClaimAnswer).coupons)
     assert await counts(consumer.pool) == {"claims": 1, "coupons": pack, "held_entries": 0}
 
 
@@ -227,7 +229,7 @@ async def test_restore_applies_what_waited_for_a_committed_claim_before_it_rebui
 ) -> None:
     delivered, _ = await hold_then_commit_claims_unseen(consumer)
     assert await counts(consumer.pool) == {"claims": 1, "coupons": 0, "held_entries": 1}
-    answer = sink.decode_answer(delivered[0].fields["answer"])
+    answer = msgspec.json.decode(delivered[0].fields["answer"], type=ClaimAnswer)
     wallet = consumer.claims.keyspace.wallet(delivered[0].fields["user"])
     await consumer.client.delete(wallet.coupons, wallet.user_index(delivered[0].fields["user"]))
     await consumer.client.set(wallet.seq, 0)  # Redis lost the delivery: the wallet is behind its mark

@@ -17,7 +17,6 @@ Not rebuilt, by design: failed code attempts (``{w:n}:fails:*``, rate-limit stat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +26,8 @@ import msgspec
 from gateway.catalog import store
 from gateway.catalog.campaign import hot_config
 from gateway.codes.service import batch_record
-from gateway.keys import order_field
+from gateway.events import ActivityStatus, ConfigFields, StockLeft
+from gateway.keys import activity_of_partition, order_field
 from worker.recovery.wallet_records import coupon_record, order_record
 
 KINDS = ("activity", "wallet", "code", "blocklist")
@@ -153,15 +153,8 @@ async def build(pool: asyncpg.Pool, partition: str, kind: str, now: int) -> Part
     return BareState(partition, mark)
 
 
-def activity_of(partition: str) -> str:
-    """``{a:X}`` -> ``X``."""
-    if not (partition.startswith("{a:") and partition.endswith("}")):
-        raise ValueError(f"not an activity partition: {partition!r}")
-    return partition[3:-1]
-
-
 async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> ActivityState:
-    activity_id = activity_of(partition)
+    activity_id = activity_of_partition(partition)
     activity = await store.get_activity(pool, activity_id)
     state = ActivityState(partition, activity_id, mark, defined=activity is not None)
     if activity is None:
@@ -175,22 +168,22 @@ async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> 
         "SELECT action, before::text AS before, after::text AS after FROM audit WHERE partition = $1 ORDER BY seq",
         partition,
     )
+    # Each audit row's before and after are its event's (gateway/events.py): decoded as the schema types them.
     for change in changes:
-        before = json.loads(change["before"]) if change["before"] else {}
-        after = json.loads(change["after"]) if change["after"] else {}
         if change["action"] == "set_status":
-            config["status"] = after["status"]
+            config["status"] = msgspec.json.decode(change["after"], type=ActivityStatus).status
         elif change["action"] == "change_stock":
-            delta = int(after["stock_left"]) - int(before["stock_left"])
+            delta = _stock_delta(change)
             stock += delta
             ever += max(delta, 0)
         elif change["action"] in ("reserve_codes", "void_codes"):
-            delta = int(after["stock_left"]) - int(before["stock_left"])
+            delta = _stock_delta(change)
             stock += delta
             reserved = int(config.get("reserved", "0")) - delta
             config["reserved"] = str(reserved)
         elif change["action"] == "patch_activity":
-            config.update({name: stored(value) for name, value in after.items()})
+            patched = msgspec.json.decode(change["after"], type=ConfigFields)
+            config.update({name: stored(value) for name, value in patched.items()})
     state.users = {
         row["user_id"]: str(row["n"])
         for row in await pool.fetch(
@@ -238,6 +231,12 @@ async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> 
         )
     ]
     return state
+
+
+def _stock_delta(change: asyncpg.Record) -> int:
+    """A stock change's packs (negative: taken away), from its audit row."""
+    before = msgspec.json.decode(change["before"], type=StockLeft)
+    return msgspec.json.decode(change["after"], type=StockLeft).stock_left - before.stock_left
 
 
 async def _wallet(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> WalletState:
