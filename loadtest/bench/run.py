@@ -52,7 +52,7 @@ from loadtest.bench.report import SHARED_CORES, Figure, Phase, Results, markdown
 from loadtest.bench.servers import CLAIM_PATH, ROOT, Process
 from loadtest.bench.stats import Rates, targets
 from loadtest.bench.tokens import TokenFile
-from loadtest.durability import put_activity
+from loadtest.direct_claims import put_activity
 
 FSYNC = {"fast": "everysec", "safe": "always"}
 IN_STOCK = 10_000_000  # never runs out within a phase
