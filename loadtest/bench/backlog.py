@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import asyncpg
+import redis
 
 from loadtest.direct_claims import Share, client_process
 
@@ -24,6 +25,17 @@ POLL_SECONDS = 0.2  # count(*) over the activity's rows costs Postgres ~10-20 ms
 
 def used_memory(info: dict[str, object]) -> int:
     return int(str(info["used_memory"]))
+
+
+def settled_memory(client: redis.Redis, within: float = 10.0) -> int:
+    """INFO used_memory once Valkey has freed what earlier deletes queued for its background thread (a DEL of a
+    big key frees lazily: read at once, the memory it still holds would count against the backlog)."""
+    deadline = time.monotonic() + within
+    while True:
+        info = client.info("memory")
+        if not int(str(info.get("lazyfree_pending_objects", 0))) or time.monotonic() > deadline:
+            return used_memory(info)
+        time.sleep(0.05)
 
 
 def user_ids(count: int, prefix: str = "bk") -> list[str]:

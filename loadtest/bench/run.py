@@ -52,7 +52,7 @@ from loadtest.bench.servers import ROOT
 from loadtest.bench.session import FSYNC, Session
 from loadtest.bench.stats import Rates, targets
 from loadtest.bench.tokens import TokenFile
-from loadtest.bench.worker_phases import backlog_phase, drain
+from loadtest.bench.worker_phases import SETTLE_SECONDS, backlog_phase, drain
 
 TOKEN_TTL = 6 * 3600
 POSTGRES_SETTINGS = (
@@ -236,6 +236,11 @@ class Run:
         for c in checks:
             if not c.ok:
                 s.fail(c.problem())
+        if s.results.unsettled:
+            s.fail(
+                f"{s.results.unsettled:,} stream entries neither persisted nor acknowledged by the worker"
+                f" {SETTLE_SECONDS} s after the last round's claims were"
+            )
         s.say(f"correctness: {sum(c.ok for c in checks)} of {len(checks)} activities add up")
 
     # -- the end ----------------------------------------------------------------------------------------------
