@@ -2,7 +2,7 @@
 
 With no worker running, N claims of distinct users are made the gateway's own way, without HTTP
 (``ClaimService.claim`` through ``ScriptRunner``: the ``claim`` script, then ``deliver``), from client processes
-with many claims in flight (``loadtest.durability.client_process``). Redis ``used_memory`` is read before and
+with many claims in flight (``loadtest.direct_claims.client_process``). Redis ``used_memory`` is read before and
 after: the difference over N is what one issued coupon holds in Redis while the worker has not persisted it (the
 claim's stream entry and the delivery's, neither trimmed yet, the coupon in its wallet bucket, the user's index
 entry, the user and device counters).
@@ -16,8 +16,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import asyncpg
+import redis
 
-from loadtest.durability import Share, client_process
+from loadtest.direct_claims import Share, client_process
 
 POLL_SECONDS = 0.2  # count(*) over the activity's rows costs Postgres ~10-20 ms: polled no faster
 
@@ -26,8 +27,19 @@ def used_memory(info: dict[str, object]) -> int:
     return int(str(info["used_memory"]))
 
 
-def user_ids(count: int) -> list[str]:
-    return [f"bk{n:07d}" for n in range(count)]
+def settled_memory(client: redis.Redis, within: float = 10.0) -> int:
+    """INFO used_memory once Valkey has freed what earlier deletes queued for its background thread (a DEL of a
+    big key frees lazily: read at once, the memory it still holds would count against the backlog)."""
+    deadline = time.monotonic() + within
+    while True:
+        info = client.info("memory")
+        if not int(str(info.get("lazyfree_pending_objects", 0))) or time.monotonic() > deadline:
+            return used_memory(info)
+        time.sleep(0.05)
+
+
+def user_ids(count: int, prefix: str = "bk") -> list[str]:
+    return [f"{prefix}{n:07d}" for n in range(count)]
 
 
 def claim_share(url: str, activity_id: str, users: list[str], concurrency: int, start_at: float) -> Share:
@@ -38,9 +50,12 @@ def claim_share(url: str, activity_id: str, users: list[str], concurrency: int, 
         raise RuntimeError(f"backlog claim failed: {exc.__class__.__name__}: {exc}") from None
 
 
-async def make_backlog(url: str, activity_id: str, count: int, processes: int, concurrency: int) -> float:
-    """Claim ``count`` packs (each granted, or ``client_process`` raises); the seconds it took."""
-    users = user_ids(count)
+async def make_backlog(
+    url: str, activity_id: str, count: int, processes: int, concurrency: int, prefix: str = "bk"
+) -> float:
+    """Claim ``count`` packs for users named ``prefix``N (each granted, or ``client_process`` raises); the
+    seconds it took."""
+    users = user_ids(count, prefix)
     start_at = time.time() + 2.0  # every process started and connected by then
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, mp_context=context) as pool:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from loadtest.bench.phases import PHASES, phase_list, select
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("-t", "--threads", type=int, default=1, help="wrk threads")
     add("-c", "--connections", type=int, default=64, help="wrk connections (every closed-loop phase)")
-    add("-d", "--duration", type=int, default=10, help="seconds of each measured phase")
+    add(
+        "--repeat",
+        type=positive,
+        default=3,
+        help="runs of each measured phase (the report gives the median and the spread); the runs go in rounds,"
+        " each round every selected phase once",
+    )
+    add(
+        "--phases",
+        type=phase_list,
+        default=None,
+        help="comma-separated phases to run (default: all that apply): " + ", ".join(PHASES),
+    )
+    add("-d", "--duration", "--seconds", type=int, default=10, help="seconds of each measured phase")
     add("--warmup", type=int, default=2, help="seconds of load before each measured phase (not measured)")
     add("--grace", type=int, default=2, help="seconds wrk keeps reading answers after it stops sending")
     add(
@@ -58,7 +74,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count")
+    return value
+
+
 def run_benchmark(args: argparse.Namespace) -> int:
+    try:
+        args.phases = select(args.phases, args.durability)
+    except ValueError as exc:
+        print(f"claimgate benchmark: error: {exc}", file=sys.stderr)
+        return 2
     from loadtest.bench.run import Run
 
     return Run(args).main()

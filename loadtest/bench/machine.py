@@ -8,7 +8,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from loadtest.durability import cpu_model, filesystem_of
+from loadtest.host import cpu_model, filesystem_of
 
 PACKAGES = ("granian", "litestar", "redis", "hiredis", "asyncpg", "uvloop", "msgspec", "pyjwt")
 

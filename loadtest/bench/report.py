@@ -1,92 +1,32 @@
-"""What a run found, and its two renderings: markdown (``docs/benchmark.md``) and JSON (``docs/benchmark.json``)."""
+"""A run's two renderings: markdown (``docs/benchmark.md``) and JSON (``docs/benchmark.json``), and the summary
+printed at the end. Every figure and ratio is shown by its median, its spread and each run's value."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.bench.checks import Check
-from loadtest.bench.stats import Target
+from loadtest.bench.results import (
+    SERVER_COLUMNS,
+    Figure,
+    FigureRuns,
+    Phase,
+    Results,
+    bound_shown,
+    median_of,
+    number_format,
+)
+from loadtest.bench.stats import Spread, Target
 
+__all__ = ["Figure", "Phase", "Results", "as_json", "markdown", "summary", "write"]
 
-@dataclass
-class Figure:
-    key: str
-    label: str
-    value: float | None
-    unit: str
-    detail: str = ""
-    generator_bound: bool = False
-
-    def shown(self) -> str:
-        if self.value is None:
-            return "not measured"
-        if self.unit in ("req/s", "calls/s", "claims/s", "bytes"):
-            text = f"{self.value:,.0f} {self.unit}"
-        elif self.unit == "MiB":
-            text = f"{self.value:,.1f} {self.unit}"
-        else:
-            text = f"{self.value:,.2f} {self.unit}"
-        return text + (" (generator-bound)" if self.generator_bound else "")
-
-
-@dataclass
-class Phase:
-    key: str
-    label: str
-    seconds: float  # active span: first request .. last answer
-    cpu_seconds: dict[str, float]  # per process tree
-    generator: str
-    generator_threads: int
-    generator_seconds: float  # the generator's own CPU time
-    generator_bound: bool
-    rss_max_bytes: int = 0
-    rss_processes: int = 0
-    other_seconds: float = 0.0  # CPU used meanwhile by processes the run did not start
-    wall_seconds: float = 0.0  # the whole phase (generator start-up and grace included)
-
-    def cores(self, name: str) -> float | None:
-        if name not in self.cpu_seconds or self.seconds <= 0:
-            return None
-        return self.cpu_seconds[name] / self.seconds
-
-    @property
-    def generator_cores(self) -> float:
-        return self.generator_seconds / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def other_cores(self) -> float:
-        return self.other_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-
-@dataclass
-class Results:
-    command: str
-    started: str
-    machine: dict[str, str] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    settings: dict[str, str] = field(default_factory=dict)
-    postgres: dict[str, str] = field(default_factory=dict)
-    valkey: dict[str, str] = field(default_factory=dict)
-    figures: list[Figure] = field(default_factory=list)
-    phases: list[Phase] = field(default_factory=list)
-    targets: list[Target] = field(default_factory=list)
-    checks: list[Check] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    wall_seconds: float = 0.0
-    unsettled: int | None = (
-        None  # stream entries the worker had not acknowledged at the end (None: not looked)
-    )
-
-    def figure(self, key: str) -> Figure | None:
-        return next((f for f in self.figures if f.key == key), None)
-
-
-SERVER_COLUMNS = ("app", "valkey", "postgres", "worker")
 SHARED_CORES = 0.2  # other processes' CPU during a phase past which the report says the machine was shared
+PER_REQUEST_COLUMNS = (*SERVER_COLUMNS, "generator")
+CORES_HEADER = (
+    "phase", "active s", "app/gateway", "valkey", "postgres", "worker", "generator", "threads", "bound", "others",
+)  # fmt: skip
 
 
 def _table(header: list[str], rows: list[list[str]], align: str = "") -> list[str]:
@@ -101,19 +41,30 @@ def _cores(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def markdown(results: Results) -> str:
-    ok = not results.failures
-    shared = [p.label for p in results.phases if p.other_cores >= SHARED_CORES]
-    warning = (
-        [
-            f"**The machine was not quiet**: other processes used ≥ {SHARED_CORES} core during "
-            + ", ".join(shared)
-            + " (column 'others' under CPU per phase); those figures are lower than this machine gives alone.",
-            "",
-        ]
-        if shared
-        else []
+def _spread(spread: Spread, shown: str) -> str:
+    """low–high and its width against the median; '-' for a single run."""
+    if len(spread.runs) < 2 or spread.low is None or spread.high is None:
+        return "-"
+    width = spread.width
+    return f"{shown.format(spread.low)}–{shown.format(spread.high)}" + (
+        f" ({width:.1%})" if width is not None else ""
     )
+
+
+def _runs(values: tuple[float, ...], shown: str) -> str:
+    return " / ".join(shown.format(v) for v in values) or "-"
+
+
+def _shared(results: Results) -> list[str]:
+    labels = [p.label for p in results.phases if p.other_cores >= SHARED_CORES]
+    return list(dict.fromkeys(labels))
+
+
+def _header(results: Results) -> list[str]:
+    ok = not results.failures
+    shared = _shared(results)
+    phases = ", ".join(results.phases_run) or "none"
+    skipped = f" (not run: {', '.join(results.phases_skipped)})" if results.phases_skipped else " (all)"
     lines = [
         "# Benchmark",
         "",
@@ -121,7 +72,23 @@ def markdown(results: Results) -> str:
         f" and {'passed every correctness check' if ok else 'FAILED (see Failures)'}."
         " Every server was started by the run on loopback and stopped by its pid at the end.",
         "",
-        *warning,
+        f"Phases run: {phases}{skipped}; {results.runs} run(s) of each, in rounds (each round runs every"
+        " phase once). Each figure is the median of its runs, with the spread (lowest–highest run, and its"
+        " width against the median) and every run's value in the order they ran.",
+        "",
+    ]
+    if shared:
+        lines += [
+            f"**The machine was not quiet**: other processes used ≥ {SHARED_CORES} core during "
+            + ", ".join(shared)
+            + " (column 'others' under CPU per phase); those figures are lower than this machine gives alone.",
+            "",
+        ]
+    return lines
+
+
+def _setup(results: Results) -> list[str]:
+    return [
         "## Machine",
         "",
         *_table(["", ""], [[k, v] for k, v in results.machine.items()]),
@@ -138,28 +105,93 @@ def markdown(results: Results) -> str:
         "",
         "Postgres (`SHOW`): " + ", ".join(f"`{k}={v}`" for k, v in results.postgres.items()) + ".",
         "",
+    ]
+
+
+def _figure_row(figure: FigureRuns) -> list[str]:
+    shown = number_format(figure.first.unit)
+    median = figure.median_run
+    detail = median.detail
+    if len(figure.runs) > 1 and detail:
+        detail = f"run {median.run} (nearest the median): {detail}"
+    return [
+        figure.first.label,
+        figure.shown(),
+        _spread(figure.spread, shown),
+        _runs(figure.spread.runs, shown),
+        detail,
+    ]
+
+
+def _figures(results: Results) -> list[str]:
+    return [
         "## Figures",
         "",
         *_table(
-            ["figure", "value", "details"],
-            [[f.label, f.shown(), f.detail] for f in results.figures],
-            "-r-",
+            ["figure", "median", "spread (low–high)", "runs", "details"],
+            [_figure_row(figure) for figure in results.figure_runs()],
+            "-rrr-",
         ),
         "",
+    ]
+
+
+def _target_row(target: Target) -> list[str]:
+    shown = "{:.2f}x" if target.unit == "x" else "{:.2f} ms"
+    return [
+        target.name,
+        target.shown(target.value),
+        target.goal,
+        target.verdict,
+        _spread(target.spread, shown),
+        _runs(target.runs, shown),
+        target.note,
+    ]
+
+
+def _targets(results: Results) -> list[str]:
+    return [
         "## Ratios and targets",
         "",
+        "Each run's ratio pairs the two figures of the same round; measured is the median of those ratios. A"
+        " target is met only when the worst end of the runs meets it (the lowest run for ≥, the highest for ≤);"
+        " 'met at the median only' when the median meets it and the worst run does not.",
+        "",
         *_table(
-            ["ratio", "measured", "target", "verdict", "note"],
-            [[t.name, t.shown(t.value), t.goal, t.verdict, t.note] for t in results.targets],
-            "-rr--",
+            ["ratio", "measured", "target", "verdict", "range (low–high)", "runs", "note"],
+            [_target_row(t) for t in results.targets],
+            "-rr-rr-",
         ),
         "",
+    ]
+
+
+def _check_row(c: Check) -> list[str]:
+    counts = (c.granted, c.taken, c.rows, c.sold, c.lost)
+    return [
+        c.key,
+        *(f"{n:,}" for n in counts),
+        str(c.over_limit),
+        str(c.conflicts),
+        "ok" if c.ok else "FAILED",
+    ]
+
+
+def _correctness(results: Results) -> list[str]:
+    streams = (
+        "not looked at (the run stopped before)."
+        if results.unsettled is None
+        else f"{results.unsettled:,} entries not yet persisted and acknowledged"
+        + (" (ok: every event reached Postgres)." if results.unsettled == 0 else " (FAILED).")
+    )
+    return [
         "## Correctness",
         "",
-        "For each activity: the 201s counted by the generator (or the claiming client) = Redis `taken` = claims"
-        " rows in Postgres once the worker drained = stock at creation - stock left; no user past its limit; no"
-        " claim lost (rows = 201s); no ledger conflict. (The naive baseline's rows are `naive_claims`; its"
-        " `taken` is stock - left in `naive_stock`.)",
+        "For each activity (each round claims from its own, `claim-2` being the second round's in-stock"
+        " claim): the 201s counted by the generator (or the claiming client) = Redis `taken` = claims rows in"
+        " Postgres once the worker drained = stock at creation - stock left; no user past its limit; no claim"
+        " lost (rows = 201s); no ledger conflict. (The naive baseline's rows are `naive_claims`; its `taken` is"
+        " stock - left in `naive_stock`.)",
         "",
         *_table(
             [
@@ -173,66 +205,100 @@ def markdown(results: Results) -> str:
                 "conflicts",
                 "check",
             ],
-            [
-                [
-                    c.key,
-                    f"{c.granted:,}",
-                    f"{c.taken:,}",
-                    f"{c.rows:,}",
-                    f"{c.sold:,}",
-                    f"{c.lost:,}",
-                    str(c.over_limit),
-                    str(c.conflicts),
-                    "ok" if c.ok else "FAILED",
-                ]
-                for c in results.checks
-            ],
+            [_check_row(c) for c in results.checks],
             "-rrrrrrr-",
         ),
         "",
-        "Event streams at the end (every `*:events` stream's group lag + pending, once the worker drained the"
-        " backlog): "
-        + (
-            "not looked at (the run stopped before)."
-            if results.unsettled is None
-            else f"{results.unsettled:,} entries not yet persisted and acknowledged"
-            + (" (ok: every event reached Postgres)." if results.unsettled == 0 else " (FAILED).")
-        ),
+        "Event streams at the end (every `*:events` stream's group lag + pending, once the worker drained): "
+        + streams,
         "",
+    ]
+
+
+def _cores_row(runs: list[Phase]) -> list[str]:
+    def cores(name: str) -> str:
+        return _cores(median_of(runs, lambda p: p.cores(name)))
+
+    first = runs[0]
+    bound = bound_shown(sum(p.generator_bound for p in runs), len(runs)) or "no"
+    generator = median_of(runs, lambda p: p.generator_cores) or 0.0
+    return [
+        first.label,
+        f"{median_of(runs, lambda p: p.seconds) or 0.0:.1f}",
+        *(cores(name) for name in SERVER_COLUMNS),
+        f"{generator:.2f} ({first.generator})",
+        str(first.generator_threads),
+        bound,
+        f"{max(p.other_cores for p in runs):.2f}",
+    ]
+
+
+def _per_request_row(runs: list[Phase]) -> list[str]:
+    def micros(name: str) -> str:
+        value = median_of(runs, lambda p: p.micros_per_request(name))
+        return "-" if value is None else f"{value:,.1f}"
+
+    total = median_of(
+        runs,
+        lambda p: sum(p.cpu_seconds.values(), p.generator_seconds) / p.requests * 1e6 if p.requests else None,
+    )
+    answers = median_of(runs, lambda p: float(p.requests) if p.requests else None)
+    return [
+        runs[0].label,
+        "-" if answers is None else f"{answers:,.0f}",
+        *(micros(name) for name in PER_REQUEST_COLUMNS),
+        "-" if total is None else f"{total:,.1f}",
+    ]
+
+
+def _cpu(results: Results) -> list[str]:
+    groups = results.phase_runs()
+    return [
         "## CPU per phase",
         "",
         "Cores used = CPU seconds (user + system, every process of the tree: granian's parent and workers, the"
-        " postmaster and its backends) over the phase's active span. Generator-bound: the generator used at least"
-        " 0.9 of a core per thread, so the figure may be the generator's limit rather than the server's.",
+        " postmaster and its backends) over the phase's active span, the median of the runs. Generator-bound:"
+        " the generator used at least 0.9 of a core per thread, so the figure may be the generator's limit"
+        " rather than the server's. Others: the most any run saw other processes use.",
+        "",
+        *_table(
+            list(CORES_HEADER),
+            [_cores_row(runs) for runs in groups],
+            "-rrrrrrr-r",
+        ),
+        "",
+        "## CPU per request",
+        "",
+        "Microseconds of CPU each process tree spent per answer (per call for the raw ceiling, per claim"
+        " persisted for the worker's phases): its CPU seconds over the phase / answers, the median of the runs;"
+        " 'all' adds every column.",
         "",
         *_table(
             [
                 "phase",
-                "active s",
-                "app/gateway",
-                "valkey",
-                "postgres",
-                "worker",
-                "generator",
-                "threads",
-                "bound",
-                "others",
+                "answers",
+                "app/gateway µs",
+                "valkey µs",
+                "postgres µs",
+                "worker µs",
+                "generator µs",
+                "all µs",
             ],
-            [
-                [
-                    p.label,
-                    f"{p.seconds:.1f}",
-                    *(_cores(p.cores(name)) for name in SERVER_COLUMNS),
-                    f"{p.generator_cores:.2f} ({p.generator})",
-                    str(p.generator_threads),
-                    "generator-bound" if p.generator_bound else "no",
-                    f"{p.other_cores:.2f}",
-                ]
-                for p in results.phases
-            ],
-            "-rrrrrrr-r",
+            [_per_request_row(runs) for runs in groups],
+            "-rrrrrrr",
         ),
         "",
+    ]
+
+
+def markdown(results: Results) -> str:
+    lines = [
+        *_header(results),
+        *_setup(results),
+        *_figures(results),
+        *_targets(results),
+        *_correctness(results),
+        *_cpu(results),
         "## How it was measured",
         "",
         *[f"- {note}" for note in results.notes],
@@ -245,10 +311,28 @@ def markdown(results: Results) -> str:
 
 def as_json(results: Results) -> str:
     data = dataclasses.asdict(results)
-    data["targets"] = [{**dataclasses.asdict(t), "met": t.met, "verdict": t.verdict} for t in results.targets]
+    data["targets"] = [
+        {
+            **dataclasses.asdict(t),
+            "met": t.met,
+            "verdict": t.verdict,
+            "low": t.spread.low,
+            "high": t.spread.high,
+        }
+        for t in results.targets
+    ]
     data["checks"] = [
         {**dataclasses.asdict(c), "sold": c.sold, "lost": c.lost, "ok": c.ok} for c in results.checks
     ]
+    data["medians"] = {
+        f.first.key: {
+            "median": f.spread.median,
+            "low": f.spread.low,
+            "high": f.spread.high,
+            "runs": f.spread.runs,
+        }
+        for f in results.figure_runs()
+    }
     data["passed"] = not results.failures
     return json.dumps(data, indent=1) + "\n"
 
@@ -263,16 +347,27 @@ def write(results: Results, stem: Path) -> tuple[Path, Path]:
 
 def summary(results: Results) -> str:
     """The figures, ratios and checks as plain lines, for the terminal."""
-    lines = ["", "figures:"]
-    lines += [f"  {f.label}: {f.shown()}" + (f"  [{f.detail}]" if f.detail else "") for f in results.figures]
+    lines = ["", f"figures (median of {results.runs} run(s); spread):"]
+    for f in results.figure_runs():
+        shown = number_format(f.first.unit)
+        lines.append(
+            f"  {f.first.label}: {f.shown()}  [{_spread(f.spread, shown)}; runs {_runs(f.spread.runs, shown)}]"
+        )
     lines += ["targets:"]
-    lines += [f"  {t.name}: {t.shown(t.value)} (target {t.goal}): {t.verdict}" for t in results.targets]
+    for t in results.targets:
+        lines.append(
+            f"  {t.name}: {t.shown(t.value)} (runs {_runs(t.runs, '{:.2f}')}; target {t.goal}): {t.verdict}"
+        )
     failed = [c for c in results.checks if not c.ok]
     lines += [f"correctness: {len(results.checks) - len(failed)} of {len(results.checks)} activities ok"]
     lines += [f"  FAILED {c.problem()}" for c in failed]
     if results.failures:
         lines += ["FAILURES:", *[f"  {failure}" for failure in results.failures]]
-    shared = [f"{p.label} {p.other_cores:.2f}" for p in results.phases if p.other_cores >= SHARED_CORES]
+    shared = [
+        f"{p.label} (run {p.run}) {p.other_cores:.2f}"
+        for p in results.phases
+        if p.other_cores >= SHARED_CORES
+    ]
     if shared:
         lines += ["WARNING, the machine was shared: cores other processes used during " + "; ".join(shared)]
     lines += [f"wall time: {results.wall_seconds:.0f} s"]

@@ -1,10 +1,22 @@
-"""Percentiles, ratios and the targets each ratio is compared with."""
+"""Percentiles, the spread of repeated runs, ratios and the targets each ratio is compared with.
+
+A figure measured N times is reported by its median and its spread (the lowest and highest run). A ratio is
+computed run by run, pairing the figures of the same round (the rounds are interleaved, so drift hits both
+alike), and reported the same way. A target is met only when the worst end of the spread meets it; when only
+the median does, the verdict says so.
+"""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+MET = "met"
+MET_AT_MEDIAN = "met at the median only"
+NOT_MET = "not met"
+NOT_MEASURED = "not measured"
 
 
 def percentile(samples: Sequence[float], pct: float) -> float:
@@ -23,23 +35,81 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class Spread:
+    """The values of one figure or ratio over the runs, in the order they ran."""
+
+    runs: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Spread:
+        """The runs that measured something (a run's None is left out)."""
+        return cls(tuple(v for v in values if v is not None))
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.runs) if self.runs else None
+
+    @property
+    def low(self) -> float | None:
+        return min(self.runs) if self.runs else None
+
+    @property
+    def high(self) -> float | None:
+        return max(self.runs) if self.runs else None
+
+    @property
+    def width(self) -> float | None:
+        """high - low, as a share of the median (None when undefined)."""
+        median = self.median
+        if median is None or median == 0 or self.high is None or self.low is None:
+            return None
+        return (self.high - self.low) / abs(median)
+
+    def worst(self, op: str) -> float | None:
+        """The end that decides a target: the lowest run for ``>=``, the highest for ``<=``."""
+        return self.low if op == ">=" else self.high
+
+    @property
+    def median_index(self) -> int | None:
+        """Index of the run nearest the median (the first of ties): the run whose details the report shows."""
+        median = self.median
+        if median is None:
+            return None
+        return min(range(len(self.runs)), key=lambda i: abs(self.runs[i] - median))
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
-    value: float | None
+    value: float | None  # the median of the runs
     op: str  # ">=" or "<="
     threshold: float
     unit: str  # "x" (a ratio) or "ms"
     note: str = ""
+    runs: tuple[float, ...] = ()  # each run's value; empty: ``value`` is the only one
+
+    def meets(self, value: float) -> bool:
+        return value >= self.threshold if self.op == ">=" else value <= self.threshold
+
+    @property
+    def spread(self) -> Spread:
+        if self.runs:
+            return Spread(self.runs)
+        return Spread(() if self.value is None else (self.value,))
 
     @property
     def met(self) -> bool | None:
-        if self.value is None:
-            return None
-        return self.value >= self.threshold if self.op == ">=" else self.value <= self.threshold
+        """Whether every run meets the target (its spread's worst end does); None when nothing was measured."""
+        worst = self.spread.worst(self.op)
+        return None if self.value is None or worst is None else self.meets(worst)
 
     @property
     def verdict(self) -> str:
-        return {True: "met", False: "not met", None: "not measured"}[self.met]
+        if self.met is None or self.value is None:
+            return NOT_MEASURED
+        if self.met:
+            return MET
+        return MET_AT_MEDIAN if self.meets(self.value) else NOT_MET
 
     def shown(self, value: float | None) -> str:
         if value is None:
@@ -53,6 +123,8 @@ class Target:
 
 @dataclass(frozen=True)
 class Rates:
+    """One round's figures (None: not measured in that round)."""
+
     claim: float | None  # in-stock claim route, req/s
     sold_out: float | None
     bare: float | None  # the faster bare app
@@ -61,30 +133,28 @@ class Rates:
     p99_at_80: float | None  # ms, open loop at 80% of the claim rate
 
 
-def targets(rates: Rates, notes: dict[str, str] | None = None) -> list[Target]:
+TARGETS = (
+    # name, numerator, denominator ("" for a figure compared as it is), op, threshold, unit, note key
+    ("claim / bare HTTP", "claim", "bare", ">=", 0.4, "x", "claim_bare"),
+    ("sold-out / bare HTTP", "sold_out", "bare", ">=", 0.8, "x", "sold_out_bare"),
+    ("claim / naive baseline", "claim", "naive", ">=", 10.0, "x", "naive"),
+    ("p99 at 80% of peak claim rate", "p99_at_80", "", "<=", 25.0, "ms", "p99"),
+    ("worker rate / peak claim rate", "worker", "claim", ">=", 1.0, "x", "worker"),
+)
+
+
+def targets(rounds: Rates | Sequence[Rates], notes: dict[str, str] | None = None) -> list[Target]:
+    """Each target over the rounds: its value per round (a ratio of that round's figures), the median of those."""
+    rounds = [rounds] if isinstance(rounds, Rates) else list(rounds)
     notes = notes or {}
-    return [
-        Target(
-            "claim / bare HTTP", ratio(rates.claim, rates.bare), ">=", 0.4, "x", notes.get("claim_bare", "")
-        ),
-        Target(
-            "sold-out / bare HTTP",
-            ratio(rates.sold_out, rates.bare),
-            ">=",
-            0.8,
-            "x",
-            notes.get("sold_out_bare", ""),
-        ),
-        Target(
-            "claim / naive baseline", ratio(rates.claim, rates.naive), ">=", 10.0, "x", notes.get("naive", "")
-        ),
-        Target("p99 at 80% of peak claim rate", rates.p99_at_80, "<=", 25.0, "ms", notes.get("p99", "")),
-        Target(
-            "worker rate / peak claim rate",
-            ratio(rates.worker, rates.claim),
-            ">=",
-            1.0,
-            "x",
-            notes.get("worker", ""),
-        ),
-    ]
+    found = []
+    for name, numerator, denominator, op, threshold, unit, note in TARGETS:
+        values = [
+            getattr(r, numerator)
+            if not denominator
+            else ratio(getattr(r, numerator), getattr(r, denominator))
+            for r in rounds
+        ]
+        spread = Spread.of(values)
+        found.append(Target(name, spread.median, op, threshold, unit, notes.get(note, ""), spread.runs))
+    return found
