@@ -2,17 +2,17 @@
 
 A script's ``XADD`` writes flat string fields: the envelope (``type``, ``v``, ``id``, ``seq``, ``at``) and the
 type's own fields. ``decode`` turns an entry's fields into its event, checked: integers become integers, JSON
-fields (answers, id lists, before and after) their structs, a field missing or unknown fails, and a field declared
-``X | None`` is the one place "" is allowed: the script writes "" when it has no value, decoded as None.
+fields (answers, id lists, before and after) their structs, a field missing or unknown fails, and "" in a field
+declared ``X | None`` means it has no value (None); anywhere else "" is an empty string, or fails (an integer).
 docs/events.md is this schema for people (and the payload contract of outbound events); a test keeps the two in
 step, and another decodes what every script really appends.
 
 Versions: every event carries ``v``, the schema version of the script that wrote it (``SCHEMA_VERSION``). A
 reader accepts that version and the one before (``PREVIOUS_VERSION``), so a gateway and a worker one version
 apart run side by side during a deploy. Version 1 is the events written before ``v`` existed: the fields of
-version 2, without ``v``. Any change to an event's fields bumps the version; the reader then turns the previous
-version's fields into the current ones before decoding, or the change waits for a release whose previous version
-has them too.
+version 2, without ``v``. Any change to an event's fields bumps the version, and ``decode`` then turns the
+previous version's fields into the current shape before it checks them. Workers are deployed first: they read
+both versions, and a version newer than a reader knows fails to decode (the worker dead-letters it).
 """
 
 from __future__ import annotations
