@@ -26,7 +26,7 @@ import msgspec
 
 from gateway.catalog import store
 from gateway.catalog.campaign import hot_config
-from gateway.codes.service import batch_record
+from gateway.codes.batches import batch_record
 from gateway.keys import order_field
 from worker.recovery.wallet_records import coupon_record, order_record
 
