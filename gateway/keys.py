@@ -236,6 +236,13 @@ class KeySpace:
 ACTIVITY_TAG_PREFIX = "{a:"
 
 
+def activity_of_partition(partition: str) -> str:
+    """``{a:X}`` -> ``X``."""
+    if not (partition.startswith(ACTIVITY_TAG_PREFIX) and partition.endswith("}")):
+        raise ValueError(f"not an activity partition: {partition!r}")
+    return partition[len(ACTIVITY_TAG_PREFIX) : -1]
+
+
 def is_activity_stream(stream: str) -> bool:
     """An activity partition's stream (``{a:X}:events``: claims and operators' changes), not a wallet's, a code
     bucket's or the blocklist's."""

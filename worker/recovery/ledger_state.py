@@ -27,7 +27,7 @@ import msgspec
 from gateway.catalog import store
 from gateway.catalog.campaign import hot_config
 from gateway.codes.batches import batch_record
-from gateway.keys import order_field
+from gateway.keys import activity_of_partition, order_field
 from worker.recovery.wallet_records import coupon_record, order_record
 
 KINDS = ("activity", "wallet", "code", "blocklist")
@@ -153,15 +153,8 @@ async def build(pool: asyncpg.Pool, partition: str, kind: str, now: int) -> Part
     return BareState(partition, mark)
 
 
-def activity_of(partition: str) -> str:
-    """``{a:X}`` -> ``X``."""
-    if not (partition.startswith("{a:") and partition.endswith("}")):
-        raise ValueError(f"not an activity partition: {partition!r}")
-    return partition[3:-1]
-
-
 async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> ActivityState:
-    activity_id = activity_of(partition)
+    activity_id = activity_of_partition(partition)
     activity = await store.get_activity(pool, activity_id)
     state = ActivityState(partition, activity_id, mark, defined=activity is not None)
     if activity is None:
