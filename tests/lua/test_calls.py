@@ -23,7 +23,7 @@ import pytest
 import gateway.scripts.calls as calls_package
 from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, Partition, WalletKeys
 from gateway.scripts.calls import Arg, catalog, checkout, claim, codes, restore
-from gateway.scripts.registry import LUA_DIR, Script, load_scripts, parse_script
+from gateway.scripts.registry import Script, load_scripts, parse_script
 
 SCRIPTS = load_scripts()
 Recorded = tuple[str, Sequence[str], Sequence[Arg]]
@@ -184,8 +184,9 @@ def test_bundle_picks_the_keys_its_header_shows(name: str) -> None:
 
 # --- the checks catch what breaks them ---------------------------------------------------------------------
 
-CLAIM_SOURCE = (LUA_DIR / "claim.lua").read_text()
-LAST_ARG = "ARGV[16] operator"
+CLAIM = SCRIPTS["claim"]
+LAST_KEY = f"KEYS[{len(CLAIM.keys)}] {CLAIM.keys[-1]} "
+LAST_ARG = f"ARGV[{len(CLAIM.args)}] {CLAIM.args[-1]}"
 
 
 @pytest.mark.parametrize(
@@ -193,21 +194,22 @@ LAST_ARG = "ARGV[16] operator"
     [
         (
             LAST_ARG,
-            LAST_ARG + "\nARGV[17] region   a new argument\n--",
-            "'operator', 'region') in the header",
+            f"{LAST_ARG}\nARGV[{len(CLAIM.args) + 1}] region  a new one\n--",
+            "'region') in the header",
         ),
-        ("ARGV[15] mode", "ARGV[15] modus", "'modus', 'operator') in the header"),
+        (LAST_ARG, f"{LAST_ARG}_renamed", "_renamed') in the header"),
         (
-            "KEYS[7] events",
-            "KEYS[7] events\nKEYS[8] extra  hash  {a:X}:x\n--",
-            "'events', 'extra') in the header",
+            LAST_KEY,
+            f"{LAST_KEY}\nKEYS[{len(CLAIM.keys) + 1}] extra  hash  {{a:X}}:x\n--",
+            "'extra') in the header",
         ),
     ],
     ids=["argv-added", "argv-renamed", "keys-added"],
 )
 def test_a_changed_header_fails_the_unchanged_call(line: str, replacement: str, problem: str) -> None:
-    assert line in CLAIM_SOURCE
-    changed = parse_script("claim", CLAIM_SOURCE.replace(line, replacement, 1))
+    """claim.lua's header with one more ARGV (or KEYS), or its last ARGV renamed, and claim() unchanged."""
+    assert CLAIM.source.count(line) == 1
+    changed = parse_script("claim", CLAIM.source.replace(line, replacement))
     problems = call_problems(claim.claim, changed)
     assert len(problems) == 1 and problem in problems[0], problems
 
