@@ -85,19 +85,6 @@ class ActivityKeys(Partition):
         the call closes, and never kept longer than its record."""
         return f"{self.tag}:grant:{idempotency_digest('grant-call', operator, key)}"
 
-    def claim_keys(self, idempotency: str | None = None) -> list[str]:
-        """KEYS of the ``claim`` script, in its header's order (``idempotency``: the record's key, if keyed)."""
-        idem = idempotency or self.no_idempotency
-        return [
-            self.config,
-            self.user_counts,
-            self.device_counts,
-            self.allow_list,
-            idem,
-            self.seq,
-            self.events,
-        ]
-
     @property
     def code_batches(self) -> str:
         """Code batch id -> packs reserved from this activity's stock, or ``void``."""
@@ -151,10 +138,6 @@ class WalletKeys(Partition):
     @property
     def no_idempotency(self) -> str:
         return f"{self.tag}:idem:-"
-
-    def checkout(self) -> list[str]:
-        """The KEYS every checkout script takes, in its order."""
-        return [self.coupons, self.orders, self.locks, self.counters, self.seq, self.events]
 
 
 def order_field(user_id: str, order_id: str) -> str:
@@ -214,6 +197,8 @@ class KeySpace:
     def __init__(self, wallet_buckets: int, code_buckets: int) -> None:
         self.wallet_buckets = wallet_buckets
         self.code_buckets = code_buckets
+        # Made once: every claim, checkout and code redeem names a wallet (a frozen value, safe to share).
+        self._wallets = [self.wallet_of_bucket(n) for n in range(wallet_buckets)]
 
     @staticmethod
     def activity(activity_id: str) -> ActivityKeys:
@@ -223,7 +208,7 @@ class KeySpace:
         return stable_bucket(user_id, self.wallet_buckets)
 
     def wallet(self, user_id: str) -> WalletKeys:
-        return WalletKeys(f"{{w:{self.wallet_bucket(user_id)}}}")
+        return self._wallets[self.wallet_bucket(user_id)]
 
     @staticmethod
     def wallet_of_bucket(bucket: int) -> WalletKeys:
@@ -251,17 +236,17 @@ class KeySpace:
 ACTIVITY_TAG_PREFIX = "{a:"
 
 
-def is_activity_stream(stream: str) -> bool:
-    """An activity partition's stream (``{a:X}:events``: claims and operators' changes), not a wallet's, a code
-    bucket's or the blocklist's."""
-    return stream.startswith(ACTIVITY_TAG_PREFIX) and stream.endswith(EVENTS_SUFFIX)
-
-
 def activity_of_partition(partition: str) -> str:
     """``{a:X}`` -> ``X``."""
     if not (partition.startswith(ACTIVITY_TAG_PREFIX) and partition.endswith("}")):
         raise ValueError(f"not an activity partition: {partition!r}")
     return partition[len(ACTIVITY_TAG_PREFIX) : -1]
+
+
+def is_activity_stream(stream: str) -> bool:
+    """An activity partition's stream (``{a:X}:events``: claims and operators' changes), not a wallet's, a code
+    bucket's or the blocklist's."""
+    return stream.startswith(ACTIVITY_TAG_PREFIX) and stream.endswith(EVENTS_SUFFIX)
 
 
 def partition_of_stream(stream: str) -> str:

@@ -14,6 +14,7 @@ from gateway.claim.service import ClaimService
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import Outcome
+from gateway.scripts.calls import catalog as calls
 from gateway.scripts.fence import Fence
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import ScriptRunner, connect
@@ -39,12 +40,16 @@ def activity_config(now: int, stock: int) -> dict[str, object]:
 
 
 async def put_activity(runner: ScriptRunner, activity_id: str, stock: int) -> None:
-    keys = KeySpace.activity(activity_id)
     now = int(time.time())
-    reply = await runner.run(
-        "put_activity",
-        [keys.config, keys.allow_list, keys.seq, keys.events],
-        [now, new_id(), "loadtest", activity_id, json.dumps(activity_config(now, stock)), "[]"],
+    reply = await calls.put_activity(
+        runner,
+        calls.PutActivityKeys.of(KeySpace.activity(activity_id)),
+        now=now,
+        event_id=new_id(),
+        operator="loadtest",
+        activity_id=activity_id,
+        config=json.dumps(activity_config(now, stock)),
+        allow_users="[]",
     )
     assert reply[0] == "ok", reply
 

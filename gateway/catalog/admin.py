@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -23,6 +23,7 @@ from gateway.catalog.campaign import (
 from gateway.ids import new_id
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts.calls import catalog as calls
 from gateway.scripts.runner import ScriptRunner
 
 log = logging.getLogger(__name__)
@@ -74,33 +75,26 @@ class AdminService:
         self, activity: Activity, templates: dict[str, Template], operator: str, now: int
     ) -> Outcome:
         """Create the activity's hot config in Redis if absent (a repeat changes nothing)."""
-        keys = self.keyspace.activity(activity.id)
         allow = activity.eligibility.users if activity.eligibility and activity.eligibility.users else []
-        reply = await self.runner.run(
-            "put_activity",
-            [keys.config, keys.allow_list, keys.seq, keys.events],
-            [
-                now,
-                new_id(),
-                operator,
-                activity.id,
-                msgspec.json.encode(hot_config(activity, templates)),
-                msgspec.json.encode(allow),
-            ],
+        reply = await calls.put_activity(
+            self.runner,
+            calls.PutActivityKeys.of(self.keyspace.activity(activity.id)),
+            now=now,
+            event_id=new_id(),
+            operator=operator,
+            activity_id=activity.id,
+            config=msgspec.json.encode(hot_config(activity, templates)),
+            allow_users=msgspec.json.encode(allow),
         )
         return Outcome(reply[0])
 
-    async def _change(
-        self, script: str, activity_id: str, operator: str, now: int, *arguments: str | int
-    ) -> list[Any]:
-        """Run one of the operators' change scripts; refusals become the contract's errors."""
-        keys = self.keyspace.activity(activity_id)
+    def _change_keys(self, activity_id: str) -> calls.ActivityChangeKeys:
+        return calls.ActivityChangeKeys.of(self.keyspace.activity(activity_id))
+
+    async def _change(self, activity_id: str, call: Awaitable[list[Any]]) -> list[Any]:
+        """Await one of the operators' change scripts; refusals become the contract's errors."""
         try:
-            reply = await self.runner.run(
-                script,
-                [keys.config, keys.seq, keys.events],
-                [now, new_id(), operator, activity_id, *arguments],
-            )
+            reply = await call
         finally:
             if self.changed is not None:
                 self.changed(activity_id)
@@ -111,23 +105,47 @@ class AdminService:
             raise DomainError(outcome)
         return reply
 
-    async def set_status(self, activity_id: str, action: str, operator: str, now: int) -> str:
-        reply = await self._change("set_status", activity_id, operator, now, action)
+    async def set_status(self, activity_id: str, action: calls.StatusAction, operator: str, now: int) -> str:
+        call = calls.set_status(
+            self.runner,
+            self._change_keys(activity_id),
+            now=now,
+            event_id=new_id(),
+            operator=operator,
+            activity_id=activity_id,
+            action=action,
+        )
+        reply = await self._change(activity_id, call)
         return str(reply[1])
 
     async def restock(self, activity: Activity, change: StockChange, operator: str, now: int) -> int:
         """The budget and a pack's face value come from the definition, which never changes."""
-        budget = "" if activity.budget is None else activity.budget
-        reply = await self._change(
-            "restock", activity.id, operator, now, change.delta, activity.face_per_pack, budget
+        call = calls.restock(
+            self.runner,
+            self._change_keys(activity.id),
+            now=now,
+            event_id=new_id(),
+            operator=operator,
+            activity_id=activity.id,
+            delta=change.delta,
+            face=activity.face_per_pack,
+            budget=activity.budget,
         )
+        reply = await self._change(activity.id, call)
         return int(reply[1])
 
     async def patch(self, activity_id: str, changes: dict[str, object], operator: str, now: int) -> None:
         """``changes`` from ``ActivityPatch.changes()``: validated, at least one field."""
-        await self._change(
-            "patch_activity", activity_id, operator, now, msgspec.json.encode(changes).decode()
+        call = calls.patch_activity(
+            self.runner,
+            self._change_keys(activity_id),
+            now=now,
+            event_id=new_id(),
+            operator=operator,
+            activity_id=activity_id,
+            changes=msgspec.json.encode(changes),
         )
+        await self._change(activity_id, call)
 
     async def live_state(self, activity: Activity, now: int) -> dict[str, str]:
         """The activity's hot config as Redis holds it (the authority for status, window, limits and stock),
@@ -140,20 +158,19 @@ class AdminService:
             hot = await self.runner.control.hgetall(keys.config)
         return {str(k): str(v) for k, v in hot.items()}
 
-    async def change_blocklist(self, action: str, change: BlocklistChange, operator: str, now: int) -> int:
+    async def change_blocklist(
+        self, action: calls.BlocklistAction, change: BlocklistChange, operator: str, now: int
+    ) -> int:
         change.check()
-        keys = BLOCKLIST
-        reply = await self.runner.run(
-            "blocklist",
-            [keys.users, keys.devices, keys.entries, keys.version, keys.seq, keys.events],
-            [
-                now,
-                new_id(),
-                operator,
-                action,
-                msgspec.json.encode(change.users),
-                msgspec.json.encode(change.devices),
-            ],
+        reply = await calls.blocklist(
+            self.runner,
+            calls.BlocklistChangeKeys.of(),
+            now=now,
+            event_id=new_id(),
+            operator=operator,
+            action=action,
+            users=msgspec.json.encode(change.users),
+            devices=msgspec.json.encode(change.devices),
         )
         return int(reply[1]) if reply[0] == Outcome.OK else 0
 

@@ -8,7 +8,7 @@ and the order atomically; the read only picks the terms.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -16,8 +16,9 @@ from gateway.checkout.quote import Line, split, worth
 from gateway.checkout.terms import TermsCache
 from gateway.events import Share
 from gateway.ids import new_id
-from gateway.keys import KeySpace, WalletKeys
+from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts.calls import checkout as calls
 from gateway.scripts.runner import RedisClient, ScriptRunner
 
 # What the order's view shows of its coupon: held by the order (locked, redeemed), else free as far as the
@@ -66,9 +67,13 @@ def order_view(order_id: str, order: StoredOrder, coupon: StoredCoupon, *, now: 
     return OrderView(order_id, order.coupon, status, order.discount, until)
 
 
-def refund_keys(wallet: WalletKeys) -> list[str]:
-    """A refund touches no lock (a redeemed coupon holds none)."""
-    return [wallet.coupons, wallet.orders, wallet.counters, wallet.seq, wallet.events]
+def answer_of(reply: list[Any]) -> str:
+    """A checkout script's answer JSON (encoded once, by the script), or its refusal raised."""
+    outcome = Outcome(reply[0])
+    if outcome not in (Outcome.OK, Outcome.REPLAY):
+        raise DomainError(outcome)
+    answer: str = reply[1]
+    return answer
 
 
 class CheckoutService:
@@ -89,48 +94,58 @@ class CheckoutService:
         terms = (await self.terms.of({template})).get(template)
         discount = worth(terms, lines) if terms is not None else None
         if terms is None or discount is None or not any(terms.eligible(line) for line in lines):
-            given, shares = "", "[]"
+            given, shares = None, b"[]"
         else:
-            given = str(discount)
+            given = discount
             shares = msgspec.json.encode(
                 [Share(line.sku, s) for line, s in zip(lines, split(terms, lines, discount), strict=True)]
-            ).decode()
-        return await self._run("lock", user_id, [order_id, coupon_id, given, shares, self.lock_seconds], now)
+            )
+        reply = await calls.lock(
+            self.runner,
+            calls.CheckoutKeys.of(wallet),
+            now=now,
+            event_id=new_id(),
+            user_id=user_id,
+            order_id=order_id,
+            coupon_id=coupon_id,
+            discount=given,
+            split=shares,
+            lock_seconds=self.lock_seconds,
+        )
+        return answer_of(reply)
 
     async def redeem(self, user_id: str, order_id: str, *, now: int) -> str:
-        return await self._run("redeem", user_id, [order_id], now)
+        keys = calls.CheckoutKeys.of(self.keyspace.wallet(user_id))
+        return answer_of(
+            await calls.redeem(
+                self.runner, keys, now=now, event_id=new_id(), user_id=user_id, order_id=order_id
+            )
+        )
 
     async def release(self, user_id: str, order_id: str, *, now: int) -> str:
-        return await self._run("release", user_id, [order_id], now)
+        keys = calls.CheckoutKeys.of(self.keyspace.wallet(user_id))
+        return answer_of(
+            await calls.release(
+                self.runner, keys, now=now, event_id=new_id(), user_id=user_id, order_id=order_id
+            )
+        )
 
     async def refund(self, user_id: str, order_id: str, *, now: int) -> str:
-        return await self._run("refund", user_id, [order_id], now, keys=refund_keys)
+        keys = calls.RefundKeys.of(self.keyspace.wallet(user_id))
+        return answer_of(
+            await calls.refund(
+                self.runner, keys, now=now, event_id=new_id(), user_id=user_id, order_id=order_id
+            )
+        )
 
     async def order(self, user_id: str, order_id: str, *, now: int) -> OrderView:
-        wallet = self.keyspace.wallet(user_id)
-        reply = await self.runner.run("order_view", [wallet.coupons, wallet.orders], [user_id, order_id])
+        keys = calls.OrderViewKeys.of(self.keyspace.wallet(user_id))
+        reply = await calls.order_view(self.runner, keys, user_id=user_id, order_id=order_id)
         if reply[0] != Outcome.OK:
             raise DomainError(Outcome.NOT_FOUND, "No coupon is locked to this order.")
         order = msgspec.json.decode(reply[1], type=StoredOrder)
         coupon = msgspec.json.decode(reply[2], type=StoredCoupon)
         return order_view(order_id, order, coupon, now=now)
-
-    async def _run(
-        self,
-        script: str,
-        user_id: str,
-        args: list[str | int],
-        now: int,
-        keys: Callable[[WalletKeys], list[str]] = WalletKeys.checkout,
-    ) -> str:
-        """The script's answer JSON (encoded once, by the script), or its refusal."""
-        wallet = self.keyspace.wallet(user_id)
-        reply = await self.runner.run(script, keys(wallet), [now, new_id(), user_id, *args])
-        outcome = Outcome(reply[0])
-        if outcome not in (Outcome.OK, Outcome.REPLAY):
-            raise DomainError(outcome)
-        answer: str = reply[1]
-        return answer
 
 
 class LockSweeper:
@@ -146,7 +161,10 @@ class LockSweeper:
         for bucket in range(self.keyspace.wallet_buckets):
             wallet = self.keyspace.wallet_of_bucket(bucket)
             while True:
-                reply = await self.runner.run("sweep_locks", wallet.checkout(), [now, new_id(), self.batch])
+                keys = calls.CheckoutKeys.of(wallet)
+                reply = await calls.sweep_locks(
+                    self.runner, keys, now=now, event_id=new_id(), limit=self.batch
+                )
                 expired += int(reply[1])
                 if int(reply[2]) < self.batch:
                     break

@@ -6,6 +6,7 @@ import msgspec
 
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts.calls import checkout as calls
 from gateway.scripts.runner import ScriptRunner
 
 STATUSES = ("available", "locked", "redeemed", "expired")
@@ -35,10 +36,8 @@ class WalletService:
     async def page(self, user_id: str, *, status: str, cursor: str, limit: int, now: int) -> bytes:
         """``{items, next_cursor?}`` as the contract shapes a list; built by the script, encoded once. A cursor
         that is none of the user's coupons is ``not_found``."""
-        wallet = self.keyspace.wallet(user_id)
-        reply = await self.runner.run(
-            "wallet_page", [wallet.coupons, wallet.user_index(user_id)], [now, cursor, limit, status]
-        )
+        keys = calls.WalletPageKeys.of(self.keyspace.wallet(user_id), user_id)
+        reply = await calls.wallet_page(self.runner, keys, now=now, cursor=cursor, limit=limit, status=status)
         if reply[0] != Outcome.OK:
             raise DomainError(Outcome.NOT_FOUND, "No such coupon in this wallet: the cursor names none.")
         _, items, next_cursor = reply

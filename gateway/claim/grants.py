@@ -29,6 +29,7 @@ from gateway.events import ClaimAnswer, GrantResult
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts.calls import claim as calls
 from gateway.scripts.runner import ScriptRunner
 from gateway.tokens import UserIdentity
 
@@ -144,28 +145,26 @@ class _GrantCall:
     ) -> None:
         act = service.keyspace.activity(activity_id)
         self.runner = service.runner
-        self.keys = [act.grant_call(operator, key), act.grant_results(operator, key), act.seq, act.events]
+        self.keys = calls.GrantCallKeys.of(act, operator, key)
         self.activity_id = activity_id
         self.operator = operator
         self.digest = digest
         self.ttl = service.idempotency_ttl
         self.now = now
 
-    async def _run(self, step: str, users: int | str = "", results: str = "") -> list[str]:
-        reply: list[str] = await self.runner.run(
-            "grant_call",
+    async def _run(self, step: calls.GrantCallStep, users: int | None = None, results: str = "") -> list[str]:
+        reply: list[str] = await calls.grant_call(
+            self.runner,
             self.keys,
-            [
-                self.now,
-                new_id(),
-                self.operator,
-                self.activity_id,
-                self.digest,
-                self.ttl,
-                step,
-                users,
-                results,
-            ],
+            now=self.now,
+            event_id=new_id(),
+            operator=self.operator,
+            activity_id=self.activity_id,
+            body_hash=self.digest,
+            ttl=self.ttl,
+            step=step,
+            users=users,
+            results=results,
         )
         if reply[0] == Outcome.IDEMPOTENCY_CONFLICT:
             raise DomainError(Outcome.IDEMPOTENCY_CONFLICT)
@@ -193,9 +192,9 @@ class _GrantCall:
             reply = await self._run("settle", users, lines)
         except DomainError as failed:
             if failed.outcome is Outcome.IDEMPOTENCY_CONFLICT:  # the record expired and its key was reused
-                log.warning("grant call %s: its record now holds another body", self.keys[0])
+                log.warning("grant call %s: its record now holds another body", self.keys.record)
             else:
-                log.warning("grant call %s: results not kept (%s)", self.keys[0], failed.message)
+                log.warning("grant call %s: results not kept (%s)", self.keys.record, failed.message)
             return None
         if reply[0] in (Outcome.OK, Outcome.REPLAY):
             return reply[1].encode()

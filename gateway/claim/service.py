@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -13,10 +14,10 @@ from gateway.events import ClaimAnswer
 from gateway.ids import new_id
 from gateway.keys import KeySpace
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts.calls import claim as calls
 from gateway.scripts.runner import ScriptRunner
 from gateway.tokens import UserIdentity
 
-TAG_SEPARATOR = "\x1f"
 NO_BODY_HASH = "0" * 32
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,13 @@ def delivered_event_id(answer: str) -> str:
     """The ``delivered`` event's id, one per claim: a deliver repeated after a restore rebuilt the wallet without
     the claim's coupons records the very event the ledger may already hold, not a second one for version 1."""
     return msgspec.json.decode(answer, type=ClaimAnswer).claim_id + ".d"
+
+
+@functools.lru_cache(maxsize=4096)
+def unkeyed_claim_keys(activity_id: str) -> calls.ClaimKeys:
+    """The KEYS of a claim without an Idempotency-Key: the same for every such claim of the activity, so built
+    once (the hot path's keys cost nothing on a repeat)."""
+    return calls.ClaimKeys.of(KeySpace.activity(activity_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +68,7 @@ class ClaimService:
         channel: str = "",
         idempotency_key: str | None = None,
         blocked: bool = False,
-        mode: str = "claim",
+        mode: calls.ClaimMode = "claim",
         operator: str = "",
         body: str | None = None,
     ) -> ClaimResult:
@@ -70,31 +78,32 @@ class ClaimService:
         """
         if self.shed is not None:
             self.shed()
-        act = self.keyspace.activity(activity_id)
-        # A claim's key is the user's; a grant's key is the operator's, per user granted.
-        scope = f"{operator}\x1f{who.user_id}" if mode == "grant" else who.user_id
-        idem = act.idempotency(scope, idempotency_key) if idempotency_key else act.no_idempotency
-        reply = await self.runner.run(
-            "claim",
-            act.claim_keys(idem),
-            [
-                now,
-                activity_id,
-                who.user_id,
-                "" if mode == "grant" else who.device_id,
-                channel,
-                "1" if blocked else "0",
-                idempotency_key or "",
-                (body or body_hash(channel)) if idempotency_key else NO_BODY_HASH,
-                self.idempotency_ttl,
-                new_id(),
-                new_id(),
-                "" if who.reg is None else who.reg,
-                "" if who.orders is None else who.orders,
-                TAG_SEPARATOR.join(who.tags),
-                mode,
-                operator,
-            ],
+        if idempotency_key:
+            act = self.keyspace.activity(activity_id)
+            # A claim's key is the user's; a grant's key is the operator's, per user granted.
+            scope = f"{operator}\x1f{who.user_id}" if mode == "grant" else who.user_id
+            keys = calls.ClaimKeys.of(act, act.idempotency(scope, idempotency_key))
+        else:
+            keys = unkeyed_claim_keys(activity_id)
+        reply = await calls.claim(
+            self.runner,
+            keys,
+            now=now,
+            activity_id=activity_id,
+            user_id=who.user_id,
+            device_id="" if mode == "grant" else who.device_id,
+            channel=channel,
+            blocked=blocked,
+            idem_key=idempotency_key or "",
+            body_hash=(body or body_hash(channel)) if idempotency_key else NO_BODY_HASH,
+            idem_ttl=self.idempotency_ttl,
+            claim_id=new_id(),
+            event_id=new_id(),
+            reg=who.reg,
+            orders=who.orders,
+            tags=who.tags,
+            mode=mode,
+            operator=operator,
         )
         outcome = Outcome(reply[0])
         if outcome not in (Outcome.OK, Outcome.REPLAY):
@@ -117,9 +126,13 @@ class ClaimService:
     async def deliver(self, user_id: str, activity_id: str, answer: str, *, now: int) -> Outcome:
         """Create a claim's coupons in the owner's wallet; a repeat changes nothing."""
         wallet = self.keyspace.wallet(user_id)
-        reply = await self.runner.run(
-            "deliver",
-            [wallet.coupons, wallet.user_index(user_id), wallet.seq, wallet.events],
-            [now, delivered_event_id(answer), user_id, activity_id, answer],
+        reply = await calls.deliver(
+            self.runner,
+            calls.DeliverKeys.of(wallet, user_id),
+            now=now,
+            event_id=delivered_event_id(answer),
+            user_id=user_id,
+            activity_id=activity_id,
+            answer=answer,
         )
         return Outcome(reply[0])

@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from gateway.claim.service import NO_BODY_HASH, ClaimService
 from gateway.codes import format as code_format
+from gateway.codes.batches import batch_record, code_batch, put_codes, void_batch
 from gateway.ids import new_id
 from gateway.keys import KeySpace, WalletKeys
 from gateway.outcomes import DomainError, Outcome
-from gateway.scripts.runner import RedisClient, ScriptRunner
+from gateway.scripts.calls import codes as calls
+from gateway.scripts.runner import ScriptRunner
 from gateway.tokens import UserIdentity
 
 FAILED_ATTEMPTS = 10  # product.md: invalid_code answers allowed per user and per device ...
 FAILED_WINDOW_SECONDS = 3600  # ... within a rolling hour
-PUT_CHUNK = 1000  # code hashes per put_codes call
-PUT_CONCURRENCY = 8
 ENDED_BATCH = "The activity has ended: codes made for it could never be redeemed."
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,25 @@ class Redeemed:
 
 @dataclass(frozen=True, slots=True)
 class Gate:
-    """One failed-attempt counter (a user's or a device's) and the idempotency record beside it."""
+    """One failed-attempt counter (a user's or a device's) and the idempotency record beside it, in ``wallet``."""
 
     wallet: WalletKeys
-    fails: str
-    idem: str
+    keys: calls.CodeGateKeys
 
-    def keys(self) -> list[str]:
-        return [self.fails, self.idem]
-
-    def settle_keys(self) -> list[str]:
-        return [self.fails, self.idem, self.wallet.seq, self.wallet.events]
+    def count(
+        self, runner: ScriptRunner, now: int, attempt: str, idempotency_key: str, digest: str
+    ) -> Coroutine[Any, Any, list[Any]]:
+        """Count ``attempt`` in this gate (``code_gate``)."""
+        return calls.code_gate(
+            runner,
+            self.keys,
+            now=now,
+            attempt_id=attempt,
+            limit=FAILED_ATTEMPTS,
+            window=FAILED_WINDOW_SECONDS,
+            idem_key=idempotency_key,
+            body_hash=digest,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +68,6 @@ class Kept:
     key: str
     digest: str
     answer: str
-
-
-def batch_record(activity_id: str, starts_at: int, ends_at: int, pack: str) -> str:
-    """What redeeming a batch's codes needs, as put_codes keeps it in each code bucket."""
-    return msgspec.json.encode(
-        {"activity": activity_id, "starts_at": starts_at, "ends_at": ends_at, "pack": pack}
-    ).decode()
 
 
 def body_hash(hash_key: bytes, typed: str) -> str:
@@ -194,26 +195,22 @@ class CodeService:
         digest = body_hash(self.hash_key, typed) if idempotency_key else NO_BODY_HASH
         user_wallet = self.keyspace.wallet(who.user_id)
         device_wallet = self.keyspace.wallet(who.device_id)
-        user_gate = Gate(
-            user_wallet,
-            user_wallet.failed_codes_of_user(who.user_id),
+        user_fails = user_wallet.failed_codes_of_user(who.user_id)
+        user_idem = (
             user_wallet.idempotency(who.user_id, idempotency_key)
             if idempotency_key
-            else user_wallet.no_idempotency,
+            else user_wallet.no_idempotency
         )
-        device_gate = Gate(
-            device_wallet, device_wallet.failed_codes_of_device(who.device_id), device_wallet.no_idempotency
-        )
-        limits = [FAILED_ATTEMPTS, FAILED_WINDOW_SECONDS]
+        device_fails = device_wallet.failed_codes_of_device(who.device_id)
+        user_gate = Gate(user_wallet, calls.CodeGateKeys(user_fails, user_idem))
+        device_gate = Gate(device_wallet, calls.CodeGateKeys(device_fails, device_wallet.no_idempotency))
         holding = [user_gate, device_gate]  # the gates that hold (or may hold) this attempt
         judged_invalid = False
         kept: Kept | None = None  # a keyed success's answer, for its replays
         try:
             gate_replies = await asyncio.gather(
-                self.runner.run(
-                    "code_gate", user_gate.keys(), [now, attempt, *limits, idempotency_key or "", digest]
-                ),
-                self.runner.run("code_gate", device_gate.keys(), [now, attempt, *limits, "", digest]),
+                user_gate.count(self.runner, now, attempt, idempotency_key or "", digest),
+                device_gate.count(self.runner, now, attempt, "", digest),
                 return_exceptions=True,
             )
             # A gate that answered anything but ok counted nothing; one that raised may have counted.
@@ -237,11 +234,16 @@ class CodeService:
                 judged_invalid = True
                 raise DomainError(Outcome.INVALID_CODE)  # a typo: counted, never reaches Redis
             code_hash = code_format.code_hash(self.hash_key, code)
-            keys = self.keyspace.code(code_hash)
-            reply = await self.runner.run(
-                "redeem_code",
-                [keys.codes, keys.batches, keys.counters, keys.seq, keys.events],
-                [now, new_id(), code_hash, who.user_id, who.device_id, "1" if blocked else "0", new_id()],
+            reply = await calls.redeem_code(
+                self.runner,
+                calls.RedeemCodeKeys.of(self.keyspace.code(code_hash)),
+                now=now,
+                event_id=new_id(),
+                code_hash=code_hash,
+                user_id=who.user_id,
+                device_id=who.device_id,
+                blocked=blocked,
+                claim_id=new_id(),
             )
             outcome = Outcome(reply[0])
             if outcome is Outcome.INVALID_CODE:
@@ -279,21 +281,29 @@ class CodeService:
         """``code_settle`` on one gate; a failure is logged, never raised (the answer stands either way)."""
         key, digest, answer = (kept.key, kept.digest, kept.answer) if kept else ("", "", "")
         try:
-            await self.runner.run(
-                "code_settle",
-                gate.settle_keys(),
-                [now, new_id(), attempt, key, digest, self.idempotency_ttl, answer],
+            await calls.code_settle(
+                self.runner,
+                calls.CodeSettleKeys.of(gate.keys, gate.wallet),
+                now=now,
+                event_id=new_id(),
+                attempt_id=attempt,
+                idem_key=key,
+                body_hash=digest,
+                idem_ttl=self.idempotency_ttl,
+                answer=answer,
             )
         except DomainError as exc:
             log.warning(
                 "code attempt %s not given back in %s, it counts until its window ends: %s",
                 attempt,
-                gate.fails,
+                gate.keys.fails,
                 exc.message,
             )
         except Exception:
             log.exception(
-                "code attempt %s not given back in %s, it counts until its window ends", attempt, gate.fails
+                "code attempt %s not given back in %s, it counts until its window ends",
+                attempt,
+                gate.keys.fails,
             )
 
 
@@ -302,86 +312,3 @@ def _gate_reply(reply: list[Any] | BaseException) -> list[Any]:
     if isinstance(reply, BaseException):
         raise reply
     return reply
-
-
-async def put_codes(
-    runner: ScriptRunner,
-    keyspace: KeySpace,
-    batch_id: str,
-    batch: str,
-    hashes: list[str],
-    *,
-    now: int,
-    drop: bool = False,
-) -> int:
-    """Write (or drop) a batch's codes in their buckets (``put_codes``, PUT_CHUNK hashes a call); idempotent, so
-    a repair can run it again. The codes written (or dropped) now."""
-    by_bucket: dict[int, list[str]] = {}
-    for code_hash in hashes:
-        by_bucket.setdefault(keyspace.code_bucket(code_hash), []).append(code_hash)
-    calls = [
-        (bucket, part[i : i + PUT_CHUNK])
-        for bucket, part in sorted(by_bucket.items())
-        for i in range(0, len(part), PUT_CHUNK)
-    ]
-    limit = asyncio.Semaphore(PUT_CONCURRENCY)
-
-    async def put(bucket: int, chunk: list[str]) -> int:
-        keys = keyspace.code_of_bucket(bucket)
-        async with limit:
-            reply = await runner.run(
-                "put_codes",
-                [keys.codes, keys.batches, keys.seq, keys.events],
-                [now, new_id(), batch_id, batch, "drop" if drop else "put", ",".join(chunk)],
-            )
-        return int(reply[1])
-
-    return sum(await asyncio.gather(*(put(bucket, chunk) for bucket, chunk in calls)))
-
-
-async def code_batch(
-    runner: ScriptRunner,
-    keyspace: KeySpace,
-    activity_id: str,
-    batch_id: str,
-    count: int,
-    action: str,
-    *,
-    operator: str,
-    now: int,
-) -> list[Any]:
-    """Reserve a batch's packs from the activity's stock, or void them back (script ``code_batch``)."""
-    act = keyspace.activity(activity_id)
-    return await runner.run(
-        "code_batch",
-        [act.config, act.code_batches, act.seq, act.events],
-        [now, new_id(), operator, activity_id, batch_id, count, action],
-    )
-
-
-async def void_batch(
-    runner: ScriptRunner,
-    keyspace: KeySpace,
-    activity_id: str,
-    batch_id: str,
-    count: int,
-    hashes: list[str],
-    *,
-    operator: str,
-    now: int,
-) -> tuple[int, list[Any]]:
-    """Undo a batch nobody has seen: drop its codes from their buckets, then give its packs back; both
-    idempotent. The codes dropped now, and ``code_batch``'s reply."""
-    dropped = await put_codes(runner, keyspace, batch_id, "", hashes, now=now, drop=True)
-    reply = await code_batch(
-        runner, keyspace, activity_id, batch_id, count, "void", operator=operator, now=now
-    )
-    return dropped, reply
-
-
-async def codes_redeemed(client: RedisClient, keyspace: KeySpace, activity_id: str) -> int:
-    """Codes of the activity redeemed, summed over every code bucket."""
-    pipe = client.pipeline(transaction=False)
-    for bucket in range(keyspace.code_buckets):
-        pipe.hget(keyspace.code_of_bucket(bucket).counters, activity_id)
-    return sum(int(value or 0) for value in await pipe.execute())

@@ -23,6 +23,7 @@ from gateway.http.answers import (
 from gateway.http.errors import JSON
 from gateway.http.openapi import OPERATOR, documented
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts.calls.catalog import StatusAction
 
 ADMIN_BODY_LIMIT = 1024 * 1024
 LIST_QUERY = (bodies.LIMIT, bodies.cursor_query(bodies.PATH_ID))
@@ -205,7 +206,9 @@ async def patch_activity(request: Request[Any, Any, Any], activity_id: FromPath[
     return as_json(await _live_record(request, activity))
 
 
-async def _set_status(request: Request[Any, Any, Any], activity_id: str, action: str) -> Response[bytes]:
+async def _set_status(
+    request: Request[Any, Any, Any], activity_id: str, action: StatusAction
+) -> Response[bytes]:
     operator = auth.operator(request)
     bodies.only_query(request)
     activity = await _mirrored(request, activity_id)

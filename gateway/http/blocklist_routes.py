@@ -13,12 +13,13 @@ from gateway.http import auth, bodies
 from gateway.http.admin_routes import as_json
 from gateway.http.answers import BlocklistChanged, BlocklistPage
 from gateway.http.openapi import OPERATOR, documented
+from gateway.scripts.calls.catalog import BlocklistAction
 
 _CURSOR = re.compile(r"([0-9]{1,15})\.(user|device)\.([A-Za-z0-9_.:-]{1,64})")
 _QUERY = (bodies.LIMIT, bodies.cursor_query(_CURSOR))
 
 
-async def _change(request: Request[Any, Any, Any], action: str) -> Response[bytes]:
+async def _change(request: Request[Any, Any, Any], action: BlocklistAction) -> Response[bytes]:
     operator = auth.operator(request)
     bodies.only_query(request)
     body = await bodies.body(request, BlocklistChange)

@@ -11,7 +11,7 @@ from gateway import clock
 from gateway.catalog import store
 from gateway.checkout.service import checkout_figures
 from gateway.claim.shedding import dead_letter_count, stream_lags
-from gateway.codes.service import codes_redeemed
+from gateway.codes.batches import codes_redeemed
 from gateway.http import auth, bodies
 from gateway.http.admin_routes import activity_of_path, as_json
 from gateway.http.answers import ActivityStats, LedgerStats

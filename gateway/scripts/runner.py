@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -29,6 +30,7 @@ from redis.retry import Retry
 
 from gateway.keys import slot_of
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts.calls import Arg
 from gateway.scripts.fence import Fence
 from gateway.scripts.registry import Script
 
@@ -139,6 +141,17 @@ async def drop_idle_connections(client: RedisClient) -> None:
         await client.connection_pool.disconnect(inuse_connections=False)
 
 
+@dataclass(frozen=True, slots=True)
+class EvalshaCommand:
+    """Carries a call out as the words of one ``EVALSHA`` command, for a tool that sends commands itself (the
+    benchmark's redis-benchmark); everything else runs its calls through ``ScriptRunner``."""
+
+    sha: str  # of the script the calls name
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[str]:
+        return ["EVALSHA", self.sha, str(len(keys)), *keys, *map(str, args)]
+
+
 def check_one_slot(script: Script, keys: Sequence[str]) -> None:
     if len(keys) != len(script.keys):
         raise CrossSlotCall(f"{script.name} takes {len(script.keys)} keys, got {len(keys)}")
@@ -247,7 +260,9 @@ class ScriptRunner:
             self._in_flight.release()
         return None if value is None else str(value)  # decode_responses: already a str
 
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> list[Any]:
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
+        """Run script ``name``: callers go through its call function (``gateway.scripts.calls``), which builds
+        ``keys`` and ``args``; tests also send what no call function would (a malformed ARGV)."""
         script = self.scripts[name]
         if not script.read_only:
             self.fence.check()
@@ -275,7 +290,7 @@ class ScriptRunner:
             raise RuntimeError(f"{name}: reply {reply!r} is not one its header declares")
         return reply
 
-    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         call = self._evalsha_then_wait if self.wait_replicas and not script.read_only else self._evalsha_once
         try:
             return await call(script, keys, args)
@@ -286,16 +301,12 @@ class ScriptRunner:
                 await self.client.script_load(script.source)
             return await call(script, keys, args)
 
-    async def _evalsha_once(
-        self, script: Script, keys: Sequence[str], args: Sequence[str | int | bytes]
-    ) -> Any:
+    async def _evalsha_once(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         if self.pipelined is not None:
             return await self.pipelined.evalsha(script.sha, keys, args)
         return await self.client.evalsha(script.sha, len(keys), *keys, *args)
 
-    async def _evalsha_then_wait(
-        self, script: Script, keys: Sequence[str], args: Sequence[str | int | bytes]
-    ) -> Any:
+    async def _evalsha_then_wait(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """The safe setting with replicas: the script and ``WAIT`` on one connection, so the answer leaves only
         once the write reached ``wait_replicas`` replicas or the timeout passed. A shortfall is counted, not
         refused: the write is done on the primary (and in its AOF), and a keyed retry would replay it."""

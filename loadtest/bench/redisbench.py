@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from gateway.claim.service import NO_BODY_HASH
 from gateway.keys import KeySpace
+from gateway.scripts.calls import claim as calls
+from gateway.scripts.runner import EvalshaCommand
 
 RANDOM_SPACE = (
     100_000_000_000  # 12-digit ids: two calls drawing the same user are rare (counted, not assumed)
@@ -18,28 +20,27 @@ RANDOM_SPACE = (
 
 
 def claim_call(activity_id: str, sha: str, now: int, idempotency_ttl: int) -> list[str]:
-    """EVALSHA of ``claim`` for a random user, as ``ClaimService.claim`` calls it (no Idempotency-Key)."""
-    act = KeySpace.activity(activity_id)
-    keys = act.claim_keys()
-    args = [
-        str(now),
-        activity_id,
-        "bu:__rand_int__",
-        "bd:__rand_int__",
-        "",  # channel
-        "0",  # not blocked
-        "",  # no Idempotency-Key
-        NO_BODY_HASH,
-        str(idempotency_ttl),
-        "bc__rand_int__",  # claim id
-        "be__rand_int__",  # event id
-        "",  # reg
-        "",  # orders
-        "",  # tags
-        "claim",
-        "",  # operator
-    ]
-    return ["EVALSHA", sha, str(len(keys)), *keys, *args]
+    """EVALSHA of ``claim`` for a random user, built by the call ``ClaimService.claim`` uses (no Idempotency-Key)."""
+    return calls.claim(
+        EvalshaCommand(sha),
+        calls.ClaimKeys.of(KeySpace.activity(activity_id)),
+        now=now,
+        activity_id=activity_id,
+        user_id="bu:__rand_int__",
+        device_id="bd:__rand_int__",
+        channel="",
+        blocked=False,
+        idem_key="",
+        body_hash=NO_BODY_HASH,
+        idem_ttl=idempotency_ttl,
+        claim_id="bc__rand_int__",
+        event_id="be__rand_int__",
+        reg=None,
+        orders=None,
+        tags=(),
+        mode="claim",
+        operator="",
+    )
 
 
 def command(port: int, call: list[str], *, calls: int, clients: int, pipeline: int) -> list[str]:

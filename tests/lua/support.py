@@ -1,4 +1,5 @@
-"""Helpers for the script tests: activity configs, script calls with every ARGV spelled out, snapshots."""
+"""Helpers for the script tests: activity configs, script calls with every ARGV spelled out (through the
+gateway's call functions), snapshots."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from redis.exceptions import ResponseError
 from gateway.ids import new_id
 from gateway.keys import KeySpace, WalletKeys
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts.calls import catalog as catalog_calls
+from gateway.scripts.calls import claim as claim_calls
 from gateway.scripts.runner import RedisClient, ScriptRunner
 
 DAY = 86_400
@@ -54,11 +57,15 @@ async def put_activity(
     operator: str = "alice",
     event_id: str | None = None,
 ) -> list[Any]:
-    keys = KeySpace.activity(activity_id)
-    return await runner.run(
-        "put_activity",
-        [keys.config, keys.allow_list, keys.seq, keys.events],
-        [now, event_id or new_id(), operator, activity_id, json.dumps(config), json.dumps(list(allow))],
+    return await catalog_calls.put_activity(
+        runner,
+        catalog_calls.PutActivityKeys.of(KeySpace.activity(activity_id)),
+        now=now,
+        event_id=event_id or new_id(),
+        operator=operator,
+        activity_id=activity_id,
+        config=json.dumps(config),
+        allow_users=json.dumps(list(allow)),
     )
 
 
@@ -101,7 +108,7 @@ class Claimer:
         reg: int | None = None,
         orders: int | None = None,
         tags: Sequence[str] = (),
-        mode: str = "claim",
+        mode: claim_calls.ClaimMode = "claim",
         operator: str = "",
     ) -> Claimed:
         act = KeySpace.activity(activity_id)
@@ -109,27 +116,25 @@ class Claimer:
         idem = act.idempotency(scope, key) if key else act.no_idempotency
         claim_id = claim_id or new_id()
         event_id = event_id or new_id()
-        reply = await self.runner.run(
-            "claim",
-            act.claim_keys(idem),
-            [
-                now,
-                activity_id,
-                user,
-                device,
-                channel,
-                "1" if blocked else "0",
-                key,
-                body,
-                self.idem_ttl,
-                claim_id,
-                event_id,
-                "" if reg is None else reg,
-                "" if orders is None else orders,
-                "\x1f".join(tags),
-                mode,
-                operator,
-            ],
+        reply = await claim_calls.claim(
+            self.runner,
+            claim_calls.ClaimKeys.of(act, idem),
+            now=now,
+            activity_id=activity_id,
+            user_id=user,
+            device_id=device,
+            channel=channel,
+            blocked=blocked,
+            idem_key=key,
+            body_hash=body,
+            idem_ttl=self.idem_ttl,
+            claim_id=claim_id,
+            event_id=event_id,
+            reg=reg,
+            orders=orders,
+            tags=tags,
+            mode=mode,
+            operator=operator,
         )
         return Claimed(reply, claim_id, event_id, idem)
 
@@ -144,10 +149,14 @@ async def deliver(
     now: int = NOW,
     event_id: str | None = None,
 ) -> list[Any]:
-    return await runner.run(
-        "deliver",
-        [wallet.coupons, wallet.user_index(user), wallet.seq, wallet.events],
-        [now, event_id or new_id(), user, activity_id, answer],
+    return await claim_calls.deliver(
+        runner,
+        claim_calls.DeliverKeys.of(wallet, user),
+        now=now,
+        event_id=event_id or new_id(),
+        user_id=user,
+        activity_id=activity_id,
+        answer=answer,
     )
 
 

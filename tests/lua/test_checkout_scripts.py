@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway.checkout.service import refund_keys
 from gateway.events import SCHEMA_VERSION
 from gateway.keys import KeySpace, order_field
+from gateway.scripts.calls.checkout import CheckoutKeys, RefundKeys
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import DAY, NOW, Snapshot, changed, deliver, snapshot
 
@@ -72,7 +72,7 @@ async def checkout(
     keys: list[str] | None = None,
 ) -> list[Any]:
     """A checkout script's call as CheckoutService makes it: the bucket's checkout KEYS, now, event id, user."""
-    return await runner.run(script, keys or WALLET.checkout(), [now, event_id, user, *args])
+    return await runner.run(script, keys or CheckoutKeys.of(WALLET), [now, event_id, user, *args])
 
 
 async def lock(
@@ -104,12 +104,12 @@ async def release(
 async def refund(
     runner: ScriptRunner, order: str = ORDER, *, now: int = NOW, event_id: str = "e-refund", user: str = USER
 ) -> list[Any]:
-    keys = refund_keys(WALLET)  # refund takes no locks key
+    keys = RefundKeys.of(WALLET)  # refund takes no locks key
     return await checkout(runner, "refund", order, now=now, event_id=event_id, user=user, keys=keys)
 
 
 async def sweep(runner: ScriptRunner, *, now: int, event_id: str = "e-sweep", limit: int = 100) -> list[Any]:
-    return await runner.run("sweep_locks", WALLET.checkout(), [now, event_id, limit])
+    return await runner.run("sweep_locks", CheckoutKeys.of(WALLET), [now, event_id, limit])
 
 
 async def order_view(runner: ScriptRunner, order: str = ORDER, user: str = USER) -> list[Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.codes.service import batch_record
+from gateway.codes.batches import batch_record
 from gateway.events import SCHEMA_VERSION
 from gateway.keys import ActivityKeys, CodeKeys, KeySpace, WalletKeys
 from gateway.scripts.runner import RedisClient, ScriptRunner

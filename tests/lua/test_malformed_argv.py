@@ -21,10 +21,11 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gateway.checkout.service import refund_keys
-from gateway.codes.service import batch_record
+from gateway.codes.batches import batch_record
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.outcomes import DomainError, Outcome
+from gateway.scripts.calls.checkout import CheckoutKeys, RefundKeys
+from gateway.scripts.calls.claim import ClaimKeys
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import ScriptRunner
 from gateway.settings import Settings
@@ -87,7 +88,9 @@ async def a_coupon(runner: ScriptRunner) -> None:
 
 async def a_lock(runner: ScriptRunner) -> None:
     await a_coupon(runner)
-    reply = await runner.run("lock", WALLET.checkout(), [NOW, "ev-l", USER, "o1", "c1.1", "100", SPLIT, 600])
+    reply = await runner.run(
+        "lock", CheckoutKeys.of(WALLET), [NOW, "ev-l", USER, "o1", "c1.1", "100", SPLIT, 600]
+    )
     assert reply[0] == "ok"
 
 
@@ -119,7 +122,7 @@ async def blocklist_remove(runner: ScriptRunner) -> Call:
 @scenario("claim")
 async def claim(runner: ScriptRunner) -> Call:
     await an_activity(runner)
-    keys = ACT.claim_keys(ACT.idempotency(USER, "k"))
+    keys = ClaimKeys.of(ACT, ACT.idempotency(USER, "k"))
     return Call(
         keys, [NOW, "act1", USER, "d1", "", "0", "k", HASH_A, TTL, "c1", "e1", NOW, 0, "vip", "claim", ""]
     )
@@ -128,7 +131,7 @@ async def claim(runner: ScriptRunner) -> Call:
 @scenario("claim", "grant")
 async def claim_grant(runner: ScriptRunner) -> Call:
     await an_activity(runner, per_user_limit=2)
-    keys = ACT.claim_keys(ACT.idempotency(f"alice\x1f{USER}", "k"))
+    keys = ClaimKeys.of(ACT, ACT.idempotency(f"alice\x1f{USER}", "k"))
     return Call(
         keys, [NOW, "act1", USER, "", "", "0", "k", HASH_A, TTL, "c1", "e1", "", "", "", "grant", "alice"]
     )
@@ -203,7 +206,7 @@ async def grant_call_settle(runner: ScriptRunner) -> Call:
 @scenario("lock")
 async def lock(runner: ScriptRunner) -> Call:
     await a_coupon(runner)
-    return Call(WALLET.checkout(), [NOW, "ev", USER, "o1", "c1.1", "100", SPLIT, 600])
+    return Call(CheckoutKeys.of(WALLET), [NOW, "ev", USER, "o1", "c1.1", "100", SPLIT, 600])
 
 
 @scenario("order_view")
@@ -246,7 +249,7 @@ async def put_codes_drop(runner: ScriptRunner) -> Call:
 @scenario("redeem")
 async def redeem(runner: ScriptRunner) -> Call:
     await a_lock(runner)
-    return Call(WALLET.checkout(), [NOW + 1, "ev", USER, "o1"])
+    return Call(CheckoutKeys.of(WALLET), [NOW + 1, "ev", USER, "o1"])
 
 
 @scenario("redeem_code")
@@ -259,14 +262,14 @@ async def redeem_code(runner: ScriptRunner) -> Call:
 @scenario("refund")
 async def refund(runner: ScriptRunner) -> Call:
     await a_lock(runner)
-    assert (await runner.run("redeem", WALLET.checkout(), [NOW + 1, "ev-r", USER, "o1"]))[0] == "ok"
-    return Call(refund_keys(WALLET), [NOW + 2, "ev", USER, "o1"])
+    assert (await runner.run("redeem", CheckoutKeys.of(WALLET), [NOW + 1, "ev-r", USER, "o1"]))[0] == "ok"
+    return Call(RefundKeys.of(WALLET), [NOW + 2, "ev", USER, "o1"])
 
 
 @scenario("release")
 async def release(runner: ScriptRunner) -> Call:
     await a_lock(runner)
-    return Call(WALLET.checkout(), [NOW + 1, "ev", USER, "o1"])
+    return Call(CheckoutKeys.of(WALLET), [NOW + 1, "ev", USER, "o1"])
 
 
 @scenario("restock")
@@ -355,7 +358,7 @@ async def set_status(runner: ScriptRunner) -> Call:
 @scenario("sweep_locks")
 async def sweep_locks(runner: ScriptRunner) -> Call:
     await a_lock(runner)
-    return Call(WALLET.checkout(), [NOW + 700, "ev", 100])
+    return Call(CheckoutKeys.of(WALLET), [NOW + 700, "ev", 100])
 
 
 @scenario("wallet_page")

@@ -8,7 +8,7 @@ import time
 from itertools import count
 from typing import Any
 
-from gateway.codes.service import batch_record
+from gateway.codes.batches import batch_record
 from gateway.events import SCHEMA_VERSION
 from gateway.keys import BLOCKLIST, KeySpace, Partition, WalletKeys, order_field, stable_bucket
 from gateway.scripts.runner import RedisClient, ScriptRunner

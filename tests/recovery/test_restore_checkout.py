@@ -10,7 +10,7 @@ import time
 import pytest
 
 from gateway.checkout.service import checkout_figures
-from gateway.codes.service import codes_redeemed
+from gateway.codes.batches import codes_redeemed
 from gateway.outcomes import DomainError, Outcome
 from gateway.scripts import ledger_check
 from gateway.tokens import UserIdentity

@@ -11,6 +11,7 @@ from gateway.catalog.admin import AdminService
 from gateway.catalog.campaign import ActivityIn, PackItem, TemplateIn
 from gateway.claim.service import ClaimService
 from gateway.keys import KeySpace
+from gateway.scripts.calls import claim as calls
 from gateway.tokens import UserIdentity
 from tests.worker.conftest import drain
 from worker import sink
@@ -183,12 +184,26 @@ async def test_postgres_unreachable_acks_nothing(consumer: Consumer) -> None:
 
 async def claim_only(consumer: Consumer, activity_id: str, user: str, claim_id: str) -> None:
     """The gateway died between the two scripts: only ``claim`` ran, never ``deliver``."""
-    reply = await consumer.runner.run(
-        "claim",
-        KeySpace(8, 4).activity(activity_id).claim_keys(),
-        [int(time.time()), activity_id, user, f"dev-{user}", "", "0", "", "0" * 32, 90000, claim_id,
-         f"event-{claim_id}", "", "", "", "claim", ""],
-    )  # fmt: skip
+    reply = await calls.claim(
+        consumer.runner,
+        calls.ClaimKeys.of(KeySpace(8, 4).activity(activity_id)),
+        now=int(time.time()),
+        activity_id=activity_id,
+        user_id=user,
+        device_id=f"dev-{user}",
+        channel="",
+        blocked=False,
+        idem_key="",
+        body_hash="0" * 32,
+        idem_ttl=90000,
+        claim_id=claim_id,
+        event_id=f"event-{claim_id}",
+        reg=None,
+        orders=None,
+        tags=(),
+        mode="claim",
+        operator="",
+    )
     assert reply[0] == "ok"
 
 

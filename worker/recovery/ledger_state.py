@@ -25,7 +25,7 @@ import msgspec
 
 from gateway.catalog import store
 from gateway.catalog.campaign import hot_config
-from gateway.codes.service import batch_record
+from gateway.codes.batches import batch_record
 from gateway.events import ActivityStatus, ConfigFields, StockLeft
 from gateway.keys import activity_of_partition, order_field
 from worker.recovery.wallet_records import coupon_record, order_record

@@ -32,7 +32,7 @@ from gateway import clock
 from gateway.catalog import store
 from gateway.catalog.admin import AdminService
 from gateway.claim.service import ClaimService
-from gateway.codes.service import void_batch
+from gateway.codes.batches import void_batch
 from gateway.keys import ActivityKeys, KeySpace
 from gateway.outcomes import DomainError, Outcome
 from gateway.scripts.runner import RedisClient, ScriptRunner

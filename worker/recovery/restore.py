@@ -23,6 +23,7 @@ from gateway import clock
 from gateway.claim.service import ClaimService
 from gateway.ids import new_id
 from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, KeySpace, Partition, WalletKeys
+from gateway.scripts.calls import restore as calls
 from gateway.scripts.fence import Fence
 from gateway.scripts.ledger_check import partitions_behind
 from gateway.scripts.registry import load_scripts
@@ -105,12 +106,11 @@ async def _write_records(runner: ScriptRunner, records: dict[str, tuple[str, int
     now = int(clock.now())
     for key, (value, expires_at) in records.items():
         if expires_at > now:
-            await runner.run("restore_record", [key], [value, expires_at])
+            await calls.restore_record(runner, calls.RestoreRecordKeys(key), value=value, expires=expires_at)
 
 
 async def _write_activity(runner: ScriptRunner, state: ActivityState) -> dict[str, int]:
-    keys = ActivityKeys(state.partition)
-    script_keys = [keys.config, keys.user_counts, keys.device_counts, keys.allow_list, keys.code_batches]
+    keys = calls.RestoreActivityKeys.of(ActivityKeys(state.partition))
     payloads = _in_parts(
         users=_pairs(state.users),
         devices=_pairs(state.devices),
@@ -121,7 +121,9 @@ async def _write_activity(runner: ScriptRunner, state: ActivityState) -> dict[st
         payload: dict[str, object] = dict(part)
         if i == 0:
             payload["config"] = _pairs(state.config) if state.defined else []
-        await runner.run("restore_activity", script_keys, ["reset" if i == 0 else "more", encode(payload)])
+        await calls.restore_activity(
+            runner, keys, step="reset" if i == 0 else "more", payload=encode(payload)
+        )
     await _write_records(runner, state.records)
     return {
         "users": len(state.users),
@@ -131,26 +133,25 @@ async def _write_activity(runner: ScriptRunner, state: ActivityState) -> dict[st
     }
 
 
-def wallet_script_keys(keys: WalletKeys, user: str = "") -> list[str]:
-    """restore_wallet's KEYS: the bucket's checkout keys around one user's index (the placeholder when none)."""
-    return [keys.coupons, keys.user_index(user), keys.orders, keys.locks, keys.counters]
-
-
 async def _write_wallet(runner: ScriptRunner, state: WalletState) -> dict[str, int]:
-    keys = WalletKeys(state.partition)
-    await runner.run("restore_wallet", wallet_script_keys(keys), ["reset", "[]"])
+    wallet = WalletKeys(state.partition)
+    bucket = calls.RestoreWalletKeys.of(wallet)
+    await calls.restore_wallet(runner, bucket, step="reset", payload="[]")
     for user in sorted(await indexed_users(runner.client, state.partition) - set(state.indexes)):
-        await runner.run("restore_wallet", wallet_script_keys(keys, user), ["drop", "[]"])
+        await calls.restore_wallet(
+            runner, calls.RestoreWalletKeys.of(wallet, user), step="drop", payload="[]"
+        )
     for user, coupon_ids in sorted(state.indexes.items()):
         records = [item for cid in coupon_ids for item in (cid, encode(state.coupons[cid]))]
-        await runner.run("restore_wallet", wallet_script_keys(keys, user), ["user", encode(records)])
+        user_keys = calls.RestoreWalletKeys.of(wallet, user)
+        await calls.restore_wallet(runner, user_keys, step="user", payload=encode(records))
     if state.orders or state.locks or state.counters:
         for payload in _in_parts(
             orders=[item for name in sorted(state.orders) for item in (name, encode(state.orders[name]))],
             locks=[item for cid, until in sorted(state.locks.items()) for item in (cid, str(until))],
             counters=_pairs(state.counters),
         ):
-            await runner.run("restore_wallet", wallet_script_keys(keys), ["checkout", encode(payload)])
+            await calls.restore_wallet(runner, bucket, step="checkout", payload=encode(payload))
     await _write_records(runner, state.records)
     return {
         "coupons": len(state.coupons),
@@ -160,23 +161,19 @@ async def _write_wallet(runner: ScriptRunner, state: WalletState) -> dict[str, i
 
 
 async def _write_codes(runner: ScriptRunner, state: CodeState) -> dict[str, int]:
-    keys = CodeKeys(state.partition)
+    keys = calls.RestoreCodesKeys.of(CodeKeys(state.partition))
     payloads = _in_parts(
         codes=[item for code in sorted(state.codes) for item in (code, encode(state.codes[code]))],
         batches=_pairs(state.batches),
         counters=_pairs(state.counters),
     )
     for i, payload in enumerate(payloads):
-        await runner.run(
-            "restore_codes",
-            [keys.codes, keys.batches, keys.counters],
-            ["reset" if i == 0 else "more", encode(payload)],
-        )
+        await calls.restore_codes(runner, keys, step="reset" if i == 0 else "more", payload=encode(payload))
     return {"codes": len(state.codes), "batches": len(state.batches)}
 
 
 async def _write_blocklist(runner: ScriptRunner, state: BlocklistState) -> dict[str, int]:
-    keys = BLOCKLIST
+    keys = calls.RestoreBlocklistKeys.of(BLOCKLIST)
     entries = _parts([item for name in sorted(state.entries) for item in (name, encode(state.entries[name]))])
     users, devices = _parts(sorted(state.users)), _parts(sorted(state.devices))
     for i in range(max(len(entries), len(users), len(devices))):
@@ -185,10 +182,8 @@ async def _write_blocklist(runner: ScriptRunner, state: BlocklistState) -> dict[
             "devices": devices[i] if i < len(devices) else [],
             "entries": entries[i] if i < len(entries) else [],
         }
-        await runner.run(
-            "restore_blocklist",
-            [keys.users, keys.devices, keys.entries, keys.version],
-            ["reset" if i == 0 else "more", encode(payload)],
+        await calls.restore_blocklist(
+            runner, keys, step="reset" if i == 0 else "more", payload=encode(payload)
         )
     return {"entries": len(state.entries)}
 
@@ -237,11 +232,14 @@ async def restore(
             continue
         counts = await _write(runner, state)
         mark = await mark_of(pool, partition)  # the drain may have raised it
-        keys = Partition(partition)
-        reply = await runner.run(
-            "restore_finish",
-            [keys.seq, keys.events],
-            [now, new_id(), operator, mark, encode({"at_least": mark, **counts})],
+        reply = await calls.restore_finish(
+            runner,
+            calls.RestoreFinishKeys.of(Partition(partition)),
+            now=now,
+            event_id=new_id(),
+            operator=operator,
+            at_least=mark,
+            summary=encode({"at_least": mark, **counts}),
         )
         done.append(Restored(partition, "restored", drained[partition].entries, int(reply[1]), counts))
         if isinstance(state, ActivityState):
