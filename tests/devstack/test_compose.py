@@ -144,8 +144,8 @@ def test_dockerfile_copies_what_exists_and_every_package_it_installs() -> None:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
                 copied.add(source)
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    assert {package.split(".")[0] for package in packages} <= copied
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert {pattern.rstrip("*").split(".")[0] for pattern in patterns["include"]} <= copied
 
 
 def test_services_come_up_and_drain_a_claim(

@@ -13,8 +13,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.codes.service import batch_record
+from gateway.codes.batches import batch_record
 from gateway.keys import BLOCKLIST, KeySpace, Partition
+from gateway.scripts.calls.checkout import CheckoutKeys
 from gateway.scripts.runner import ScriptRunner
 from tests.lua.support import DAY, HASH_A, NOW, Claimer, activity_config, deliver, put_activity
 
@@ -121,7 +122,7 @@ async def checkout_scripts(rec: Recorder, answer: str) -> None:
         (late, "refund", ["o4"]),
     ]
     for n, (now, script, rest) in enumerate(steps):
-        keys = refund_keys if script == "refund" else wallet.checkout()
+        keys = refund_keys if script == "refund" else list(CheckoutKeys.of(wallet))
         user = [] if script == "sweep_locks" else ["u1"]
         await rec.run(script, keys, [now, f"ev-{script}-{n}", *user, *rest])
 
