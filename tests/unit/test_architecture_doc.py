@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -107,10 +107,10 @@ def _without_row(text: str, path: str) -> str:
 def _with_row_after(text: str, after: str, row: str) -> str:
     lines = text.splitlines(keepends=True)
     at = next(i for i, line in enumerate(lines) if line.startswith(f"| `{after}` |"))
-    return "".join(lines[: at + 1] + [row] + lines[at + 1 :])
+    return "".join([*lines[: at + 1], row, *lines[at + 1 :]])
 
 
-BROKEN_MAPS = {
+BROKEN_MAPS: dict[str, tuple[Callable[[str], str], str]] = {
     "a module left out": (
         lambda t: _without_row(t, "gateway/ids.py"),
         "gateway/ids.py: not in the module map",
