@@ -6,7 +6,7 @@ and its per-call Python costs more than the script. On this 2-core machine, 64 c
 process: redis-py 6.0k EVALSHA/s, valkey-glide 9.3k, this 26.4k (``loadtest/bench`` measures the gateway
 with it; style.md's notes agree). Everything else (control reads, admin, the worker) stays on redis-py.
 
-What a connection guarantees, as the script client's pool did (``redis_client.guarded_connection``):
+What a connection guarantees, as the script client's pool did (``runner.guarded_connection``):
 - a new connection checks the server's run id against the fence before it carries a call;
 - no call is ever sent twice: a connection that breaks fails every call it carried with ``ConnectionError``
   (the call may or may not have run; a keyed retry gets its first answer);
@@ -46,7 +46,7 @@ class Moved(ResponseError):
 def reply_error(message: str) -> ResponseError:
     """A server's error reply as the redis-py exception the script runner maps: ``NOSCRIPT`` reloads, ``MOVED``
     and the like retry on the right node; the rest (``OOM``, ``READONLY``, ``BUSY``, ``MISCONF``, a script's own
-    error) become ``overloaded`` there (``redis_client.redis_refused``)."""
+    error) become ``overloaded`` there (``runner.redis_refused``)."""
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
     if message.startswith("OOM"):
