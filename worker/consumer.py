@@ -48,6 +48,7 @@ from worker.dead_letters import bury
 from worker.events import Entry
 from worker.faults import crash_point, stalled
 from worker.operations import operations
+from worker.prune import prune_expired
 from worker.trim import trim_streams
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ TRANSIENT = (
     DomainError,
 )
 MAX_BACKOFF_SECONDS = 5.0
+PRUNE_SECONDS = 60.0  # how often the housekeeping lane deletes expired idempotency records from the ledger
 HELD_RELEASE_SECONDS = 1.0  # how often a lane applies held entries whose claim another committed unseen
 
 
@@ -107,6 +109,8 @@ class Consumer:
     sweeper: LockSweeper | None = None
     _swept_at: float = 0.0
     locks_expired: int = 0
+    _pruned_at: float = 0.0
+    idempotency_pruned: int = 0
     _released_at: float = 0.0
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     dead_lettered: int = 0
@@ -227,6 +231,11 @@ class Consumer:
         except DomainError as exc:
             log.warning("lock sweep postponed: %s", exc.message)
 
+    async def prune(self) -> None:
+        """Delete the ledger's expired idempotency records (a bounded pass; the rest wait for the next)."""
+        self._pruned_at = time.monotonic()
+        self.idempotency_pruned += await prune_expired(self.pool)
+
     async def step(self) -> int:
         """Read, persist, deliver, acknowledge one batch; the number of entries acknowledged."""
         batch = await self.persist()
@@ -247,6 +256,8 @@ class Consumer:
             self._trimmed_at = now
         if self.sweeper is not None and now - self._swept_at > self.settings.worker.sweep_seconds:
             await self.sweep()
+        if self.sweeper is not None and now - self._pruned_at > PRUNE_SECONDS:
+            await self.prune()
         if self.reread_pending:
             await self.settled()  # a read from 0 would return the batch in flight again
         if now - self._released_at > HELD_RELEASE_SECONDS:
