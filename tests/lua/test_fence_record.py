@@ -3,6 +3,7 @@ cannot be reached, and only for the very lives of the primaries it names (run id
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -60,3 +61,34 @@ async def test_when_the_ledger_answers_it_judges_whatever_the_record_says(
     fence = Fence()
     await ledger_check.check(redis_client, db, fence)
     assert not fence.is_open and "behind the ledger" in fence.reason
+
+
+class _SlowLedger:
+    """A pool whose marks come only once the test lets them: the check is caught in the middle."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def fetch(self, query: str) -> list[asyncpg.Record]:
+        self.asked.set()
+        await self.answer.wait()
+        return list(await self.pool.fetch(query))
+
+
+async def test_a_fence_closed_on_partitions_behind_keeps_saying_so_while_it_checks_again(
+    redis_client: RedisClient, db: asyncpg.Pool
+) -> None:
+    await db.execute("INSERT INTO partition_marks VALUES ('{w:0}', 999)")
+    fence = Fence()
+    await ledger_check.check(redis_client, db, fence)
+    behind = fence.reason
+    assert "behind the ledger" in behind
+    slow = _SlowLedger(db)
+    again = asyncio.create_task(ledger_check.check(redis_client, slow, fence))  # type: ignore[arg-type]
+    await asyncio.wait_for(slow.asked.wait(), 5)
+    assert fence.reason == behind  # what readiness shows in the middle of the next check
+    slow.answer.set()
+    await again
+    assert fence.reason == behind and not fence.is_open
