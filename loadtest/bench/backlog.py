@@ -97,3 +97,19 @@ async def claims_rows(database_url: str) -> int:
         return int(await conn.fetchval("SELECT count(*) FROM claims"))
     finally:
         await conn.close()
+
+
+# The ledger's tables a claim writes to (with their indexes and TOAST), for the growth per claim.
+LEDGER_TABLES = ("claims", "coupons", "coupon_events", "idempotency_records", "audit", "held_entries")
+
+
+async def ledger_bytes(database_url: str) -> dict[str, int]:
+    """Each ledger table's size on disk, indexes and TOAST included (``pg_total_relation_size``)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {
+            table: int(await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", table))
+            for table in LEDGER_TABLES
+        }
+    finally:
+        await conn.close()

@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from loadtest.bench import servers
-from loadtest.bench.backlog import claims_rows, make_backlog, settled_memory, time_drain
+from loadtest.bench.backlog import claims_rows, ledger_bytes, make_backlog, settled_memory, time_drain
 from loadtest.bench.catalog import Activity
 from loadtest.bench.checks import redis_state, wait_drained, wait_settled
 from loadtest.bench.procs import CpuWatch
@@ -91,6 +91,7 @@ def make(s: Session, activity: Activity, count: int) -> None:
 
 def backlog_phase(s: Session) -> None:
     activity, count = s.activity("backlog"), s.opt("backlog")
+    tables_before = asyncio.run(ledger_bytes(s.pg.url))
     make(s, activity, count)
     existing = asyncio.run(claims_rows(s.pg.url))
     s.say(f"starting one worker on the backlog (the claims table holds {existing:,} rows already)")
@@ -131,3 +132,21 @@ def backlog_phase(s: Session) -> None:
         )
     )
     s.say(f"worker: {rows:,} claims in {total:.1f} s = {rows / total:,.0f} claims/s")
+    ledger_growth(s, tables_before, asyncio.run(ledger_bytes(s.pg.url)), rows)
+
+
+def ledger_growth(s: Session, before: dict[str, int], after: dict[str, int], claims: int) -> None:
+    """Postgres bytes per persisted claim, by table: what a million claims add to the ledger."""
+    grown = {table: after[table] - before[table] for table in after}
+    per_million = ", ".join(f"{table} {grown[table] / claims:,.0f} B" for table in grown)
+    s.figure(
+        Figure(
+            "postgres_bytes_per_claim",
+            "Postgres growth per persisted claim (one coupon each)",
+            sum(grown.values()) / claims,
+            "bytes",
+            f"pg_total_relation_size (indexes and TOAST included) around the backlog of {claims:,} unkeyed"
+            f" claims, by table: {per_million}; WAL not counted; a million such claims add about"
+            f" {sum(grown.values()) / claims * 1e6 / 2**30:,.2f} GiB",
+        )
+    )
