@@ -41,6 +41,12 @@ class Fence:
         self._open = False
         self.reason = reason
 
+    def suspect(self, reason: str) -> None:
+        """A Redis not yet checked: close at once if open; a fence already closed keeps the reason it has (say,
+        partitions behind) until a check gives its verdict, so what readiness shows does not flicker."""
+        if self._open:
+            self.close(reason)
+
     def open(self, run_ids: Iterable[str]) -> None:
         """Redis, as these run ids, holds everything the ledger does."""
         self.verified = frozenset(run_ids)

@@ -63,10 +63,7 @@ async def check(
     if fence.level and run_ids <= fence.verified:
         return
     restarted = bool(fence.verified) and not run_ids <= fence.verified
-    if (
-        fence.level
-    ):  # a Redis it has not checked: closed at once; a fence already closed keeps its reason until
-        fence.close(f"Redis {', '.join(sorted(run_ids))} not yet checked against the ledger")  # the verdict
+    fence.suspect(f"Redis {', '.join(sorted(run_ids))} not yet checked against the ledger")
     lives = await primary_lives(client)
     try:
         behind = await partitions_behind(client, pool)

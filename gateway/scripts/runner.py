@@ -92,10 +92,7 @@ def refuse_unchecked(info_server: str, fence: Fence) -> None:
     """Raise ``UncheckedRedis`` (and close the fence) unless the fence trusts the run id in ``INFO server``."""
     run_id = next((line[7:].strip() for line in info_server.splitlines() if line.startswith("run_id:")), "")
     if not fence.trusts(run_id):
-        if (
-            fence.level
-        ):  # closed already: its reason (say, partitions behind) stays until the next check's verdict
-            fence.close(f"Redis {run_id or '?'} is not yet checked against the ledger")
+        fence.suspect(f"Redis {run_id or '?'} is not yet checked against the ledger")
         raise UncheckedRedis(f"Redis {run_id} not yet checked against the ledger")
 
 
