@@ -49,7 +49,3 @@ def new_id() -> str:
         bits = fresh
     _last[:] = [ms, bits]
     return f"{ms:012x}{bits:016x}"
-
-
-def new_ids(count: int) -> list[str]:
-    return [new_id() for _ in range(count)]

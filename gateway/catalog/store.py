@@ -120,13 +120,6 @@ async def list_activities(pool: asyncpg.Pool, *, before: str | None, limit: int)
     return [_activity(row) for row in rows]
 
 
-async def activity_allow_list(pool: asyncpg.Pool, activity_id: str) -> list[str]:
-    raw = await pool.fetchval(
-        "SELECT eligibility -> 'users' FROM activities WHERE activity_id = $1", activity_id
-    )
-    return msgspec.json.decode(raw, type=list[str]) if raw else []
-
-
 async def persisted_claims(pool: asyncpg.Pool, activity_id: str) -> int:
     """Packs of this activity the ledger holds (claims, grants, redeemed codes)."""
     count: int = await pool.fetchval("SELECT count(*) FROM claims WHERE activity_id = $1", activity_id)
