@@ -47,8 +47,8 @@ from worker import sink
 from worker.dead_letters import bury
 from worker.events import Entry
 from worker.faults import crash_point, stalled
+from worker.housekeeping import Housekeeping
 from worker.operations import operations
-from worker.prune import prune_expired
 from worker.trim import trim_streams
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ TRANSIENT = (
     DomainError,
 )
 MAX_BACKOFF_SECONDS = 5.0
-PRUNE_SECONDS = 60.0  # how often the housekeeping lane deletes expired idempotency records from the ledger
 HELD_RELEASE_SECONDS = 1.0  # how often a lane applies held entries whose claim another committed unseen
 
 
@@ -106,11 +105,7 @@ class Consumer:
     _autoclaim_at: float = 0.0
     _trimmed_at: float = 0.0
     trimmed: int = 0
-    sweeper: LockSweeper | None = None
-    _swept_at: float = 0.0
-    locks_expired: int = 0
-    _pruned_at: float = 0.0
-    idempotency_pruned: int = 0
+    housekeeping: Housekeeping | None = None  # on one lane only: the sweeps and the ledger's pruning
     _released_at: float = 0.0
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     dead_lettered: int = 0
@@ -222,20 +217,6 @@ class Consumer:
             else:
                 self.failures[key] = count
 
-    async def sweep(self) -> None:
-        """Mark lapsed checkout locks expired; a fenced Redis waits for the next pass."""
-        self._swept_at = time.monotonic()
-        assert self.sweeper is not None
-        try:
-            self.locks_expired += await self.sweeper.sweep(now=int(clock.now()))
-        except DomainError as exc:
-            log.warning("lock sweep postponed: %s", exc.message)
-
-    async def prune(self) -> None:
-        """Delete the ledger's expired idempotency records (a bounded pass; the rest wait for the next)."""
-        self._pruned_at = time.monotonic()
-        self.idempotency_pruned += await prune_expired(self.pool)
-
     async def step(self) -> int:
         """Read, persist, deliver, acknowledge one batch; the number of entries acknowledged."""
         batch = await self.persist()
@@ -254,10 +235,8 @@ class Consumer:
         if now - self._trimmed_at > self.settings.worker.trim_seconds:
             self.trimmed += await trim_streams(self.client, self.streams)
             self._trimmed_at = now
-        if self.sweeper is not None and now - self._swept_at > self.settings.worker.sweep_seconds:
-            await self.sweep()
-        if self.sweeper is not None and now - self._pruned_at > PRUNE_SECONDS:
-            await self.prune()
+        if self.housekeeping is not None:
+            await self.housekeeping.run_due()
         if self.reread_pending:
             await self.settled()  # a read from 0 would return the batch in flight again
         if now - self._released_at > HELD_RELEASE_SECONDS:
@@ -322,9 +301,9 @@ class Consumer:
 
     def lanes(self) -> list[Consumer]:
         """This consumer split in two over its clients: activities' streams, then every other stream (with the
-        lock sweeper). Each lane has its own streams, batch in flight and failure counts."""
+        housekeeping). Each lane has its own streams, batch in flight and failure counts."""
         return [
-            dataclasses.replace(self, lane=is_activity_stream, streams=[], failures={}, sweeper=None),
+            dataclasses.replace(self, lane=is_activity_stream, streams=[], failures={}, housekeeping=None),
             dataclasses.replace(self, lane=is_other_stream, streams=[], failures={}),
         ]
 
@@ -370,7 +349,8 @@ async def start_consumer(settings: Settings, fence: Fence | None = None) -> Cons
     except (OSError, asyncpg.PostgresError) as exc:
         log.warning("Postgres unreachable at start: %r", exc)
     claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds)
-    return Consumer(settings, redis, pool, claims, sweeper=LockSweeper(redis.runner, keyspace))
+    chores = Housekeeping(settings, pool, LockSweeper(redis.runner, keyspace))
+    return Consumer(settings, redis, pool, claims, housekeeping=chores)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:

@@ -376,8 +376,9 @@ async def test_the_workers_sweep_persists_lock_expired(consumer: Consumer) -> No
     await shop.checkout.lock(USER, "o1", shop.first, LINES, now=t0 + 10)  # held until t0 + 70, long past
 
     swept_at = int(time.time())
-    await consumer.sweep()
-    assert consumer.locks_expired == 1
+    assert consumer.housekeeping is not None
+    await consumer.housekeeping.sweep_locks()
+    assert consumer.housekeeping.locks_expired == 1
     [expired] = [e for e in await shop.stream() if e.type == "lock_expired"]
     assert expired.fields["coupon"] == shop.first
     await drain(consumer)

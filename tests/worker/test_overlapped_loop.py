@@ -157,7 +157,7 @@ async def test_the_two_lanes_share_out_every_stream(small_batches: Consumer) -> 
     assert not set(claims_lane.streams) & set(others_lane.streams)
     assert set(claims_lane.streams) | set(others_lane.streams) == set(consumer.streams)
     assert all(s.startswith("{a:") for s in claims_lane.streams)
-    assert claims_lane.sweeper is None and others_lane.sweeper is consumer.sweeper
+    assert claims_lane.housekeeping is None and others_lane.housekeeping is consumer.housekeeping
 
 
 async def test_two_lanes_drain_a_backlog_once(small_batches: Consumer) -> None:

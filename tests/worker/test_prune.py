@@ -37,7 +37,7 @@ async def test_only_expired_records_leave_a_bounded_pass_at_a_time(consumer: Con
 async def test_the_worker_prunes_a_keyed_claims_record_once_it_expires(
     consumer: Consumer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.consumer.PRUNE_SECONDS", 0.0)  # due at every step
+    monkeypatch.setattr("worker.housekeeping.PRUNE_SECONDS", 0.0)  # due at every step
     activity_id = await make_activity(consumer, stock=10, per_user_limit=1)
     now = int(clock.now())
     await consumer.claims.claim(activity_id, UserIdentity("u1", "d1"), now=now, idempotency_key="retry-1")
@@ -48,12 +48,13 @@ async def test_the_worker_prunes_a_keyed_claims_record_once_it_expires(
     clock.set_to(expires_at - 1)
     await consumer.step()
     assert await consumer.pool.fetchval("SELECT count(*) FROM idempotency_records") == 1
-    assert consumer.idempotency_pruned == 0
+    assert consumer.housekeeping is not None
+    assert consumer.housekeeping.idempotency_pruned == 0
 
     clock.set_to(expires_at)
     await consumer.step()
     assert await consumer.pool.fetchval("SELECT count(*) FROM idempotency_records") == 0
-    assert consumer.idempotency_pruned == 1
+    assert consumer.housekeeping.idempotency_pruned == 1
 
 
 async def test_a_postgres_away_postpones_the_pass_without_failing_the_lane(
