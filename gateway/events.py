@@ -224,6 +224,25 @@ class LockExpired(CouponChanged, tag="lock_expired"):
     pass
 
 
+class OrderArchived(Event, tag="order_archived"):
+    """A finished order left Redis (the retention passed): the ledger answers for it from now on."""
+
+    user_id: str = msgspec.field(name="user")
+    order_id: str = msgspec.field(name="order")
+    status: str  # the order's final status
+    order_version: int
+
+
+class CouponArchived(Event, tag="coupon_archived"):
+    """A final coupon left Redis and its owner's index (the retention passed)."""
+
+    user_id: str = msgspec.field(name="user")
+    activity_id: str = msgspec.field(name="activity")
+    coupon_id: str = msgspec.field(name="coupon")
+    status: str  # the coupon's final status
+    version: int
+
+
 class IdempotencyRecorded(Event, tag="idempotency_recorded"):
     idem_key: str = msgspec.field(name="idem")
     idem_hash: str
@@ -287,6 +306,8 @@ AnyEvent = (
     | Released
     | Refunded
     | LockExpired
+    | OrderArchived
+    | CouponArchived
     | IdempotencyRecorded
     | CodesStored
     | CodesDropped

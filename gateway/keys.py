@@ -114,6 +114,19 @@ class WalletKeys(Partition):
         return f"{self.tag}:orders"
 
     @property
+    def finished(self) -> str:
+        """Final coupon ids (nothing can change them any more) scored by when they became final: the expiry
+        sweep adds them, the retention sweep removes them from Redis once the retention has passed."""
+        return f"{self.tag}:final"
+
+    @property
+    def finished_orders(self) -> str:
+        """Finished orders' fields (released, expired, refunded; redeemed ones once their coupon's validity
+        ended) scored by when they finished; a lock on the order again takes it out. The retention sweep
+        removes them from Redis once the retention has passed."""
+        return f"{self.tag}:done"
+
+    @property
     def locks(self) -> str:
         """Locked coupon ids scored by their deadline: what the sweeper looks at."""
         return f"{self.tag}:locks"

@@ -80,6 +80,10 @@ class OpsSettings(msgspec.Struct, frozen=True):
     worker_port: int = 9181  # the worker's
 
 
+class RetentionSettings(msgspec.Struct, frozen=True):
+    seconds: int = 30 * 86_400  # placeholder until CLAIMGATE_RETENTION lands (branch keyret)
+
+
 class Settings(msgspec.Struct, frozen=True):
     redis: RedisSettings
     postgres: PostgresSettings
@@ -89,6 +93,7 @@ class Settings(msgspec.Struct, frozen=True):
     shed: ShedSettings = ShedSettings()
     checkout: CheckoutSettings = CheckoutSettings()
     ops: OpsSettings = OpsSettings()
+    retention: RetentionSettings = RetentionSettings()
 
 
 def _lanes(env: Mapping[str, str]) -> int:

@@ -10,8 +10,9 @@ KEYS[2] orders    hash   {w:n}:orders    "<user>/<order>" -> JSON {coupon, statu
                                          version, returned?}; status locked, redeemed, released, refunded, expired
 KEYS[3] locks     zset   {w:n}:locks     locked coupon id -> its deadline (the sweeper's index)
 KEYS[4] counters  hash   {w:n}:counters  "<activity>|locked", "|redeemed", "|redeemed_value"
-KEYS[5] seq       string {w:n}:seq       the partition's event sequence
-KEYS[6] events    stream {w:n}:events    the partition's ledger stream
+KEYS[5] done      zset   {w:n}:done      finished order fields -> when they finished (retain_orders)
+KEYS[6] seq       string {w:n}:seq       the partition's event sequence
+KEYS[7] events    stream {w:n}:events    the partition's ledger stream
 ARGV[1] now           unix seconds
 ARGV[2] event_id      gateway-made
 ARGV[3] user_id
@@ -35,7 +36,7 @@ EVENT locked
 local integer = integer_reader("lock")
 
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
-local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
+local counters_key, done_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now, event_id, user_id, order_id, coupon_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local discount, split, lock_seconds = ARGV[6], ARGV[7], integer(ARGV[8], "lock_seconds")
 if discount ~= "" and integer(discount, "discount") < 0 then
@@ -109,6 +110,7 @@ local new_order = {
   locked_until = locked_until, version = order_version + 1,
 }
 redis.call("HSET", orders_key, order_field, cjson.encode(new_order))
+redis.call("ZREM", done_key, order_field)
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*", "type", "locked", "v", 2, "id", event_id, "seq", seq, "at", now,
   checkout_fields(user_id, coupon_id, coupon, {

@@ -7,8 +7,9 @@ KEYS[1] coupons   hash   {w:n}:coupons   coupon id -> JSON record (lock.lua)
 KEYS[2] orders    hash   {w:n}:orders    "<user>/<order>" -> JSON order (lock.lua)
 KEYS[3] locks     zset   {w:n}:locks     locked coupon id -> its deadline
 KEYS[4] counters  hash   {w:n}:counters  "<activity>|locked", "|redeemed", "|redeemed_value"
-KEYS[5] seq       string {w:n}:seq       the partition's event sequence
-KEYS[6] events    stream {w:n}:events    the partition's ledger stream
+KEYS[5] done      zset   {w:n}:done      finished order fields -> when they finished (retain_orders)
+KEYS[6] seq       string {w:n}:seq       the partition's event sequence
+KEYS[7] events    stream {w:n}:events    the partition's ledger stream
 ARGV[1] now       unix seconds
 ARGV[2] event_id  gateway-made
 ARGV[3] user_id
@@ -26,7 +27,7 @@ EVENT redeemed
 local integer = integer_reader("redeem")
 
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
-local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
+local counters_key, done_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now, event_id, user_id, order_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
 if order_id == nil then
   error("redeem: all 4 arguments must be given")
@@ -46,6 +47,9 @@ if order.status == "refunded" then
   return {"coupon_unavailable"}
 end
 local coupon = coupon_of(coupons_key, order)
+if not coupon then
+  return {"coupon_unavailable"}  -- final and past the retention: it left Redis
+end
 local was_locked = coupon.status == "locked"
 local held = was_locked and coupon.order == order_id and not lock_lapsed(coupon, now)
 if not held then
@@ -66,6 +70,7 @@ redis.call("HINCRBY", counters_key, coupon.activity .. "|redeemed", 1)
 redis.call("HINCRBY", counters_key, coupon.activity .. "|redeemed_value", order.discount)
 order.status, order.locked_until, order.version = "redeemed", nil, order.version + 1
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
+redis.call("ZADD", done_key, math.max(now, tonumber(coupon.valid_until)), order_field)
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*", "type", "redeemed", "v", 2, "id", event_id, "seq", seq, "at", now,
   checkout_fields(user_id, order.coupon, coupon, {

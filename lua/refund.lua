@@ -5,8 +5,9 @@ its validity it stays redeemed and the answer says returned false. A repeat answ
 KEYS[1] coupons   hash   {w:n}:coupons   coupon id -> JSON record (lock.lua)
 KEYS[2] orders    hash   {w:n}:orders    "<user>/<order>" -> JSON order (lock.lua)
 KEYS[3] counters  hash   {w:n}:counters  "<activity>|locked", "|redeemed", "|redeemed_value"
-KEYS[4] seq       string {w:n}:seq       the partition's event sequence
-KEYS[5] events    stream {w:n}:events    the partition's ledger stream
+KEYS[4] done      zset   {w:n}:done      finished order fields -> when they finished (retain_orders)
+KEYS[5] seq       string {w:n}:seq       the partition's event sequence
+KEYS[6] events    stream {w:n}:events    the partition's ledger stream
 ARGV[1] now       unix seconds
 ARGV[2] event_id  gateway-made
 ARGV[3] user_id
@@ -22,7 +23,8 @@ EVENT refunded       the coupon's version moves only when it is returned ("versi
 --#include checkout_event
 local integer = integer_reader("refund")
 
-local coupons_key, orders_key, counters_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local coupons_key, orders_key, counters_key = KEYS[1], KEYS[2], KEYS[3]
+local done_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
 local now, event_id, user_id, order_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
 if order_id == nil then
   error("refund: all 4 arguments must be given")
@@ -46,6 +48,9 @@ if order.status ~= "redeemed" then
 end
 
 local coupon = coupon_of(coupons_key, order)
+if not coupon then
+  return {"coupon_unavailable"}  -- never while the order is here: retain_coupons keeps a paid order's coupon
+end
 local returned = now < tonumber(coupon.valid_until)
 local version = ""
 if returned then
@@ -58,6 +63,7 @@ if returned then
 end
 order.status, order.returned, order.version = "refunded", returned, order.version + 1
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
+redis.call("ZADD", done_key, now, order_field)
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*", "type", "refunded", "v", 2, "id", event_id, "seq", seq, "at", now,
   checkout_fields(user_id, order.coupon, coupon, {

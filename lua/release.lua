@@ -7,8 +7,9 @@ KEYS[1] coupons   hash   {w:n}:coupons   coupon id -> JSON record (lock.lua)
 KEYS[2] orders    hash   {w:n}:orders    "<user>/<order>" -> JSON order (lock.lua)
 KEYS[3] locks     zset   {w:n}:locks     locked coupon id -> its deadline
 KEYS[4] counters  hash   {w:n}:counters  "<activity>|locked", "|redeemed", "|redeemed_value"
-KEYS[5] seq       string {w:n}:seq       the partition's event sequence
-KEYS[6] events    stream {w:n}:events    the partition's ledger stream
+KEYS[5] done      zset   {w:n}:done      finished order fields -> when they finished (retain_orders)
+KEYS[6] seq       string {w:n}:seq       the partition's event sequence
+KEYS[7] events    stream {w:n}:events    the partition's ledger stream
 ARGV[1] now       unix seconds
 ARGV[2] event_id  gateway-made
 ARGV[3] user_id
@@ -28,7 +29,7 @@ EVENT released
 local integer = integer_reader("release")
 
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
-local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
+local counters_key, done_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now, event_id, user_id, order_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
 if order_id == nil then
   error("release: all 4 arguments must be given")
@@ -50,6 +51,9 @@ if order.status == "released" then
   return {"replay", answer("available")}
 end
 local coupon = coupon_of(coupons_key, order)
+if not coupon then
+  return {"replay", answer("expired")}  -- final and past the retention: it left Redis
+end
 if order.status ~= "locked" or coupon.status ~= "locked" or coupon.order ~= order_id then
   return {"replay", answer(shown_status(coupon, now))}
 end
@@ -61,6 +65,7 @@ redis.call("ZREM", locks_key, order.coupon)
 redis.call("HINCRBY", counters_key, coupon.activity .. "|locked", -1)
 order.status, order.locked_until, order.version = "released", nil, order.version + 1
 redis.call("HSET", orders_key, order_field, cjson.encode(order))
+redis.call("ZADD", done_key, now, order_field)
 local seq = redis.call("INCR", seq_key)
 redis.call("XADD", events_key, "*", "type", "released", "v", 2, "id", event_id, "seq", seq, "at", now,
   checkout_fields(user_id, order.coupon, coupon, {

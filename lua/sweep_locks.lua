@@ -8,8 +8,9 @@ KEYS[1] coupons   hash   {w:n}:coupons   coupon id -> JSON record (lock.lua)
 KEYS[2] orders    hash   {w:n}:orders    "<user>/<order>" -> JSON order (lock.lua)
 KEYS[3] locks     zset   {w:n}:locks     locked coupon id -> its deadline
 KEYS[4] counters  hash   {w:n}:counters  "<activity>|locked", "|redeemed", "|redeemed_value"
-KEYS[5] seq       string {w:n}:seq       the partition's event sequence
-KEYS[6] events    stream {w:n}:events    the partition's ledger stream
+KEYS[5] done      zset   {w:n}:done      finished order fields -> when they finished (retain_orders)
+KEYS[6] seq       string {w:n}:seq       the partition's event sequence
+KEYS[7] events    stream {w:n}:events    the partition's ledger stream
 ARGV[1] now        unix seconds
 ARGV[2] event_id   gateway-made; the n-th expiry of this pass is recorded as "<event_id>.<n>"
 ARGV[3] limit      most locks expired in one pass
@@ -23,7 +24,7 @@ EVENT lock_expired
 local integer = integer_reader("sweep_locks")
 
 local coupons_key, orders_key, locks_key = KEYS[1], KEYS[2], KEYS[3]
-local counters_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6]
+local counters_key, done_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now, event_id, limit = integer(ARGV[1], "now"), ARGV[2], integer(ARGV[3], "limit")
 
 local expired = 0
@@ -44,6 +45,7 @@ for _, coupon_id in ipairs(due) do
     if order and order.status == "locked" and order.coupon == coupon_id then
       order.status, order.locked_until, order.version = "expired", nil, order.version + 1
       redis.call("HSET", orders_key, order_field, cjson.encode(order))
+      redis.call("ZADD", done_key, now, order_field)
       order_status, order_version, discount, split = "expired", order.version, order.discount, order.split
     end
     expired = expired + 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gateway import clock
+from gateway.checkout.retention import WalletRetention
 from gateway.checkout.service import LockSweeper
 from gateway.outcomes import DomainError
 from gateway.settings import Settings
@@ -20,6 +21,7 @@ from worker.prune import prune_expired
 
 log = logging.getLogger(__name__)
 PRUNE_SECONDS = 60.0  # how often expired idempotency records are deleted from the ledger
+RETAIN_SECONDS = 60.0  # how often final coupons and finished orders past the retention leave Redis
 
 
 @dataclass
@@ -27,10 +29,14 @@ class Housekeeping:
     settings: Settings
     pool: asyncpg.Pool
     locks: LockSweeper
+    wallets: WalletRetention | None = None
     locks_expired: int = 0
+    coupons_archived: int = 0
+    orders_archived: int = 0
     idempotency_pruned: int = 0
     _swept_at: float = 0.0
     _pruned_at: float = 0.0
+    _retained_at: float = 0.0
 
     async def run_due(self) -> None:
         """Every chore whose interval has passed, one bounded pass each."""
@@ -39,6 +45,8 @@ class Housekeeping:
             await self.sweep_locks()
         if now - self._pruned_at > PRUNE_SECONDS:
             await self.prune()
+        if self.wallets is not None and now - self._retained_at > RETAIN_SECONDS:
+            await self.retain_wallets()
 
     async def sweep_locks(self) -> None:
         """Mark lapsed checkout locks expired; a fenced Redis waits for the next pass."""
@@ -52,3 +60,15 @@ class Housekeeping:
         """Delete the ledger's expired idempotency records (a bounded pass; the rest wait for the next)."""
         self._pruned_at = time.monotonic()
         self.idempotency_pruned += await prune_expired(self.pool)
+
+    async def retain_wallets(self) -> None:
+        """Final coupons and finished orders past the retention leave Redis; a fenced Redis waits."""
+        self._retained_at = time.monotonic()
+        assert self.wallets is not None
+        try:
+            removed = await self.wallets.sweep(now=int(clock.now()))
+        except DomainError as exc:
+            log.warning("wallet retention postponed: %s", exc.message)
+            return
+        self.coupons_archived += removed.coupons
+        self.orders_archived += removed.orders

@@ -10,6 +10,8 @@ local function find_order(orders_key, order_field)
   return raw and cjson.decode(raw)
 end
 
+-- The order's coupon decoded, or false once it left Redis (final, past the retention: retain_coupons).
 local function coupon_of(coupons_key, order)
-  return cjson.decode(redis.call("HGET", coupons_key, order.coupon))
+  local raw = redis.call("HGET", coupons_key, order.coupon)
+  return raw and cjson.decode(raw)
 end

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from gateway.codes.batches import batch_record
 from gateway.keys import BLOCKLIST, KeySpace, Partition
-from gateway.scripts.calls.checkout import CheckoutKeys
+from gateway.scripts.calls.checkout import CheckoutKeys, RefundKeys, RetainCouponsKeys, RetainOrdersKeys
 from gateway.scripts.runner import ScriptRunner
 from tests.lua.support import DAY, HASH_A, NOW, Claimer, activity_config, deliver, put_activity
 
@@ -105,7 +105,7 @@ async def checkout_scripts(rec: Recorder, answer: str) -> None:
     )
     assert delivered == ["ok"], delivered
     first, second = (coupon["coupon_id"] for coupon in json.loads(answer)["coupons"])
-    refund_keys = [wallet.coupons, wallet.orders, wallet.counters, wallet.seq, wallet.events]
+    refund_keys = list(RefundKeys.of(wallet))
     late = NOW + 8 * DAY
     steps: list[tuple[int, str, list[Any]]] = [
         (NOW, "lock", ["o1", first, "100", SPLIT, LOCK_SECONDS]),
@@ -125,6 +125,12 @@ async def checkout_scripts(rec: Recorder, answer: str) -> None:
         keys = refund_keys if script == "refund" else list(CheckoutKeys.of(wallet))
         user = [] if script == "sweep_locks" else ["u1"]
         await rec.run(script, keys, [now, f"ev-{script}-{n}", *user, *rest])
+    # The retention passed: every order leaves, then the second coupon (final since its validity ended).
+    far, retention = late + 40 * DAY, 30 * DAY
+    await rec.run("retain_orders", list(RetainOrdersKeys.of(wallet)), [far, "ev-retain-o", far - retention, 100])
+    await rec.runner.client.zadd(wallet.finished, {second: late})  # as the expiry sweep leaves it
+    coupon_keys = list(RetainCouponsKeys.of(wallet, "u1"))
+    await rec.run("retain_coupons", coupon_keys, [far, "ev-retain-c", far - retention, "u1", json.dumps([second])])
 
 
 async def code_scripts(rec: Recorder) -> None:

@@ -158,6 +158,8 @@ SAMPLE_KEYS: dict[str, Sequence[str]] = {
     "restore_wallet": restore.RestoreWalletKeys.of(WALLET, "u1"),
     "set_status": catalog.ActivityChangeKeys.of(ACT),
     "sweep_locks": checkout.CheckoutKeys.of(WALLET),
+    "retain_orders": checkout.RetainOrdersKeys.of(WALLET),
+    "retain_coupons": checkout.RetainCouponsKeys.of(WALLET, "u1"),
     "wallet_page": checkout.WalletPageKeys.of(WALLET, "u1"),
 }
 

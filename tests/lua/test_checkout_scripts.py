@@ -30,7 +30,16 @@ VALID_FROM, VALID_UNTIL = NOW - DAY, NOW + 7 * DAY
 LOCK_SECONDS = 600
 DISCOUNT = 500
 SPLIT = '[{"sku":"sku-1","amount":300},{"sku":"sku-2","amount":200}]'
-EVERY_KEY = {WALLET.coupons, WALLET.orders, WALLET.locks, WALLET.counters, WALLET.seq, WALLET.events}
+FIELD = order_field(USER, ORDER)
+EVERY_KEY = {
+    WALLET.coupons,
+    WALLET.orders,
+    WALLET.locks,
+    WALLET.counters,
+    WALLET.seq,
+    WALLET.events,
+    WALLET.finished_orders,
+}
 
 
 # --- putting coupons in the wallet, calling the scripts -------------------------------------------------------
@@ -263,7 +272,7 @@ async def test_lock_locks_the_coupon_to_the_order(runner: ScriptRunner, redis_cl
     until = NOW + 5 + LOCK_SECONDS
     assert answer == lock_answer(until=until)
     after = await snapshot(redis_client)
-    assert changed(before, after) == EVERY_KEY
+    assert changed(before, after) == EVERY_KEY - {WALLET.finished_orders}  # a live order is not finished
     locked = record("locked", 2, order=ORDER, locked_until=until, discount=DISCOUNT)
     assert coupon_in(after) == locked
     assert order_in(after) == order_record("locked", 1, locked_until=until)
@@ -389,7 +398,7 @@ async def test_another_order_takes_over_a_lapsed_lock(
     until = at + LOCK_SECONDS
     assert answer == lock_answer(ORDER_2, until=until)
     after = await snapshot(redis_client)
-    assert changed(before, after) == EVERY_KEY - {WALLET.counters}  # still one locked coupon
+    assert changed(before, after) == EVERY_KEY - {WALLET.counters, WALLET.finished_orders}  # still one locked
     locked = record("locked", 3, order=ORDER_2, locked_until=until, discount=DISCOUNT)
     assert coupon_in(after) == locked
     assert order_in(after, ORDER_2) == order_record("locked", 1, locked_until=until)
@@ -427,7 +436,7 @@ async def test_the_same_order_locks_again_after_its_own_lock_lapsed(
     until = at + LOCK_SECONDS
     assert first_answer == lock_answer(until=until)
     after = await snapshot(redis_client)
-    assert changed(before, after) == EVERY_KEY - {WALLET.counters}
+    assert changed(before, after) == EVERY_KEY - {WALLET.counters, WALLET.finished_orders}
     locked = record("locked", 3, order=ORDER, locked_until=until, discount=DISCOUNT)
     assert coupon_in(after) == locked
     assert order_in(after) == order_record("locked", 2, locked_until=until)
@@ -474,6 +483,8 @@ async def test_redeem_redeems_the_coupon(runner: ScriptRunner, redis_client: Red
     redeemed = record("redeemed", 3, order=ORDER, discount=DISCOUNT)
     assert coupon_in(after) == redeemed
     assert order_in(after) == order_record("redeemed", 2)
+    # a refund may still return the coupon until its validity ends: the order finishes then
+    assert value_of(after, WALLET.finished_orders) == [(FIELD, float(VALID_UNTIL))]
     assert value_of(after, WALLET.locks) is None  # its entry removed, the index empty
     assert value_of(after, WALLET.counters) == REDEEMED_COUNTERS
     assert value_of(after, WALLET.seq) == "3"
@@ -602,6 +613,7 @@ async def test_release_makes_the_coupon_available(
     available = record("available", 3)  # order, locked_until and discount gone
     assert coupon_in(after) == available
     assert order_in(after) == order_record("released", 2)
+    assert value_of(after, WALLET.finished_orders) == [(FIELD, float(at))]
     assert value_of(after, WALLET.locks) is None
     assert value_of(after, WALLET.counters) == {f"{ACTIVITY}|locked": "0"}
     assert value_of(after, WALLET.seq) == "3"
@@ -713,6 +725,7 @@ async def test_refund_within_validity_returns_the_coupon(
     available = record("available", 4)
     assert coupon_in(after) == available
     assert order_in(after) == order_record("refunded", 3, returned=True)
+    assert value_of(after, WALLET.finished_orders) == [(FIELD, float(at))]  # refunded: finished now
     assert value_of(after, WALLET.locks) is None
     assert value_of(after, WALLET.counters) == {
         f"{ACTIVITY}|locked": "0",
@@ -830,6 +843,9 @@ async def test_sweep_expires_only_lapsed_locks(runner: ScriptRunner, redis_clien
     assert order_in(after, ORDER) == order_record("expired", 2)
     assert order_in(after, ORDER_2) == order_record("expired", 2, coupon_id=COUPON_2)
     assert order_in(after, ORDER_3) == order_in(before, ORDER_3)
+    assert value_of(after, WALLET.finished_orders) == sorted(
+        [(FIELD, float(at)), (order_field(USER, ORDER_2), float(at))]
+    )
     assert value_of(after, WALLET.locks) == [(COUPON_3, float(NOW + 200 + LOCK_SECONDS))]
     assert value_of(after, WALLET.counters) == {f"{ACTIVITY}|locked": "1"}
     assert value_of(after, WALLET.seq) == "8"
@@ -898,7 +914,7 @@ async def test_sweep_expires_a_lock_its_order_moved_on_from(
     assert await sweep(runner, now=at, event_id="e-s") == ["ok", 1, 1]
 
     after = await snapshot(redis_client)
-    assert changed(before, after) == EVERY_KEY - {WALLET.orders}
+    assert changed(before, after) == EVERY_KEY - {WALLET.orders, WALLET.finished_orders}  # ORDER moved on
     available = record("available", 3)
     assert coupon_in(after) == available
     assert value_of(after, WALLET.locks) == [(COUPON_2, float(NOW + 2 * LOCK_SECONDS))]

@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from gateway.codes.batches import batch_record
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.scripts.calls.checkout import CheckoutKeys, RefundKeys
+from gateway.scripts.calls.checkout import CheckoutKeys, RefundKeys, RetainCouponsKeys, RetainOrdersKeys
 from gateway.scripts.calls.claim import ClaimKeys
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import ScriptRunner
@@ -359,6 +359,20 @@ async def set_status(runner: ScriptRunner) -> Call:
 async def sweep_locks(runner: ScriptRunner) -> Call:
     await a_lock(runner)
     return Call(CheckoutKeys.of(WALLET), [NOW + 700, "ev", 100])
+
+
+@scenario("retain_orders")
+async def retain_orders(runner: ScriptRunner) -> Call:
+    await a_lock(runner)
+    await runner.run("release", CheckoutKeys.of(WALLET), [NOW + 1, "ev-r", USER, "o1"])
+    return Call(RetainOrdersKeys.of(WALLET), [NOW + 100, "ev", NOW + 50, 100])
+
+
+@scenario("retain_coupons")
+async def retain_coupons(runner: ScriptRunner) -> Call:
+    await a_coupon(runner)
+    await runner.client.zadd(WALLET.finished, {"c1.1": NOW})
+    return Call(RetainCouponsKeys.of(WALLET, USER), [NOW + 100, "ev", NOW + 50, USER, '["c1.1"]'])
 
 
 @scenario("wallet_page")

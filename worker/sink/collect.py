@@ -20,6 +20,7 @@ from gateway.events import (
     CodesReserved,
     CodesStored,
     CodesVoided,
+    CouponArchived,
     CouponChanged,
     Delivered,
     Event,
@@ -27,6 +28,7 @@ from gateway.events import (
     IdempotencyRecorded,
     Locked,
     LockExpired,
+    OrderArchived,
     Redeemed,
     Refunded,
     Released,
@@ -41,9 +43,11 @@ from worker.sink.rows import (
     BatchChangeRow,
     BlocklistRow,
     ClaimRow,
+    CouponArchivedRow,
     CouponEventRow,
     CouponRow,
     IdempotencyRow,
+    OrderArchivedRow,
     OrderRow,
     RedeemedCodeRow,
     Rows,
@@ -198,6 +202,15 @@ def _coupon_changed(rows: Rows, entry: Entry, event: CouponChanged) -> None:
         rows.orders.append((entry, order))
 
 
+def _archived(rows: Rows, entry: Entry, event: CouponArchived | OrderArchived) -> None:
+    """A final coupon or a finished order left Redis: the ledger answers for it from now on."""
+    if isinstance(event, CouponArchived):
+        rows.coupons_archived.append((entry, CouponArchivedRow(event.coupon_id, event.version, event.at)))
+    else:
+        order = OrderArchivedRow(event.user_id, event.order_id, event.order_version, event.at)
+        rows.orders_archived.append((entry, order))
+
+
 def _recorded(rows: Rows, entry: Entry, event: GrantCallRecorded | IdempotencyRecorded) -> None:
     record = IdempotencyRow(
         event.idem_key, entry.partition, event.idem_hash, entry.fields["answer"], event.idem_expires
@@ -287,6 +300,8 @@ APPLY: dict[type[Event], Callable[[Rows, Entry, Any], None]] = {
     Released: _coupon_changed,
     Refunded: _coupon_changed,
     LockExpired: _coupon_changed,
+    CouponArchived: _archived,
+    OrderArchived: _archived,
     GrantCallRecorded: _recorded,
     IdempotencyRecorded: _recorded,
     CodesStored: _marks_only,

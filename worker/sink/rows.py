@@ -134,6 +134,19 @@ class BlocklistRow(NamedTuple):
     seq: int
 
 
+class CouponArchivedRow(NamedTuple):
+    coupon_id: str
+    version: int
+    at: int
+
+
+class OrderArchivedRow(NamedTuple):
+    user_id: str
+    order_id: str
+    version: int
+    at: int
+
+
 class MarkRow(NamedTuple):
     partition: str
     seq: int
@@ -179,6 +192,8 @@ class Rows:
     coupon_events: list[tuple[Entry, CouponEventRow]] = field(default_factory=list)
     orders: list[tuple[Entry, OrderRow]] = field(default_factory=list)
     redeemed_codes: list[tuple[Entry, RedeemedCodeRow]] = field(default_factory=list)
+    coupons_archived: list[tuple[Entry, CouponArchivedRow]] = field(default_factory=list)
+    orders_archived: list[tuple[Entry, OrderArchivedRow]] = field(default_factory=list)
     batch_changes: dict[str, BatchChangeRow] = field(default_factory=dict)
     audit: list[AuditRow] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)

@@ -9,11 +9,13 @@ from worker.sink.rows import (
     BlocklistRow,
     ClaimRow,
     ConflictRow,
+    CouponArchivedRow,
     CouponEventRow,
     CouponRow,
     HeldRow,
     IdempotencyRow,
     MarkRow,
+    OrderArchivedRow,
     OrderRow,
     RedeemedCodeRow,
     columns,
@@ -125,6 +127,18 @@ UPDATE code_batches AS b SET reserved = b.reserved OR u.reserved, voided = b.voi
     state = CASE WHEN u.voided THEN 'void' ELSE b.state END
 FROM {unnest(BatchChangeRow)} AS u({columns(BatchChangeRow)})
 WHERE b.batch_id = u.batch_id
+"""
+# A coupon or order that left Redis (retain_orders, retain_coupons), at the version it left with: a row already
+# archived, or moved on since (a restore that brought it back and changed it), keeps what it has.
+ARCHIVE_COUPONS = f"""
+UPDATE coupons AS c SET archived_at = u.at
+FROM {unnest(CouponArchivedRow)} AS u({columns(CouponArchivedRow)})
+WHERE c.coupon_id = u.coupon_id AND c.version = u.version AND c.archived_at IS NULL
+"""
+ARCHIVE_ORDERS = f"""
+UPDATE orders AS o SET archived_at = u.at
+FROM {unnest(OrderArchivedRow)} AS u({columns(OrderArchivedRow)})
+WHERE o.user_id = u.user_id AND o.order_id = u.order_id AND o.version = u.version AND o.archived_at IS NULL
 """
 UPSERT_MARKS = f"""
 INSERT INTO partition_marks AS m ({columns(MarkRow)})

@@ -15,10 +15,12 @@ from worker.sink.rows import (
     BatchChangeRow,
     BlocklistRow,
     ConflictRow,
+    CouponArchivedRow,
     CouponEventRow,
     CouponRow,
     IdempotencyRow,
     MarkRow,
+    OrderArchivedRow,
     OrderRow,
     RedeemedCodeRow,
     Rows,
@@ -74,6 +76,12 @@ async def write(conn: asyncpg.Connection, rows: Rows) -> None:
     orders = newest(rows.kept(rows.orders), lambda row: (row.user_id, row.order_id))
     if orders:
         await conn.execute(sql.UPSERT_ORDERS, *arrays(orders, OrderRow))
+    archived_coupons = sorted(rows.kept(rows.coupons_archived))
+    if archived_coupons:
+        await conn.execute(sql.ARCHIVE_COUPONS, *arrays(archived_coupons, CouponArchivedRow))
+    archived_orders = sorted(rows.kept(rows.orders_archived))
+    if archived_orders:
+        await conn.execute(sql.ARCHIVE_ORDERS, *arrays(archived_orders, OrderArchivedRow))
     if rows.audit:
         await conn.execute(sql.INSERT_AUDIT, *arrays(rows.audit, AuditRow))
     if rows.blocklist:

@@ -45,12 +45,21 @@ class CheckoutKeys(NamedTuple):
     orders: str
     locks: str
     counters: str
+    done: str
     seq: str
     events: str
 
     @classmethod
     def of(cls, wallet: WalletKeys) -> CheckoutKeys:
-        return cls(wallet.coupons, wallet.orders, wallet.locks, wallet.counters, wallet.seq, wallet.events)
+        return cls(
+            wallet.coupons,
+            wallet.orders,
+            wallet.locks,
+            wallet.counters,
+            wallet.finished_orders,
+            wallet.seq,
+            wallet.events,
+        )
 
 
 def lock(
@@ -101,12 +110,15 @@ class RefundKeys(NamedTuple):
     coupons: str
     orders: str
     counters: str
+    done: str
     seq: str
     events: str
 
     @classmethod
     def of(cls, wallet: WalletKeys) -> RefundKeys:
-        return cls(wallet.coupons, wallet.orders, wallet.counters, wallet.seq, wallet.events)
+        return cls(
+            wallet.coupons, wallet.orders, wallet.counters, wallet.finished_orders, wallet.seq, wallet.events
+        )
 
 
 def refund(
@@ -117,3 +129,56 @@ def refund(
 
 def sweep_locks(runner: Runs[Reply], keys: CheckoutKeys, *, now: int, event_id: str, limit: int) -> Reply:
     return runner.run("sweep_locks", keys, [now, event_id, limit])
+
+
+class RetainOrdersKeys(NamedTuple):
+    orders: str
+    done: str
+    seq: str
+    events: str
+
+    @classmethod
+    def of(cls, wallet: WalletKeys) -> RetainOrdersKeys:
+        return cls(wallet.orders, wallet.finished_orders, wallet.seq, wallet.events)
+
+
+def retain_orders(
+    runner: Runs[Reply], keys: RetainOrdersKeys, *, now: int, event_id: str, cutoff: int, limit: int
+) -> Reply:
+    """Orders finished at or before ``cutoff`` (now - the retention) leave Redis."""
+    return runner.run("retain_orders", keys, [now, event_id, cutoff, limit])
+
+
+class RetainCouponsKeys(NamedTuple):
+    coupons: str
+    finished: str
+    done: str
+    index: str  # type: ignore[assignment]  # the header's name; it hides tuple.index, which nothing here calls
+    seq: str
+    events: str
+
+    @classmethod
+    def of(cls, wallet: WalletKeys, user_id: str) -> RetainCouponsKeys:
+        return cls(
+            wallet.coupons,
+            wallet.finished,
+            wallet.finished_orders,
+            wallet.user_index(user_id),
+            wallet.seq,
+            wallet.events,
+        )
+
+
+def retain_coupons(
+    runner: Runs[Reply],
+    keys: RetainCouponsKeys,
+    *,
+    now: int,
+    event_id: str,
+    cutoff: int,
+    user_id: str,
+    coupon_ids: str,
+) -> Reply:
+    """The user's coupons (``coupon_ids``, a JSON array) final at or before ``cutoff`` leave Redis (each checked
+    again in the script)."""
+    return runner.run("retain_coupons", keys, [now, event_id, cutoff, user_id, coupon_ids])
