@@ -92,7 +92,9 @@ async def test_nothing_due_writes_nothing(runner: ScriptRunner, redis_client: Re
     assert await unchanged(redis_client, sweep_expired(runner, now=UNTIL - 1)) == ["ok", 0, 0]
 
 
-async def test_a_coupon_at_its_validitys_very_end_is_due(runner: ScriptRunner, redis_client: RedisClient) -> None:
+async def test_a_coupon_at_its_validitys_very_end_is_due(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
     """As readers show it (shown_status): expired once ``valid_until <= now``."""
     await deliver_coupon(runner, valid_until=UNTIL)
 
@@ -132,7 +134,9 @@ async def test_a_live_lock_puts_the_coupon_back_until_its_deadline_then_it_is_fi
     assert appended(released, final) == [expired_event(4, deadline + 7, expired)]
 
 
-async def test_a_lapsed_lock_waits_for_the_lock_sweep(runner: ScriptRunner, redis_client: RedisClient) -> None:
+async def test_a_lapsed_lock_waits_for_the_lock_sweep(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
     """The lock sweep records the lapsed lock (lock_expired, the order expired) first; the expiry comes after."""
     await deliver_coupon(runner, valid_until=UNTIL)
     await ok(lock(runner, now=NOW))
@@ -209,7 +213,9 @@ async def test_an_expired_coupon_is_final_without_a_second_event(
     assert scores(after, WALLET.finished) == [(COUPON, float(UNTIL))]
 
 
-async def test_an_entry_without_its_coupon_is_dropped(runner: ScriptRunner, redis_client: RedisClient) -> None:
+async def test_an_entry_without_its_coupon_is_dropped(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
     await deliver_coupon(runner, valid_until=UNTIL)
     await redis_client.zadd(WALLET.expiring, {"c9.1": NOW - 5})
     before = await snapshot(redis_client)

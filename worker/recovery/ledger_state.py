@@ -7,8 +7,7 @@ Redis with it.
   code batches (``code_batches``: packs reserved, or ``void``);
 - wallet ``{w:n}``: every coupon the ledger holds for the bucket (with its lock or redemption), each user's
   index, the orders, the locks, the per-activity checkout counters, the expiry indexes (``expiring``: coupons not
-  final, at their validity's end; ``finished``: expired ones, and redeemed ones past their validity, at when they
-  became final) and unexpired code-redeem idempotency records;
+  final, at their validity's end; ``finished``: the final ones) and unexpired code-redeem idempotency records;
 - blocklist: the entries present;
 - code ``{c:n}``: the codes of its ready batches (with the redeemer and answer of each redeemed one), those
   batches' records and the per-activity redeemed counters.
@@ -244,13 +243,12 @@ def _stock_delta(change: asyncpg.Record) -> int:
 
 
 async def _wallet(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> WalletState:
-    state = WalletState(partition, mark)
+    state = WalletState(partition, mark, now=now)
     rows = await pool.fetch(
         "SELECT coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from, valid_until,"
         " order_id, locked_until, discount FROM coupons WHERE partition = $1 ORDER BY coupon_id",
         partition,
     )
-    state.now = now
     last_change = await _last_changes(pool, partition, now)
     for row in rows:
         coupon_id, valid_until = row["coupon_id"], int(row["valid_until"])
