@@ -125,6 +125,20 @@ class WalletKeys(Partition):
         """Per-activity checkout figures of the bucket: ``<activity>|locked``, ``|redeemed``, ``|redeemed_value``."""
         return f"{self.tag}:counters"
 
+    @property
+    def expiring(self) -> str:
+        """Coupon ids not yet handled by the expiry sweep, scored by when it should look at each: its
+        ``valid_until`` (deliver, restore), later while a lock holds it. An entry leaves when the sweep finds its
+        coupon final (into ``finished``) or gone."""
+        return f"{self.tag}:expiring"
+
+    @property
+    def finished(self) -> str:
+        """Coupon ids that nothing can change any more, scored by when each became final (its ``valid_until``, or
+        when the sweep found the lock that held it then gone). Only the expiry sweep (and restore) adds to it;
+        kept until the retention removes final coupons from Redis (a later change)."""
+        return f"{self.tag}:final"
+
     def failed_codes_of_user(self, user_id: str) -> str:
         """The user's code attempts not yet settled or judged invalid_code, scored by time (rolling window)."""
         return f"{self.tag}:fails:u:{user_id}"

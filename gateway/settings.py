@@ -79,7 +79,7 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     claim_idle_ms: int = 30_000
     trim_seconds: float = 10.0  # how often streams are trimmed below what is pending or undelivered
     dead_after: int = 3  # failures of an entry's own before it moves to its dead-letter stream
-    sweep_seconds: float = 5.0  # how often lapsed checkout locks are marked expired (lock_expired events)
+    sweep_seconds: float = 5.0  # how often the sweeps run: lapsed locks, then coupons past their validity
     lanes: int = 2  # 2: activities' streams and the rest read and written apart; 1: one batch at a time
 
 

@@ -33,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import clock
 from gateway.background import stop_tasks
 from gateway.catalog.store import registered_streams
-from gateway.checkout.service import LockSweeper
+from gateway.checkout.service import ExpirySweeper, LockSweeper
 from gateway.claim.service import ClaimService
 from gateway.keys import KeySpace, is_activity_stream
 from gateway.ops_listener import OpsListener
@@ -349,7 +349,9 @@ async def start_consumer(settings: Settings, fence: Fence | None = None) -> Cons
     except (OSError, asyncpg.PostgresError) as exc:
         log.warning("Postgres unreachable at start: %r", exc)
     claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds)
-    chores = Housekeeping(settings, pool, LockSweeper(redis.runner, keyspace))
+    chores = Housekeeping(
+        settings, pool, LockSweeper(redis.runner, keyspace), ExpirySweeper(redis.runner, keyspace)
+    )
     return Consumer(settings, redis, pool, claims, housekeeping=chores)
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from gateway.codes.batches import batch_record
 from gateway.keys import BLOCKLIST, KeySpace, Partition
-from gateway.scripts.calls.checkout import CheckoutKeys
+from gateway.scripts.calls.checkout import CheckoutKeys, ExpiryKeys
 from gateway.scripts.runner import ScriptRunner
 from tests.lua.support import DAY, HASH_A, NOW, Claimer, activity_config, deliver, put_activity
 
@@ -98,7 +98,8 @@ async def activity_scripts(rec: Recorder) -> dict[str, str]:
 async def checkout_scripts(rec: Recorder, answer: str) -> None:
     """u1's two coupons delivered. The first locked, redeemed and refunded (returned); locked again and released;
     locked once more, lapsed, its order locking the second instead: swept with no order to change, then the
-    second swept with its order. The second then locked, redeemed and refunded past its validity (kept)."""
+    second swept with its order. The second then locked, redeemed and refunded past its validity (kept). Then
+    the expiry sweep: the first (available) expired, the second (redeemed) final without an event."""
     wallet = KEYSPACE.wallet("u1")
     delivered = await rec.watching(
         "deliver", wallet.events, deliver(rec.runner, wallet, "u1", ACTIVITY, answer)
@@ -125,6 +126,8 @@ async def checkout_scripts(rec: Recorder, answer: str) -> None:
         keys = refund_keys if script == "refund" else list(CheckoutKeys.of(wallet))
         user = [] if script == "sweep_locks" else ["u1"]
         await rec.run(script, keys, [now, f"ev-{script}-{n}", *user, *rest])
+    swept = await rec.run("sweep_expired", list(ExpiryKeys.of(wallet)), [late + 1, 10])
+    assert swept == ["ok", 1, 2], swept
 
 
 async def code_scripts(rec: Recorder) -> None:

@@ -23,6 +23,7 @@ from gateway.events import (
     CouponChanged,
     Delivered,
     Event,
+    Expired,
     GrantCallRecorded,
     IdempotencyRecorded,
     Locked,
@@ -198,6 +199,33 @@ def _coupon_changed(rows: Rows, entry: Entry, event: CouponChanged) -> None:
         rows.orders.append((entry, order))
 
 
+def _expired(rows: Rows, entry: Entry, event: Expired) -> None:
+    """The expiry sweep's: the coupon expired at its new version (a coupon the claim of which the ledger lacks
+    waits for it, as a checkout change does)."""
+    rows.claim_of[entry.key] = (entry, event.claim_id)
+    coupon = CouponRow(
+        event.coupon_id,
+        event.user_id,
+        event.activity_id,
+        event.template_id,
+        event.claim_id,
+        "expired",
+        event.version,
+        event.valid_from,
+        event.valid_until,
+        event.at,
+        entry.partition,
+        None,
+        None,
+        None,
+    )
+    rows.coupons.append((entry, coupon))
+    history = CouponEventRow(
+        event.coupon_id, event.version, event.event_id, type_of(event), event.at, "expired", None
+    )
+    rows.coupon_events.append((entry, history))
+
+
 def _recorded(rows: Rows, entry: Entry, event: GrantCallRecorded | IdempotencyRecorded) -> None:
     record = IdempotencyRow(
         event.idem_key, entry.partition, event.idem_hash, entry.fields["answer"], event.idem_expires
@@ -287,6 +315,7 @@ APPLY: dict[type[Event], Callable[[Rows, Entry, Any], None]] = {
     Released: _coupon_changed,
     Refunded: _coupon_changed,
     LockExpired: _coupon_changed,
+    Expired: _expired,
     GrantCallRecorded: _recorded,
     IdempotencyRecorded: _recorded,
     CodesStored: _marks_only,

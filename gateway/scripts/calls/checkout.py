@@ -1,5 +1,5 @@
 """Calls of the wallet and checkout scripts: ``wallet_page``, ``order_view``, ``lock``, ``redeem``, ``release``,
-``refund``, ``sweep_locks``."""
+``refund``, ``sweep_locks``, ``sweep_expired``."""
 
 from __future__ import annotations
 
@@ -117,3 +117,21 @@ def refund(
 
 def sweep_locks(runner: Runs[Reply], keys: CheckoutKeys, *, now: int, event_id: str, limit: int) -> Reply:
     return runner.run("sweep_locks", keys, [now, event_id, limit])
+
+
+class ExpiryKeys(NamedTuple):
+    """KEYS of ``sweep_expired``."""
+
+    coupons: str
+    expiring: str
+    finished: str
+    seq: str
+    events: str
+
+    @classmethod
+    def of(cls, wallet: WalletKeys) -> ExpiryKeys:
+        return cls(wallet.coupons, wallet.expiring, wallet.finished, wallet.seq, wallet.events)
+
+
+def sweep_expired(runner: Runs[Reply], keys: ExpiryKeys, *, now: int, limit: int) -> Reply:
+    return runner.run("sweep_expired", keys, [now, limit])
