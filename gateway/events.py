@@ -12,7 +12,9 @@ reader accepts that version and the one before (``PREVIOUS_VERSION``), so a gate
 apart run side by side during a deploy. Version 1 is the events written before ``v`` existed: the fields of
 version 2, without ``v``. Any change to an event's fields bumps the version, and ``decode`` then turns the
 previous version's fields into the current shape before it checks them. Workers are deployed first: they read
-both versions, and a version newer than a reader knows fails to decode (the worker dead-letters it).
+both versions, and a version newer than a reader knows fails to decode (the worker dead-letters it). A new event
+type changes no event's fields, so the version stays: a reader that predates the type refuses it as unknown
+(dead-lettered, replayed once upgraded), as it would a newer version.
 """
 
 from __future__ import annotations
@@ -243,6 +245,20 @@ class CouponArchived(Event, tag="coupon_archived"):
     version: int
 
 
+class Expired(Event, tag="expired"):
+    """An available coupon past its validity, recorded by the expiry sweep; its id is ``expired:<coupon id>``, so
+    a repeat is the same event."""
+
+    user_id: str = msgspec.field(name="user")
+    activity_id: str = msgspec.field(name="activity")
+    coupon_id: str = msgspec.field(name="coupon")
+    template_id: str = msgspec.field(name="template")
+    claim_id: str = msgspec.field(name="claim")
+    valid_from: int
+    valid_until: int
+    version: int  # the coupon's version after the change
+
+
 class IdempotencyRecorded(Event, tag="idempotency_recorded"):
     idem_key: str = msgspec.field(name="idem")
     idem_hash: str
@@ -306,6 +322,7 @@ AnyEvent = (
     | Released
     | Refunded
     | LockExpired
+    | Expired
     | OrderArchived
     | CouponArchived
     | IdempotencyRecorded

@@ -6,7 +6,9 @@ Each script receives only keys of one partition, so each runs in one slot.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -114,16 +116,8 @@ class WalletKeys(Partition):
         return f"{self.tag}:orders"
 
     @property
-    def finished(self) -> str:
-        """Final coupon ids (nothing can change them any more) scored by when they became final: the expiry
-        sweep adds them, the retention sweep removes them from Redis once the retention has passed."""
-        return f"{self.tag}:final"
-
-    @property
     def finished_orders(self) -> str:
-        """Finished orders' fields (released, expired, refunded; redeemed ones once their coupon's validity
-        ended) scored by when they finished; a lock on the order again takes it out. The retention sweep
-        removes them from Redis once the retention has passed."""
+        """Finished orders' fields by when they finished (a redeemed one: when its coupon's validity ended)."""
         return f"{self.tag}:done"
 
     @property
@@ -135,6 +129,20 @@ class WalletKeys(Partition):
     def counters(self) -> str:
         """Per-activity checkout figures of the bucket: ``<activity>|locked``, ``|redeemed``, ``|redeemed_value``."""
         return f"{self.tag}:counters"
+
+    @property
+    def expiring(self) -> str:
+        """Coupon ids not yet handled by the expiry sweep, scored by when it should look at each: its
+        ``valid_until`` (deliver, restore), later while a lock holds it. An entry leaves when the sweep finds its
+        coupon final (into ``finished``) or gone."""
+        return f"{self.tag}:expiring"
+
+    @property
+    def finished(self) -> str:
+        """Coupon ids that nothing can change any more, scored by when each became final (its ``valid_until``, or
+        when the sweep found the lock that held it then gone). Only the expiry sweep (and restore) adds to it;
+        the retention sweep removes them from Redis once the retention has passed (``retain_coupons``)."""
+        return f"{self.tag}:final"
 
     def failed_codes_of_user(self, user_id: str) -> str:
         """The user's code attempts not yet settled or judged invalid_code, scored by time (rolling window)."""
@@ -267,3 +275,126 @@ def partition_of_stream(stream: str) -> str:
     if not stream.endswith(EVENTS_SUFFIX):
         raise ValueError(f"not an event stream: {stream!r}")
     return stream[: -len(EVENTS_SUFFIX)]
+
+
+# Every key's retention (design.md "Retention": Redis is the hot set): a key no row matches fails
+# tests/lua/test_key_retention.py; docs/keys.md shows the table (tests/unit/test_keys_doc.py keeps them equal).
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """A key pattern, its Redis type, how long it lives and what ends it, and whether Redis expires it by itself
+    (EX, EXPIRE). In a pattern, ``*`` inside the braces is a partition's id, elsewhere any rest of the key."""
+
+    pattern: str
+    kind: str  # string, hash, set, zset or stream
+    lives: str
+    expires: bool = False
+
+    def matches(self, key: str) -> bool:
+        return _pattern_regex(self.pattern).fullmatch(key) is not None
+
+
+@functools.cache
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    parts, depth = [], 0
+    for char in pattern:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        parts.append(("[^{}]+" if depth else ".+") if char == "*" else re.escape(char))
+    return re.compile("".join(parts))
+
+
+_ACT = "removed when the activity's partition retires, CLAIMGATE_RETENTION after the activity ended"
+_KEPT = "kept (the partition is fixed per deployment)"
+_IDEM = "EX the idempotency time (CLAIMGATE_IDEMPOTENCY_TTL); restore_record puts back the expiry it had"
+_FAILS = "attempt id -> time, those older than the window (1 h) trimmed at each attempt; EXPIRE the window"
+
+
+def _partition_rows(tag: str, lives: str) -> tuple[Retention, ...]:
+    return (
+        Retention(f"{tag}:seq", "string", f"one counter, raised by each event of the partition; {lives}"),
+        Retention(
+            f"{tag}{EVENTS_SUFFIX}", "stream", f"entries leave once persisted (trim); the stream: {lives}"
+        ),
+        Retention(
+            f"{tag}:dead", "stream", f"entries leave when replay-dead writes them; the stream: {lives}"
+        ),
+    )
+
+
+RETENTION: tuple[Retention, ...] = (
+    Retention("{a:*}:act", "hash", f"the activity's hot config; {_ACT}"),
+    Retention("{a:*}:users", "hash", f"user id -> packs taken; {_ACT}"),
+    Retention("{a:*}:devices", "hash", f"device id -> packs taken; {_ACT}"),
+    Retention("{a:*}:allow", "set", f"the allow-list's user ids; {_ACT}"),
+    Retention("{a:*}:batches", "hash", f"code batch id -> packs reserved, or void; {_ACT}"),
+    Retention("{a:*}:idem:*", "string", f"a keyed claim's or grant call's record: {_IDEM}", expires=True),
+    Retention(
+        "{a:*}:grant:*",
+        "hash",
+        "an open keyed grant call's results: deleted when it closes; PEXPIRE what its record has left",
+        expires=True,
+    ),
+    *_partition_rows("{a:*}", _ACT),
+    Retention(
+        "{w:*}:coupons",
+        "hash",
+        "coupon id -> record: a live coupon stays; one final (redeemed and past the refund window, expired,"
+        " refunded and not returned) leaves CLAIMGATE_RETENTION after it became final (retention sweep, by"
+        " `:final`)",
+    ),
+    Retention("{w:*}:u:*", "zset", "the user's coupon ids: each leaves with its coupon; gone when empty"),
+    Retention(
+        "{w:*}:orders",
+        "hash",
+        "user/order -> record: a live order stays; a finished one becomes a compact tombstone (its final answer)"
+        " that leaves CLAIMGATE_RETENTION after it finished (retention sweep)",
+    ),
+    Retention(
+        "{w:*}:locks",
+        "zset",
+        "coupon id -> lock deadline: each leaves at redeem or release, or at the lock sweep once lapsed"
+        " (CLAIMGATE_LOCK_SECONDS, then within CLAIMGATE_WORKER_SWEEP_SECONDS); Redis drops the key when empty",
+    ),
+    Retention("{w:*}:counters", "hash", f"3 fields per activity with checkouts in the bucket, each {_ACT}"),
+    Retention("{w:*}:fails:u:*", "zset", f"a user's code attempts: {_FAILS}", expires=True),
+    Retention("{w:*}:fails:d:*", "zset", f"a device's code attempts: {_FAILS}", expires=True),
+    Retention("{w:*}:idem:*", "string", f"a keyed code redeem's answer (code_settle): {_IDEM}", expires=True),
+    Retention(
+        "{w:*}:expiring",
+        "zset",
+        "coupon id -> valid_until of each coupon the expiry sweep has not handled: it leaves when the sweep does",
+    ),
+    Retention(
+        "{w:*}:final",
+        "zset",
+        "coupon id -> when it became final: it leaves with its coupon, CLAIMGATE_RETENTION later (retention sweep)",
+    ),
+    Retention(
+        "{w:*}:done",
+        "zset",
+        "user/order -> when the order finished: it leaves with its order, CLAIMGATE_RETENTION later (retention"
+        " sweep); a lock on the order again takes it out",
+    ),
+    *_partition_rows("{w:*}", _KEPT),
+    Retention(
+        "{c:*}:codes",
+        "hash",
+        f"code hash -> batch: unredeemed, dropped when its batch is voided, else {_ACT}; redeemed, a compact"
+        " tombstone (redeemer, first answer) that leaves CLAIMGATE_RETENTION after the redeem (retention sweep)",
+    ),
+    Retention("{c:*}:batches", "hash", f"batch id -> activity, window, pack; each {_ACT}"),
+    Retention("{c:*}:counters", "hash", f"activity id -> codes redeemed from the bucket; each {_ACT}"),
+    *_partition_rows("{c:*}", _KEPT),
+    Retention("{blocklist}:users", "set", "blocked user ids: each until an operator removes it"),
+    Retention("{blocklist}:devices", "set", "blocked device ids: each until an operator removes it"),
+    Retention("{blocklist}:entries", "hash", "who blocked each and when: each until an operator removes it"),
+    Retention("{blocklist}:version", "string", "one counter, raised by each change of the blocklist"),
+    *_partition_rows(BLOCKLIST.tag, _KEPT),
+    Retention(FENCE_CHECKED, "string", "one small string, overwritten by each fence check that passes"),
+)
+
+
+def retention_of(key: str) -> list[Retention]:
+    """The rows whose pattern ``key`` matches: exactly one for every key the project writes."""
+    return [row for row in RETENTION if row.matches(key)]

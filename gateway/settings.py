@@ -55,6 +55,17 @@ class CheckoutSettings(msgspec.Struct, frozen=True):
     code_hash_key: str = ""  # the key codes are hashed with (CLAIMGATE_CODE_HASH_KEY, 32+ bytes, required)
 
 
+THIRTY_DAYS = 30 * 86_400
+
+
+class RetentionSettings(msgspec.Struct, frozen=True):
+    """How long what is finished stays in Redis (product.md "Retention"): final coupons, finished orders' and
+    redeemed codes' tombstones, ended activities' partitions. Never shorter than a promise that needs them there:
+    the idempotency time and the lock time (load_settings refuses less)."""
+
+    seconds: int = THIRTY_DAYS
+
+
 class ShedSettings(msgspec.Struct, frozen=True):
     lag: int = 0  # stream entries not yet persisted past which claims are shed; 0: from memory (load.py)
     memory: float = 0.9  # fraction of Redis's maxmemory past which claims are shed
@@ -68,7 +79,7 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     claim_idle_ms: int = 30_000
     trim_seconds: float = 10.0  # how often streams are trimmed below what is pending or undelivered
     dead_after: int = 3  # failures of an entry's own before it moves to its dead-letter stream
-    sweep_seconds: float = 5.0  # how often lapsed checkout locks are marked expired (lock_expired events)
+    sweep_seconds: float = 5.0  # how often the sweeps run: lapsed locks, then coupons past their validity
     lanes: int = 2  # 2: activities' streams and the rest read and written apart; 1: one batch at a time
 
 
@@ -78,10 +89,6 @@ class OpsSettings(msgspec.Struct, frozen=True):
     host: str = "127.0.0.1"
     port: int = 9180  # the gateway's
     worker_port: int = 9181  # the worker's
-
-
-class RetentionSettings(msgspec.Struct, frozen=True):
-    seconds: int = 30 * 86_400  # placeholder until CLAIMGATE_RETENTION lands (branch keyret)
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -195,6 +202,22 @@ def without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def _retention(env: Mapping[str, str], claim: ClaimSettings, checkout: CheckoutSettings) -> RetentionSettings:
+    """``CLAIMGATE_RETENTION``, refused when shorter than the idempotency time or the lock time: a repeated call
+    within either must still find what it needs in Redis."""
+    seconds = _int(env, "RETENTION", THIRTY_DAYS)
+    for name, bound in (
+        ("IDEMPOTENCY_TTL", claim.idempotency_ttl_seconds),
+        ("LOCK_SECONDS", checkout.lock_seconds),
+    ):
+        if seconds < bound:
+            raise SettingsError(
+                f"{PREFIX}RETENTION ({seconds} s) must be at least {PREFIX}{name} ({bound} s): what leaves Redis"
+                " after the retention must outlive every promise that needs it there"
+            )
+    return RetentionSettings(seconds=seconds)
+
+
 def _redis_url(env: Mapping[str, str]) -> str:
     url = _required(env, "REDIS_URL")
     if url.startswith("rediss://"):
@@ -237,6 +260,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"{PREFIX}SERVICE_KEYS and {PREFIX}API_KEYS share a key: an operator's key and the order service's"
             " must differ"
         )
+    claim = ClaimSettings(
+        idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL", 86_400 + 3_600, minimum=86_400),
+        blocklist_refresh_seconds=_float(env, "BLOCKLIST_REFRESH", 1.0),
+        max_clock_skew_seconds=_float(env, "MAX_CLOCK_SKEW", 1.0),
+    )
+    checkout = CheckoutSettings(
+        lock_seconds=_int(env, "LOCK_SECONDS", 900), code_hash_key=_code_hash_key(env)
+    )
     return Settings(
         redis=RedisSettings(
             url=redis_url,
@@ -257,11 +288,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             api_keys=api_keys,
             service_keys=service_keys,
         ),
-        claim=ClaimSettings(
-            idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL", 86_400 + 3_600, minimum=86_400),
-            blocklist_refresh_seconds=_float(env, "BLOCKLIST_REFRESH", 1.0),
-            max_clock_skew_seconds=_float(env, "MAX_CLOCK_SKEW", 1.0),
-        ),
+        claim=claim,
         worker=WorkerSettings(
             name=env.get(PREFIX + "WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
             batch_size=_int(env, "WORKER_BATCH", 500),
@@ -272,10 +299,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             sweep_seconds=_float(env, "WORKER_SWEEP_SECONDS", 5.0),
             lanes=_lanes(env),
         ),
-        checkout=CheckoutSettings(
-            lock_seconds=_int(env, "LOCK_SECONDS", 900),
-            code_hash_key=_code_hash_key(env),
-        ),
+        checkout=checkout,
+        retention=_retention(env, claim, checkout),
         ops=OpsSettings(
             host=env.get(PREFIX + "OPS_HOST") or "127.0.0.1",
             port=_port(env, "OPS_PORT", 9180),

@@ -34,7 +34,7 @@ from gateway import clock
 from gateway.background import stop_tasks
 from gateway.catalog.store import registered_streams
 from gateway.checkout.retention import WalletRetention
-from gateway.checkout.service import LockSweeper
+from gateway.checkout.service import ExpirySweeper, LockSweeper
 from gateway.claim.service import ClaimService
 from gateway.keys import KeySpace, is_activity_stream
 from gateway.ops_listener import OpsListener
@@ -350,8 +350,13 @@ async def start_consumer(settings: Settings, fence: Fence | None = None) -> Cons
     except (OSError, asyncpg.PostgresError) as exc:
         log.warning("Postgres unreachable at start: %r", exc)
     claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds)
-    retention = WalletRetention(redis.runner, redis.control, keyspace, settings.retention.seconds)
-    chores = Housekeeping(settings, pool, LockSweeper(redis.runner, keyspace), retention)
+    chores = Housekeeping(
+        settings,
+        pool,
+        LockSweeper(redis.runner, keyspace),
+        ExpirySweeper(redis.runner, keyspace),
+        WalletRetention(redis.runner, redis.control, keyspace, settings.retention.seconds),
+    )
     return Consumer(settings, redis, pool, claims, housekeeping=chores)
 
 

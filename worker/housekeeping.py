@@ -1,4 +1,5 @@
-"""The housekeeping lane's chores: sweeps that record what time made true, and pruning of the ledger.
+"""The housekeeping lane's chores: sweeps that record what time made true (lapsed locks, then coupons past their
+validity), and pruning of the ledger.
 
 Each chore is a bounded pass due at its own interval. A fenced Redis postpones a sweep and an absent Postgres a
 prune (logged); neither ever holds up the batches the lane reads.
@@ -14,7 +15,7 @@ import asyncpg
 
 from gateway import clock
 from gateway.checkout.retention import WalletRetention
-from gateway.checkout.service import LockSweeper
+from gateway.checkout.service import ExpirySweeper, LockSweeper
 from gateway.outcomes import DomainError
 from gateway.settings import Settings
 from worker.prune import prune_expired
@@ -29,8 +30,10 @@ class Housekeeping:
     settings: Settings
     pool: asyncpg.Pool
     locks: LockSweeper
+    expiry: ExpirySweeper
     wallets: WalletRetention | None = None
     locks_expired: int = 0
+    coupons_expired: int = 0
     coupons_archived: int = 0
     orders_archived: int = 0
     idempotency_pruned: int = 0
@@ -43,6 +46,7 @@ class Housekeeping:
         now = time.monotonic()
         if now - self._swept_at > self.settings.worker.sweep_seconds:
             await self.sweep_locks()
+            await self.sweep_expired()  # after the locks: a lapsed lock's expiry is recorded first
         if now - self._pruned_at > PRUNE_SECONDS:
             await self.prune()
         if self.wallets is not None and now - self._retained_at > RETAIN_SECONDS:
@@ -55,6 +59,15 @@ class Housekeeping:
             self.locks_expired += await self.locks.sweep(now=int(clock.now()))
         except DomainError as exc:
             log.warning("lock sweep postponed: %s", exc.message)
+
+    async def sweep_expired(self) -> None:
+        """Record coupons past their validity (``expired``) and move final ones to the finished index; a fenced
+        Redis waits for the next pass."""
+        self._swept_at = time.monotonic()
+        try:
+            self.coupons_expired += await self.expiry.sweep(now=int(clock.now()))
+        except DomainError as exc:
+            log.warning("expiry sweep postponed: %s", exc.message)
 
     async def prune(self) -> None:
         """Delete the ledger's expired idempotency records (a bounded pass; the rest wait for the next)."""

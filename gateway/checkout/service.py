@@ -171,6 +171,28 @@ class LockSweeper:
         return expired
 
 
+class ExpirySweeper:
+    """Records coupons past their validity in every wallet bucket (``sweep_expired``): an available one becomes
+    ``expired`` (the ledger's event), a final one moves to the bucket's finished index. Run after the lock sweep,
+    so a lapsed lock is recorded first."""
+
+    def __init__(self, runner: ScriptRunner, keyspace: KeySpace, batch: int = 500) -> None:
+        self.runner = runner
+        self.keyspace = keyspace
+        self.batch = batch
+
+    async def sweep(self, *, now: int) -> int:
+        expired = 0
+        for bucket in range(self.keyspace.wallet_buckets):
+            keys = calls.ExpiryKeys.of(self.keyspace.wallet_of_bucket(bucket))
+            while True:
+                reply = await calls.sweep_expired(self.runner, keys, now=now, limit=self.batch)
+                expired += int(reply[1])
+                if int(reply[2]) < self.batch:
+                    break
+        return expired
+
+
 class CheckoutFigures(msgspec.Struct):
     locked: int = 0  # coupons locked (a lapsed lock counts until the sweeper or a script marks it)
     redeemed: int = 0

@@ -15,7 +15,13 @@ from typing import Any, TypeVar
 
 from gateway.codes.batches import batch_record
 from gateway.keys import BLOCKLIST, KeySpace, Partition
-from gateway.scripts.calls.checkout import CheckoutKeys, RefundKeys, RetainCouponsKeys, RetainOrdersKeys
+from gateway.scripts.calls.checkout import (
+    CheckoutKeys,
+    ExpiryKeys,
+    RefundKeys,
+    RetainCouponsKeys,
+    RetainOrdersKeys,
+)
 from gateway.scripts.runner import ScriptRunner
 from tests.lua.support import DAY, HASH_A, NOW, Claimer, activity_config, deliver, put_activity
 
@@ -98,7 +104,8 @@ async def activity_scripts(rec: Recorder) -> dict[str, str]:
 async def checkout_scripts(rec: Recorder, answer: str) -> None:
     """u1's two coupons delivered. The first locked, redeemed and refunded (returned); locked again and released;
     locked once more, lapsed, its order locking the second instead: swept with no order to change, then the
-    second swept with its order. The second then locked, redeemed and refunded past its validity (kept)."""
+    second swept with its order. The second then locked, redeemed and refunded past its validity (kept). Then
+    the expiry sweep: the first (available) expired, the second (redeemed) final without an event."""
     wallet = KEYSPACE.wallet("u1")
     delivered = await rec.watching(
         "deliver", wallet.events, deliver(rec.runner, wallet, "u1", ACTIVITY, answer)
@@ -125,12 +132,17 @@ async def checkout_scripts(rec: Recorder, answer: str) -> None:
         keys = refund_keys if script == "refund" else list(CheckoutKeys.of(wallet))
         user = [] if script == "sweep_locks" else ["u1"]
         await rec.run(script, keys, [now, f"ev-{script}-{n}", *user, *rest])
-    # The retention passed: every order leaves, then the second coupon (final since its validity ended).
+    swept = await rec.run("sweep_expired", list(ExpiryKeys.of(wallet)), [late + 1, 10])
+    assert swept == ["ok", 1, 2], swept
+    # The retention passed: every order leaves, then both coupons (final: one expired, one past its refunds).
     far, retention = late + 40 * DAY, 30 * DAY
-    await rec.run("retain_orders", list(RetainOrdersKeys.of(wallet)), [far, "ev-retain-o", far - retention, 100])
-    await rec.runner.client.zadd(wallet.finished, {second: late})  # as the expiry sweep leaves it
+    await rec.run(
+        "retain_orders", list(RetainOrdersKeys.of(wallet)), [far, "ev-retain-o", far - retention, 100]
+    )
     coupon_keys = list(RetainCouponsKeys.of(wallet, "u1"))
-    await rec.run("retain_coupons", coupon_keys, [far, "ev-retain-c", far - retention, "u1", json.dumps([second])])
+    both = json.dumps([first, second])
+    retained = await rec.run("retain_coupons", coupon_keys, [far, "ev-retain-c", far - retention, "u1", both])
+    assert retained == ["ok", 2], retained
 
 
 async def code_scripts(rec: Recorder) -> None:

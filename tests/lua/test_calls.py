@@ -157,6 +157,7 @@ SAMPLE_KEYS: dict[str, Sequence[str]] = {
     "restore_record": restore.RestoreRecordKeys(ACT.idempotency("u1", "k")),
     "restore_wallet": restore.RestoreWalletKeys.of(WALLET, "u1"),
     "set_status": catalog.ActivityChangeKeys.of(ACT),
+    "sweep_expired": checkout.ExpiryKeys.of(WALLET),
     "sweep_locks": checkout.CheckoutKeys.of(WALLET),
     "retain_orders": checkout.RetainOrdersKeys.of(WALLET),
     "retain_coupons": checkout.RetainCouponsKeys.of(WALLET, "u1"),

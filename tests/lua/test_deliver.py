@@ -58,7 +58,13 @@ async def test_deliver_creates_coupons_index_seq_and_event(
     assert await deliver(runner, wallet, "u1", "act1", answer, event_id="e1", now=NOW + 5) == ["ok"]
 
     after = await snapshot(redis_client)
-    assert changed(before, after) == {wallet.coupons, wallet.user_index("u1"), wallet.seq, wallet.events}
+    assert changed(before, after) == {
+        wallet.coupons,
+        wallet.user_index("u1"),
+        wallet.expiring,
+        wallet.seq,
+        wallet.events,
+    }
     coupons = {cid: json.loads(text) for cid, text in after[wallet.coupons][1].items()}
     assert coupons == {
         "c1.1": record("c1", "t1", NOW, NOW + 7 * DAY),
@@ -66,6 +72,12 @@ async def test_deliver_creates_coupons_index_seq_and_event(
         "c1.3": record("c1", "t2", NOW - 100, NOW + 1000),
     }
     assert after[wallet.user_index("u1")][1] == [("c1.1", 0.0), ("c1.2", 0.0), ("c1.3", 0.0)]
+    # Each coupon waits for the expiry sweep at the end of its validity.
+    assert after[wallet.expiring][1] == [
+        ("c1.3", float(NOW + 1000)),
+        ("c1.1", float(NOW + 7 * DAY)),
+        ("c1.2", float(NOW + 7 * DAY)),
+    ]
     assert after[wallet.seq][1] == "1"
     assert len(after[wallet.events][1]["entries"]) == 1
     assert await last_event(redis_client, wallet.events) == {

@@ -160,7 +160,7 @@ def test_a_fragment_change_changes_its_dependents_shas(tmp_path: Path) -> None:
     changed = {name for name, script in load_scripts(directory).items() if script.sha != SCRIPTS[name].sha}
 
     # wallet_page and release include it only through shown_status.
-    assert changed == {"lock", "redeem", "sweep_locks", "release", "wallet_page"}
+    assert changed == {"lock", "redeem", "sweep_locks", "sweep_expired", "release", "wallet_page"}
 
 
 # --- luacheck on what runs ---------------------------------------------------------------------------------

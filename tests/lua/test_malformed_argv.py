@@ -24,8 +24,15 @@ from redis.exceptions import ResponseError
 from gateway.codes.batches import batch_record
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.outcomes import DomainError, Outcome
-from gateway.scripts.calls.checkout import CheckoutKeys, RefundKeys, RetainCouponsKeys, RetainOrdersKeys
+from gateway.scripts.calls.checkout import (
+    CheckoutKeys,
+    ExpiryKeys,
+    RefundKeys,
+    RetainCouponsKeys,
+    RetainOrdersKeys,
+)
 from gateway.scripts.calls.claim import ClaimKeys
+from gateway.scripts.calls.restore import RestoreWalletKeys
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import ScriptRunner
 from gateway.settings import Settings
@@ -82,7 +89,7 @@ async def an_activity(runner: ScriptRunner, **overrides: object) -> None:
 
 
 async def a_coupon(runner: ScriptRunner) -> None:
-    keys = [WALLET.coupons, WALLET.user_index(USER), WALLET.seq, WALLET.events]
+    keys = [WALLET.coupons, WALLET.user_index(USER), WALLET.expiring, WALLET.seq, WALLET.events]
     assert await runner.run("deliver", keys, [NOW - DAY, "ev-d", USER, "act1", ANSWER]) == ["ok"]
 
 
@@ -182,7 +189,7 @@ async def code_settle(runner: ScriptRunner) -> Call:
 @scenario("deliver")
 async def deliver(runner: ScriptRunner) -> Call:
     return Call(
-        [WALLET.coupons, WALLET.user_index(USER), WALLET.seq, WALLET.events],
+        [WALLET.coupons, WALLET.user_index(USER), WALLET.expiring, WALLET.seq, WALLET.events],
         [NOW, "ev", USER, "act1", ANSWER],
     )
 
@@ -328,7 +335,7 @@ async def restore_record(runner: ScriptRunner) -> Call:
 
 
 def restore_wallet_keys() -> list[str]:
-    return [WALLET.coupons, WALLET.user_index(USER), WALLET.orders, WALLET.locks, WALLET.counters]
+    return list(RestoreWalletKeys.of(WALLET, USER))
 
 
 @scenario("restore_wallet", "user")
@@ -345,6 +352,8 @@ async def restore_wallet_checkout(runner: ScriptRunner) -> Call:
         "orders": ["u1/o2", '{"coupon":"c1.1"}'],
         "locks": ["c1.1", NOW + 60],
         "counters": ["act1|locked", "1"],
+        "expiring": ["c1.1", NOW + DAY],
+        "finished": ["c9.1", NOW - DAY],
     }
     return Call(restore_wallet_keys(), ["checkout", json.dumps(payload)])
 
@@ -373,6 +382,12 @@ async def retain_coupons(runner: ScriptRunner) -> Call:
     await a_coupon(runner)
     await runner.client.zadd(WALLET.finished, {"c1.1": NOW})
     return Call(RetainCouponsKeys.of(WALLET, USER), [NOW + 100, "ev", NOW + 50, USER, '["c1.1"]'])
+
+
+@scenario("sweep_expired")
+async def sweep_expired(runner: ScriptRunner) -> Call:
+    await a_coupon(runner)  # valid until NOW + DAY: due then, and expired
+    return Call(list(ExpiryKeys.of(WALLET)), [NOW + DAY, 100])
 
 
 @scenario("wallet_page")

@@ -13,6 +13,7 @@ from gateway.events import SCHEMA_VERSION
 from gateway.keys import BLOCKLIST, KeySpace, Partition, WalletKeys, order_field, stable_bucket
 from gateway.scripts.runner import RedisClient, ScriptRunner
 from tests.lua.support import (
+    DAY,
     NOW,
     Snapshot,
     activity_config,
@@ -31,8 +32,17 @@ CODE_KEYS = [BUCKET.codes, BUCKET.batches, BUCKET.counters]
 
 
 def wallet_keys(wallet: WalletKeys, user: str = "") -> list[str]:
-    """restore_wallet's KEYS: coupons, one user's index (the placeholder when none), orders, locks, counters."""
-    return [wallet.coupons, wallet.user_index(user), wallet.orders, wallet.locks, wallet.counters]
+    """restore_wallet's KEYS: coupons, one user's index (the placeholder when none), orders, locks, counters, the
+    expiry indexes."""
+    return [
+        wallet.coupons,
+        wallet.user_index(user),
+        wallet.orders,
+        wallet.locks,
+        wallet.counters,
+        wallet.expiring,
+        wallet.finished,
+    ]
 
 
 def same_bucket_users() -> tuple[str, str]:
@@ -251,12 +261,15 @@ async def test_wallet_user_replaces_that_users_index_and_keeps_other_users(
 
 
 async def seed_checkout(client: RedisClient, wallet: WalletKeys, user: str) -> None:
-    """An order, its lock and the counters, as the checkout scripts leave them."""
+    """An order, its lock and the counters, as the checkout scripts leave them; a coupon waiting for the expiry
+    sweep and one it found final."""
     await client.hset(
         wallet.orders, order_field(user, "o-old"), json.dumps(order("c0.1", "locked", NOW + 60))
     )
     await client.zadd(wallet.locks, {"c0.1": NOW + 60})
     await client.hset(wallet.counters, mapping={"act1|locked": "1", "act1|redeemed": "0"})
+    await client.zadd(wallet.expiring, {"c0.1": NOW + DAY})
+    await client.zadd(wallet.finished, {"c8.1": NOW - DAY})
 
 
 def order(coupon_id: str, status: str, locked_until: int | None = None, version: int = 1) -> dict[str, Any]:
@@ -272,7 +285,7 @@ def order(coupon_id: str, status: str, locked_until: int | None = None, version:
     return found
 
 
-async def test_wallet_reset_empties_coupons_orders_locks_counters_and_leaves_the_indexes(
+async def test_wallet_reset_empties_coupons_orders_locks_counters_expiry_and_leaves_the_user_indexes(
     runner: ScriptRunner, redis_client: RedisClient
 ) -> None:
     alice, _ = same_bucket_users()
@@ -288,14 +301,16 @@ async def test_wallet_reset_empties_coupons_orders_locks_counters_and_leaves_the
 
     assert reply == ["ok"]
     after = await snapshot(redis_client)
-    assert changed(before, after) == {wallet.coupons, wallet.orders, wallet.locks, wallet.counters}
-    assert set(after) == set(before) - {wallet.coupons, wallet.orders, wallet.locks, wallet.counters}
+    emptied = {wallet.coupons, wallet.orders, wallet.locks, wallet.counters, wallet.expiring, wallet.finished}
+    assert emptied <= set(before)
+    assert changed(before, after) == emptied
+    assert set(after) == set(before) - emptied
     assert wallet.user_index("") not in after  # the placeholder index is never created
     assert after[wallet.user_index(alice)] == before[wallet.user_index(alice)]
     assert after[fails] == before[fails]
 
 
-async def test_wallet_checkout_adds_orders_locks_and_counters(
+async def test_wallet_checkout_adds_orders_locks_counters_and_expiry_entries(
     runner: ScriptRunner, redis_client: RedisClient
 ) -> None:
     alice, bob = same_bucket_users()
@@ -313,13 +328,27 @@ async def test_wallet_checkout_adds_orders_locks_and_counters(
         ],
         "locks": ["c1.1", str(NOW + 120)],
         "counters": ["act1|locked", "2", "act1|redeemed", "1", "act1|redeemed_value", "500"],
+        "expiring": ["c1.1", str(NOW + DAY), "c1.2", NOW + 2 * DAY],
+        "finished": ["c9.1", str(NOW - 5)],
     }
 
     reply = await runner.run("restore_wallet", wallet_keys(wallet), ["checkout", json.dumps(first)])
 
     assert reply == ["ok"]
     after = await snapshot(redis_client)
-    assert changed(before, after) == {wallet.orders, wallet.locks, wallet.counters}
+    assert changed(before, after) == {
+        wallet.orders,
+        wallet.locks,
+        wallet.counters,
+        wallet.expiring,
+        wallet.finished,
+    }
+    assert after[wallet.expiring] == (
+        "zset",
+        [("c0.1", float(NOW + DAY)), ("c1.1", float(NOW + DAY)), ("c1.2", float(NOW + 2 * DAY))],
+        -1,
+    )
+    assert after[wallet.finished] == ("zset", [("c8.1", float(NOW - DAY)), ("c9.1", float(NOW - 5))], -1)
     assert after[wallet.orders] == (
         "hash",
         {

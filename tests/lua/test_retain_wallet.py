@@ -1,5 +1,6 @@
-"""retain_orders and retain_coupons against real Redis: finished orders and final coupons past the cutoff leave Redis (a coupon never
-before an order that names it), each removal recorded; what is not due, or still live, stays; every key checked."""
+"""retain_orders and retain_coupons against real Redis: finished orders and final coupons past the cutoff leave
+Redis (a coupon never before an order that names it), each removal recorded; what is not due, or still live,
+stays; every key checked."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ async def retain(runner: ScriptRunner, *, now: int, limit: int = 100, event_id: 
     coupons = ["ok", 0]
     if snap:
         keys = RetainCouponsKeys.of(WALLET, USER)
-        coupons = await runner.run("retain_coupons", keys, [now, f"{event_id}c", cutoff, USER, json.dumps(snap)])
+        coupons = await runner.run(
+            "retain_coupons", keys, [now, f"{event_id}c", cutoff, USER, json.dumps(snap)]
+        )
     more = int(orders[2] or len(snap) == limit)
     return ["ok", orders[1], coupons[1], more]
 

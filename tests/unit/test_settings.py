@@ -72,3 +72,41 @@ def test_a_key_given_twice_names_both_operators_but_not_the_key() -> None:
         load_settings({**GOOD, "CLAIMGATE_API_KEYS": "alice:0123456789abcdef,bob:0123456789abcdef"})
     assert "'alice'" in str(refused.value) and "'bob'" in str(refused.value)
     assert "0123456789abcdef" not in str(refused.value)
+
+
+def test_retention_defaults_to_thirty_days() -> None:
+    assert load_settings(GOOD).retention.seconds == 2_592_000
+
+
+# Each bound in turn the longer one: the idempotency time (at least 86400), then a lock time set above it.
+BOUNDS = [
+    ({"CLAIMGATE_IDEMPOTENCY_TTL": "100000"}, "CLAIMGATE_IDEMPOTENCY_TTL", 100_000),
+    (
+        {"CLAIMGATE_IDEMPOTENCY_TTL": "86400", "CLAIMGATE_LOCK_SECONDS": "200000"},
+        "CLAIMGATE_LOCK_SECONDS",
+        200_000,
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "name", "minimum"), BOUNDS, ids=["idempotency", "lock"])
+def test_retention_is_accepted_at_its_minimum(extra: dict[str, str], name: str, minimum: int) -> None:
+    settings = load_settings({**GOOD, **extra, "CLAIMGATE_RETENTION": str(minimum)})
+    assert settings.retention.seconds == minimum
+
+
+@pytest.mark.parametrize(("extra", "name", "minimum"), BOUNDS, ids=["idempotency", "lock"])
+def test_retention_below_a_bound_is_refused_naming_both_values(
+    extra: dict[str, str], name: str, minimum: int
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings({**GOOD, **extra, "CLAIMGATE_RETENTION": str(minimum - 1)})
+    message = str(refused.value)
+    assert f"CLAIMGATE_RETENTION ({minimum - 1} s)" in message, message
+    assert f"{name} ({minimum} s)" in message, message
+
+
+@pytest.mark.parametrize("value", ["month", "0", "-5"])
+def test_a_retention_that_is_no_number_of_seconds_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="CLAIMGATE_RETENTION"):
+        load_settings({**GOOD, "CLAIMGATE_RETENTION": value})

@@ -7,6 +7,7 @@ is the scripts' only change). Every script that appends an event runs (tests/lua
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import asyncpg
@@ -53,12 +54,18 @@ async def test_entries_of_the_previous_version_are_applied_as_the_current_ones(
         assert await ledger(conn) == applied
 
     counts = {table: len(rows) for table, rows in applied.items()}
+    coupons = [json.loads(row) for row in applied["coupons"]]
+    assert sorted((row["status"], row["version"]) for row in coupons) == [
+        ("expired", 9),  # the first: delivered, 7 checkout changes, then its expiry
+        ("redeemed", 5),  # the second: delivered, 4 checkout changes; its refund past validity kept it
+    ]
     assert (
         counts
         == {
             "claims": 4,  # u1 (keyed), u2, u3 (a grant), u4 (a code)
             "coupons": 2,  # u1's, delivered
-            "coupon_events": 13,  # 2 delivered, then 11 checkout changes (a refund that keeps its coupon: none)
+            # 2 delivered, 11 checkout changes (a refund that keeps its coupon: none), the first's expiry
+            "coupon_events": 14,
             "orders": 4,
             "idempotency_records": 3,  # u1's claim, the grant call, u4's code
             "audit": 9,  # created, patched, restocked, paused, resumed, reserved, voided, blocklist, restored

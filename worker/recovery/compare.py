@@ -1,5 +1,10 @@
 """Compare one partition: what Redis holds against what the ledger says it should hold, field by field (JSON
-records decoded; a counter missing and one at "0" the same), and the ledger's own checks."""
+records decoded; a counter missing and one at "0" the same), and the ledger's own checks.
+
+A wallet's expiry indexes hold times only the sweep saw (when it looked, when it found a lock gone), so they are
+held to what the ledger can tell: each coupon in exactly one of them, in ``finished`` only once final (a redeemed
+one past its validity may still wait in ``expiring`` for the sweep), ``expiring`` at its validity's end or, past
+it, later (put back while a lock held it), ``finished`` between its validity's end and now."""
 
 from __future__ import annotations
 
@@ -22,8 +27,8 @@ from worker.recovery.ledger_state import (
 @dataclass(frozen=True)
 class Difference:
     partition: str
-    # seq, config, user_count, device_count, allow, record, batch, coupon, index, order, lock, counter, code,
-    # blocklist, ledger
+    # seq, config, user_count, device_count, allow, record, batch, coupon, index, order, lock, counter, expiry,
+    # code, blocklist, ledger
     what: str
     key: str
     field: str
@@ -80,6 +85,46 @@ def _compare_idempotency(
         for (key, (expected, _)), value in zip(records.items(), held, strict=True)
         if value != expected
     ]
+
+
+# Seconds a time the sweeping worker wrote may lie ahead of this process's clock (each keeps within the fence's
+# skew bound of Redis's).
+CLOCK_SLACK = 2
+Placed = tuple[str, int] | None  # (the expiry index holding a coupon, its score), or nowhere
+
+
+def _expiry_fits(state: WalletState, coupon_id: str, redis: Placed, keys: WalletKeys) -> bool:
+    record = state.coupons.get(coupon_id)
+    if record is None or redis is None:
+        return record is None and redis is None
+    key, score = redis
+    until, past = int(record["valid_until"]), int(record["valid_until"]) <= state.now + CLOCK_SLACK
+    if key == keys.finished:
+        return coupon_id in state.finished and until <= score <= state.now + CLOCK_SLACK
+    waiting = coupon_id in state.expiring or record["status"] == "redeemed"  # the sweep has yet to come
+    return key == keys.expiring and waiting and (score == until or (past and score > until))
+
+
+def _compare_expiry(
+    state: WalletState, keys: WalletKeys, expiring: dict[str, int], finished: dict[str, int]
+) -> list[Difference]:
+    """Each coupon in one expiry index, as the ledger allows (the module's docstring)."""
+    found = []
+    for coupon_id in sorted(set(state.coupons) | set(expiring) | set(finished)):
+        indexes = ((keys.expiring, expiring), (keys.finished, finished))
+        held = [(key, index[coupon_id]) for key, index in indexes if coupon_id in index]
+        redis: Placed = held[0] if len(held) == 1 else None
+        if len(held) < 2 and _expiry_fits(state, coupon_id, redis, keys):
+            continue
+        ledger: Placed = None
+        if coupon_id in state.finished:
+            ledger = (keys.finished, state.finished[coupon_id])
+        elif coupon_id in state.expiring:
+            ledger = (keys.expiring, state.expiring[coupon_id])
+        key = held[0][0] if held else ledger[0] if ledger else keys.expiring
+        shown = held[0] if len(held) == 1 else held or None
+        found.append(Difference(state.partition, "expiry", key, coupon_id, shown, ledger))
+    return found
 
 
 async def _seq(client: RedisClient, state: PartitionState) -> list[Difference]:
@@ -147,11 +192,13 @@ async def _wallet(client: RedisClient, state: WalletState) -> list[Difference]:
     pipe.hgetall(keys.orders)
     pipe.zrange(keys.locks, 0, -1, withscores=True)
     pipe.hgetall(keys.counters)
+    pipe.zrange(keys.expiring, 0, -1, withscores=True)
+    pipe.zrange(keys.finished, 0, -1, withscores=True)
     for key in state.records:
         pipe.get(key)
     for user in users:
         pipe.zrange(keys.user_index(user), 0, -1)
-    raw, orders, locks, counters, *rest = await pipe.execute()
+    raw, orders, locks, counters, expiring, finished, *rest = await pipe.execute()
     records, indexes = rest[: len(state.records)], rest[len(state.records) :]
     found = _compare_records(state.partition, "coupon", keys.coupons, raw, state.coupons)
     found += _compare_records(state.partition, "order", keys.orders, orders, state.orders)
@@ -159,6 +206,9 @@ async def _wallet(client: RedisClient, state: WalletState) -> list[Difference]:
         state.partition, "lock", keys.locks, {cid: int(until) for cid, until in locks}, state.locks
     )
     found += _compare_counters(state.partition, keys.counters, counters, state.counters)
+    found += _compare_expiry(
+        state, keys, {cid: int(at) for cid, at in expiring}, {cid: int(at) for cid, at in finished}
+    )
     found += _compare_idempotency(state.partition, records, state.records)
     found += [
         Difference(state.partition, "ledger", "coupons", coupon_id, "coupon without its claim", claim_id)

@@ -6,8 +6,8 @@ Redis with it.
   stock plus the changes minus taken; the allow-list from the definition; unexpired idempotency records; its
   code batches (``code_batches``: packs reserved, or ``void``);
 - wallet ``{w:n}``: every coupon the ledger holds for the bucket (with its lock or redemption), each user's
-  index, the orders, the locks, the per-activity checkout counters and unexpired code-redeem idempotency
-  records;
+  index, the orders, the locks, the per-activity checkout counters, the expiry indexes (``expiring``: coupons not
+  final, at their validity's end; ``finished``: the final ones) and unexpired code-redeem idempotency records;
 - blocklist: the entries present;
 - code ``{c:n}``: the codes of its ready batches (with the redeemer and answer of each redeemed one), those
   batches' records and the per-activity redeemed counters.
@@ -28,7 +28,7 @@ from gateway.catalog.campaign import hot_config
 from gateway.codes.batches import batch_record
 from gateway.events import ActivityStatus, ConfigFields, StockLeft
 from gateway.keys import activity_of_partition, order_field
-from worker.recovery.wallet_records import coupon_record, order_record
+from worker.recovery.wallet_records import coupon_record, is_final, order_record
 
 KINDS = ("activity", "wallet", "code", "blocklist")
 
@@ -79,6 +79,9 @@ class WalletState:
     locks: dict[str, int] = field(default_factory=dict)  # locked coupon id -> its deadline
     counters: dict[str, str] = field(default_factory=dict)  # "<activity>|locked" ... -> figure
     records: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, expires at)
+    expiring: dict[str, int] = field(default_factory=dict)  # coupon id not final -> its valid_until
+    finished: dict[str, int] = field(default_factory=dict)  # final coupon id -> when it became final
+    now: int = 0  # the time the state was read at: what "past its validity" means here
     # The ledger's own faults: coupons whose claim it lacks (coupon id -> claim id), and entries held longer
     # than HELD_GRACE_SECONDS for a claim it still lacks ("<stream> <entry id>" -> claim id).
     unclaimed: dict[str, str] = field(default_factory=dict)
@@ -240,17 +243,23 @@ def _stock_delta(change: asyncpg.Record) -> int:
 
 
 async def _wallet(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> WalletState:
-    state = WalletState(partition, mark)
+    state = WalletState(partition, mark, now=now)
     rows = await pool.fetch(
         "SELECT coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from, valid_until,"
         " order_id, locked_until, discount FROM coupons WHERE partition = $1 ORDER BY coupon_id",
         partition,
     )
+    last_change = await _last_changes(pool, partition, now)
     for row in rows:
-        state.coupons[row["coupon_id"]] = coupon_record(row)
-        state.indexes.setdefault(row["user_id"], []).append(row["coupon_id"])
+        coupon_id, valid_until = row["coupon_id"], int(row["valid_until"])
+        state.coupons[coupon_id] = coupon_record(row)
+        state.indexes.setdefault(row["user_id"], []).append(coupon_id)
         if row["status"] == "locked":
-            state.locks[row["coupon_id"]] = int(row["locked_until"])
+            state.locks[coupon_id] = int(row["locked_until"])
+        if is_final(row["status"], valid_until, now):
+            state.finished[coupon_id] = max(valid_until, last_change.get(coupon_id, valid_until))
+        else:
+            state.expiring[coupon_id] = valid_until
     state.orders = {
         order_field(row["user_id"], row["order_id"]): order_record(row)
         for row in await pool.fetch(
@@ -279,6 +288,22 @@ async def _wallet(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> Wa
         )
     }
     return state
+
+
+async def _last_changes(pool: asyncpg.Pool, partition: str, now: int) -> dict[str, int]:
+    """Each final coupon's last change but ``expired``: one a lock held past its validity became final when the
+    lock ended (released, lapsed, redeemed), the later of that and its validity's end."""
+    return {
+        row["coupon_id"]: int(row["at"])
+        for row in await pool.fetch(
+            "SELECT e.coupon_id, max(e.at) AS at FROM coupon_events e JOIN coupons c USING (coupon_id)"
+            " WHERE c.partition = $1 AND e.type <> 'expired'"
+            " AND (c.status = 'expired' OR (c.status = 'redeemed' AND c.valid_until <= $2))"
+            " GROUP BY e.coupon_id",
+            partition,
+            now,
+        )
+    }
 
 
 async def _checkout_counters(pool: asyncpg.Pool, partition: str) -> dict[str, str]:

@@ -4,7 +4,8 @@ difference, and finish what a crash left half-done.
 Per partition it first drains the stream into the ledger (idempotent), then compares: seq with the ledger's
 mark; an activity's config and status, stock left and taken, per-user and per-device counts, allow-list,
 idempotency records and code batches; a wallet bucket's coupons (every field of each), each user's index, the
-orders (every field), the locks, the checkout counters and code-redeem idempotency records; a code bucket's codes
+orders (every field), the locks, the checkout counters, the expiry indexes (as far as the ledger can tell their
+times: worker/recovery/compare.py) and code-redeem idempotency records; a code bucket's codes
 (every field), batch records and redeemed counters; the blocklist. JSON records are compared decoded; a counter
 missing and one at "0" are the same. It also checks the ledger itself: no activity's claims hold a unit beyond
 the stock ever made available, no coupon without its claim, and no entry held long for a claim it lacks.

@@ -69,6 +69,11 @@ def _pairs(mapping: dict[str, str]) -> list[str]:
     return [item for pair in sorted(mapping.items()) for item in pair]
 
 
+def _scored(mapping: dict[str, int]) -> list[str]:
+    """A zset's members and scores, flat: ``[member, score, ...]``."""
+    return [item for member, score in sorted(mapping.items()) for item in (member, str(score))]
+
+
 async def _needs_restore(control: RedisClient, state: PartitionState) -> str | None:
     """None when the partition should be rebuilt, else why not."""
     seq = await control.get(Partition(state.partition).seq)
@@ -145,18 +150,25 @@ async def _write_wallet(runner: ScriptRunner, state: WalletState) -> dict[str, i
         records = [item for cid in coupon_ids for item in (cid, encode(state.coupons[cid]))]
         user_keys = calls.RestoreWalletKeys.of(wallet, user)
         await calls.restore_wallet(runner, user_keys, step="user", payload=encode(records))
-    if state.orders or state.locks or state.counters:
+    if state.orders or state.locks or state.counters or state.expiring or state.finished:
         for payload in _in_parts(
             orders=[item for name in sorted(state.orders) for item in (name, encode(state.orders[name]))],
-            locks=[item for cid, until in sorted(state.locks.items()) for item in (cid, str(until))],
+            locks=_scored(state.locks),
             counters=_pairs(state.counters),
+            expiring=_scored(state.expiring),
+            finished=_scored(state.finished),
         ):
             await calls.restore_wallet(runner, bucket, step="checkout", payload=encode(payload))
     await _write_records(runner, state.records)
     return {
         "coupons": len(state.coupons),
         "users": len(state.indexes),
-        **_nonzero(orders=len(state.orders), locks=len(state.locks), records=len(state.records)),
+        **_nonzero(
+            orders=len(state.orders),
+            locks=len(state.locks),
+            records=len(state.records),
+            finished=len(state.finished),
+        ),
     }
 
 

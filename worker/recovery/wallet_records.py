@@ -44,3 +44,9 @@ def order_record(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     if row["status"] == "refunded":
         record["returned"] = row["returned"]
     return record
+
+
+def is_final(status: str, valid_until: int, now: int) -> bool:
+    """Nothing can change the coupon any more: expired, or redeemed past its validity (a refund then returns
+    nothing). Anything else may still change, so the expiry sweep has yet to look at it (or to look again)."""
+    return status == "expired" or (status == "redeemed" and valid_until <= now)

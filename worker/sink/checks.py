@@ -68,7 +68,9 @@ async def hold(conn: asyncpg.Connection, rows: Rows) -> None:
 
 async def check_versions(conn: asyncpg.Connection, rows: Rows) -> None:
     """A coupon's versions in order: each version is one event; another event claiming a version the ledger
-    (or the batch) already holds for the coupon is a conflict, and none of its coupons is written."""
+    (or the batch) already holds for the coupon is a conflict, and none of its coupons is written. The same event
+    again is none: a ``delivered`` (``<claim>.d``) or an ``expired`` (``expired:<coupon>``) repeated after a Redis
+    rollback carries the id the ledger holds."""
     events = [(entry, row) for entry, row in rows.coupon_events if entry.key not in rows.held]
     if not events:
         return

@@ -24,6 +24,7 @@ from gateway.events import (
     CouponChanged,
     Delivered,
     Event,
+    Expired,
     GrantCallRecorded,
     IdempotencyRecorded,
     Locked,
@@ -211,6 +212,33 @@ def _archived(rows: Rows, entry: Entry, event: CouponArchived | OrderArchived) -
         rows.orders_archived.append((entry, order))
 
 
+def _expired(rows: Rows, entry: Entry, event: Expired) -> None:
+    """The expiry sweep's: the coupon expired at its new version (a coupon the claim of which the ledger lacks
+    waits for it, as a checkout change does)."""
+    rows.claim_of[entry.key] = (entry, event.claim_id)
+    coupon = CouponRow(
+        event.coupon_id,
+        event.user_id,
+        event.activity_id,
+        event.template_id,
+        event.claim_id,
+        "expired",
+        event.version,
+        event.valid_from,
+        event.valid_until,
+        event.at,
+        entry.partition,
+        None,
+        None,
+        None,
+    )
+    rows.coupons.append((entry, coupon))
+    history = CouponEventRow(
+        event.coupon_id, event.version, event.event_id, type_of(event), event.at, "expired", None
+    )
+    rows.coupon_events.append((entry, history))
+
+
 def _recorded(rows: Rows, entry: Entry, event: GrantCallRecorded | IdempotencyRecorded) -> None:
     record = IdempotencyRow(
         event.idem_key, entry.partition, event.idem_hash, entry.fields["answer"], event.idem_expires
@@ -302,6 +330,7 @@ APPLY: dict[type[Event], Callable[[Rows, Entry, Any], None]] = {
     LockExpired: _coupon_changed,
     CouponArchived: _archived,
     OrderArchived: _archived,
+    Expired: _expired,
     GrantCallRecorded: _recorded,
     IdempotencyRecorded: _recorded,
     CodesStored: _marks_only,

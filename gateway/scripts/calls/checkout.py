@@ -1,5 +1,5 @@
 """Calls of the wallet and checkout scripts: ``wallet_page``, ``order_view``, ``lock``, ``redeem``, ``release``,
-``refund``, ``sweep_locks``."""
+``refund``, ``sweep_locks``, ``sweep_expired``."""
 
 from __future__ import annotations
 
@@ -182,3 +182,21 @@ def retain_coupons(
     """The user's coupons (``coupon_ids``, a JSON array) final at or before ``cutoff`` leave Redis (each checked
     again in the script)."""
     return runner.run("retain_coupons", keys, [now, event_id, cutoff, user_id, coupon_ids])
+
+
+class ExpiryKeys(NamedTuple):
+    """KEYS of ``sweep_expired``."""
+
+    coupons: str
+    expiring: str
+    finished: str
+    seq: str
+    events: str
+
+    @classmethod
+    def of(cls, wallet: WalletKeys) -> ExpiryKeys:
+        return cls(wallet.coupons, wallet.expiring, wallet.finished, wallet.seq, wallet.events)
+
+
+def sweep_expired(runner: Runs[Reply], keys: ExpiryKeys, *, now: int, limit: int) -> Reply:
+    return runner.run("sweep_expired", keys, [now, limit])

@@ -84,12 +84,13 @@ def claim(
 class DeliverKeys(NamedTuple):
     coupons: str
     index: str  # type: ignore[assignment]  # the header's name; it hides tuple.index, which nothing here calls
+    expiring: str
     seq: str
     events: str
 
     @classmethod
     def of(cls, wallet: WalletKeys, user_id: str) -> DeliverKeys:
-        return cls(wallet.coupons, wallet.user_index(user_id), wallet.seq, wallet.events)
+        return cls(wallet.coupons, wallet.user_index(user_id), wallet.expiring, wallet.seq, wallet.events)
 
 
 def deliver(

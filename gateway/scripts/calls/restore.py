@@ -36,11 +36,21 @@ class RestoreWalletKeys(NamedTuple):
     orders: str
     locks: str
     counters: str
+    expiring: str
+    finished: str
 
     @classmethod
     def of(cls, wallet: WalletKeys, user_id: str = "") -> RestoreWalletKeys:
         """The bucket's keys around one user's index (the untouched placeholder when the step has no user)."""
-        return cls(wallet.coupons, wallet.user_index(user_id), wallet.orders, wallet.locks, wallet.counters)
+        return cls(
+            wallet.coupons,
+            wallet.user_index(user_id),
+            wallet.orders,
+            wallet.locks,
+            wallet.counters,
+            wallet.expiring,
+            wallet.finished,
+        )
 
 
 def restore_wallet(
