@@ -1,7 +1,7 @@
 #!lua
 --[[
 restore_wallet: write a wallet bucket's state as rebuilt from the ledger (restore). "reset" empties the bucket's
-coupons, orders, locks, counters and expiry indexes; "user" writes one user's coupons (records and index, the
+coupons, orders, locks, counters, expiry indexes and finished orders' index; "user" writes one user's coupons (records and index, the
 index replaced); "drop" deletes the index of a user the ledger holds no coupon for; "checkout" adds orders, locks,
 counters and the expiry indexes' entries (a large bucket arrives in parts). Failed code attempts ({w:n}:fails:*)
 are not ledger state: left alone. restore_finish then levels the partition's seq and appends the event that
@@ -14,10 +14,11 @@ KEYS[4] locks     zset   {w:n}:locks       locked coupon id -> its deadline
 KEYS[5] counters  hash   {w:n}:counters    "<activity>|locked", "|redeemed", "|redeemed_value"
 KEYS[6] expiring  zset   {w:n}:expiring    coupon id -> when the expiry sweep looks at it (coupons not final)
 KEYS[7] finished  zset   {w:n}:final       coupon id -> when it became final
+KEYS[8] done      zset   {w:n}:done        finished order fields -> when they finished
 ARGV[1] step      "reset", "user", "drop" or "checkout"
 ARGV[2] payload   "user": JSON [coupon id, record JSON, ...]; "checkout": JSON {orders: [field, record JSON, ...],
                   locks: [coupon id, deadline, ...], counters: [field, value, ...], expiring: [coupon id, time,
-                  ...], finished: [coupon id, time, ...]}; "[]" otherwise
+                  ...], finished: [coupon id, time, ...], done: [order field, time, ...]}; "[]" otherwise
 REPLY ok
 ]]
 local function pairs_list(list, name)  -- malformed ARGV fails here, before any write
@@ -42,11 +43,11 @@ local function scored(list, name)  -- pairs of (member, score): every score a nu
 end
 
 local coupons_key, index_key, orders_key, locks_key, counters_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local expiring_key, finished_key = KEYS[6], KEYS[7]
+local expiring_key, finished_key, done_key = KEYS[6], KEYS[7], KEYS[8]
 local step = ARGV[1]
 
 if step == "reset" then
-  redis.call("DEL", coupons_key, orders_key, locks_key, counters_key, expiring_key, finished_key)
+  redis.call("DEL", coupons_key, orders_key, locks_key, counters_key, expiring_key, finished_key, done_key)
   return {"ok"}
 end
 if step == "drop" then
@@ -63,6 +64,7 @@ if step == "checkout" then
   local counters = pairs_list(payload.counters or {}, "counters")
   local expiring = scored(pairs_list(payload.expiring or {}, "expiring"), "expiring")
   local finished = scored(pairs_list(payload.finished or {}, "finished"), "finished")
+  local done = scored(pairs_list(payload.done or {}, "done"), "done")
   for i = 1, #orders, 2 do
     redis.call("HSET", orders_key, orders[i], orders[i + 1])
   end
@@ -77,6 +79,9 @@ if step == "checkout" then
   end
   for i = 1, #finished, 2 do
     redis.call("ZADD", finished_key, finished[i + 1], finished[i])
+  end
+  for i = 1, #done, 2 do
+    redis.call("ZADD", done_key, done[i + 1], done[i])
   end
   return {"ok"}
 end

@@ -42,6 +42,7 @@ def wallet_keys(wallet: WalletKeys, user: str = "") -> list[str]:
         wallet.counters,
         wallet.expiring,
         wallet.finished,
+        wallet.finished_orders,
     ]
 
 
@@ -270,6 +271,7 @@ async def seed_checkout(client: RedisClient, wallet: WalletKeys, user: str) -> N
     await client.hset(wallet.counters, mapping={"act1|locked": "1", "act1|redeemed": "0"})
     await client.zadd(wallet.expiring, {"c0.1": NOW + DAY})
     await client.zadd(wallet.finished, {"c8.1": NOW - DAY})
+    await client.zadd(wallet.finished_orders, {order_field(user, "o-gone"): NOW - DAY})
 
 
 def order(coupon_id: str, status: str, locked_until: int | None = None, version: int = 1) -> dict[str, Any]:
@@ -301,7 +303,15 @@ async def test_wallet_reset_empties_coupons_orders_locks_counters_expiry_and_lea
 
     assert reply == ["ok"]
     after = await snapshot(redis_client)
-    emptied = {wallet.coupons, wallet.orders, wallet.locks, wallet.counters, wallet.expiring, wallet.finished}
+    emptied = {
+        wallet.coupons,
+        wallet.orders,
+        wallet.locks,
+        wallet.counters,
+        wallet.expiring,
+        wallet.finished,
+        wallet.finished_orders,
+    }
     assert emptied <= set(before)
     assert changed(before, after) == emptied
     assert set(after) == set(before) - emptied
@@ -330,6 +340,7 @@ async def test_wallet_checkout_adds_orders_locks_counters_and_expiry_entries(
         "counters": ["act1|locked", "2", "act1|redeemed", "1", "act1|redeemed_value", "500"],
         "expiring": ["c1.1", str(NOW + DAY), "c1.2", NOW + 2 * DAY],
         "finished": ["c9.1", str(NOW - 5)],
+        "done": [order_field(bob, "o1"), NOW - 5],
     }
 
     reply = await runner.run("restore_wallet", wallet_keys(wallet), ["checkout", json.dumps(first)])
@@ -342,7 +353,16 @@ async def test_wallet_checkout_adds_orders_locks_counters_and_expiry_entries(
         wallet.counters,
         wallet.expiring,
         wallet.finished,
+        wallet.finished_orders,
     }
+    assert after[wallet.finished_orders] == (
+        "zset",
+        sorted(
+            [(order_field(alice, "o-gone"), float(NOW - DAY)), (order_field(bob, "o1"), float(NOW - 5))],
+            key=lambda x: x[1],
+        ),
+        -1,
+    )
     assert after[wallet.expiring] == (
         "zset",
         [("c0.1", float(NOW + DAY)), ("c1.1", float(NOW + DAY)), ("c1.2", float(NOW + 2 * DAY))],

@@ -20,15 +20,15 @@ from worker.recovery.ledger_state import (
     BlocklistState,
     CodeState,
     PartitionState,
-    WalletState,
 )
+from worker.recovery.wallet_state import WalletState
 
 
 @dataclass(frozen=True)
 class Difference:
     partition: str
-    # seq, config, user_count, device_count, allow, record, batch, coupon, index, order, lock, counter, expiry,
-    # code, blocklist, ledger
+    # seq, config, user_count, device_count, allow, record, batch, coupon, index, order, finished_order, lock,
+    # counter, expiry, code, blocklist, ledger
     what: str
     key: str
     field: str
@@ -194,16 +194,20 @@ async def _wallet(client: RedisClient, state: WalletState) -> list[Difference]:
     pipe.hgetall(keys.counters)
     pipe.zrange(keys.expiring, 0, -1, withscores=True)
     pipe.zrange(keys.finished, 0, -1, withscores=True)
+    pipe.zrange(keys.finished_orders, 0, -1, withscores=True)
     for key in state.records:
         pipe.get(key)
     for user in users:
         pipe.zrange(keys.user_index(user), 0, -1)
-    raw, orders, locks, counters, expiring, finished, *rest = await pipe.execute()
+    raw, orders, locks, counters, expiring, finished, done, *rest = await pipe.execute()
     records, indexes = rest[: len(state.records)], rest[len(state.records) :]
     found = _compare_records(state.partition, "coupon", keys.coupons, raw, state.coupons)
     found += _compare_records(state.partition, "order", keys.orders, orders, state.orders)
     found += _compare_map(
         state.partition, "lock", keys.locks, {cid: int(until) for cid, until in locks}, state.locks
+    )
+    found += _compare_map(
+        state.partition, "finished_order", keys.finished_orders, {f: int(at) for f, at in done}, state.done
     )
     found += _compare_counters(state.partition, keys.counters, counters, state.counters)
     found += _compare_expiry(

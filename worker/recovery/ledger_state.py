@@ -27,8 +27,8 @@ from gateway.catalog import store
 from gateway.catalog.campaign import hot_config
 from gateway.codes.batches import batch_record
 from gateway.events import ActivityStatus, ConfigFields, StockLeft
-from gateway.keys import activity_of_partition, order_field
-from worker.recovery.wallet_records import coupon_record, is_final, order_record
+from gateway.keys import activity_of_partition
+from worker.recovery.wallet_state import WalletState, idempotency_records, wallet_state
 
 KINDS = ("activity", "wallet", "code", "blocklist")
 
@@ -67,25 +67,6 @@ class ActivityState:
     batches: dict[str, str] = field(default_factory=dict)  # code batch id -> packs reserved, or "void"
     ever_stocked: int = 0  # the definition's stock plus every addition
     highest_unit: int = 0  # the highest ordinal a claim holds
-
-
-@dataclass
-class WalletState:
-    partition: str
-    mark: int
-    coupons: dict[str, dict[str, Any]] = field(default_factory=dict)  # coupon id -> record
-    indexes: dict[str, list[str]] = field(default_factory=dict)  # user -> coupon ids, sorted
-    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<user>/<order>" -> record
-    locks: dict[str, int] = field(default_factory=dict)  # locked coupon id -> its deadline
-    counters: dict[str, str] = field(default_factory=dict)  # "<activity>|locked" ... -> figure
-    records: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, expires at)
-    expiring: dict[str, int] = field(default_factory=dict)  # coupon id not final -> its valid_until
-    finished: dict[str, int] = field(default_factory=dict)  # final coupon id -> when it became final
-    now: int = 0  # the time the state was read at: what "past its validity" means here
-    # The ledger's own faults: coupons whose claim it lacks (coupon id -> claim id), and entries held longer
-    # than HELD_GRACE_SECONDS for a claim it still lacks ("<stream> <entry id>" -> claim id).
-    unclaimed: dict[str, str] = field(default_factory=dict)
-    waiting: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,17 +119,12 @@ async def mark_of(pool: asyncpg.Pool, partition: str) -> int:
     return int(mark or 0)
 
 
-# An entry held this long for its claim is reported: a claim's own event reaches the ledger within seconds
-# unless Redis lost it (or the ledger refused it as a conflict).
-HELD_GRACE_SECONDS = 60
-
-
 async def build(pool: asyncpg.Pool, partition: str, kind: str, now: int) -> PartitionState:
     mark = await mark_of(pool, partition)
     if kind == "activity":
         return await _activity(pool, partition, mark, now)
     if kind == "wallet":
-        return await _wallet(pool, partition, mark, now)
+        return await wallet_state(pool, partition, mark, now)
     if kind == "blocklist":
         return await _blocklist(pool, partition, mark)
     if kind == "code":
@@ -216,7 +192,7 @@ async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> 
     )
     if activity.eligibility and activity.eligibility.users:
         state.allow = set(activity.eligibility.users)
-    state.records = await _records(pool, partition, now)
+    state.records = await idempotency_records(pool, partition, now)
     state.batches = {
         row["batch_id"]: "void" if row["voided"] else str(row["count"])
         for row in await pool.fetch(
@@ -240,112 +216,6 @@ def _stock_delta(change: asyncpg.Record) -> int:
     """A stock change's packs (negative: taken away), from its audit row."""
     before = msgspec.json.decode(change["before"], type=StockLeft)
     return msgspec.json.decode(change["after"], type=StockLeft).stock_left - before.stock_left
-
-
-async def _wallet(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> WalletState:
-    state = WalletState(partition, mark, now=now)
-    rows = await pool.fetch(
-        "SELECT coupon_id, user_id, activity_id, template_id, claim_id, status, version, valid_from, valid_until,"
-        " order_id, locked_until, discount FROM coupons WHERE partition = $1 ORDER BY coupon_id",
-        partition,
-    )
-    last_change = await _last_changes(pool, partition, now)
-    for row in rows:
-        coupon_id, valid_until = row["coupon_id"], int(row["valid_until"])
-        state.coupons[coupon_id] = coupon_record(row)
-        state.indexes.setdefault(row["user_id"], []).append(coupon_id)
-        if row["status"] == "locked":
-            state.locks[coupon_id] = int(row["locked_until"])
-        if is_final(row["status"], valid_until, now):
-            state.finished[coupon_id] = max(valid_until, last_change.get(coupon_id, valid_until))
-        else:
-            state.expiring[coupon_id] = valid_until
-    state.orders = {
-        order_field(row["user_id"], row["order_id"]): order_record(row)
-        for row in await pool.fetch(
-            "SELECT user_id, order_id, coupon_id, status, discount, split, locked_until, returned, version"
-            " FROM orders WHERE partition = $1 ORDER BY user_id, order_id",
-            partition,
-        )
-    }
-    state.counters = await _checkout_counters(pool, partition)
-    state.records = await _records(pool, partition, now)
-    state.unclaimed = {
-        row["coupon_id"]: row["claim_id"]
-        for row in await pool.fetch(
-            "SELECT c.coupon_id, c.claim_id FROM coupons AS c WHERE c.partition = $1"
-            " AND NOT EXISTS (SELECT 1 FROM claims AS k WHERE k.claim_id = c.claim_id) ORDER BY c.coupon_id",
-            partition,
-        )
-    }
-    state.waiting = {
-        f"{row['stream']} {row['entry_id']}": row["claim_id"]
-        for row in await pool.fetch(
-            "SELECT stream, entry_id, claim_id FROM held_entries WHERE partition = $1 AND held_at < $2"
-            " ORDER BY stream, entry_id",
-            partition,
-            now - HELD_GRACE_SECONDS,
-        )
-    }
-    return state
-
-
-async def _last_changes(pool: asyncpg.Pool, partition: str, now: int) -> dict[str, int]:
-    """Each final coupon's last change but ``expired``: one a lock held past its validity became final when the
-    lock ended (released, lapsed, redeemed), the later of that and its validity's end."""
-    return {
-        row["coupon_id"]: int(row["at"])
-        for row in await pool.fetch(
-            "SELECT e.coupon_id, max(e.at) AS at FROM coupon_events e JOIN coupons c USING (coupon_id)"
-            " WHERE c.partition = $1 AND e.type <> 'expired'"
-            " AND (c.status = 'expired' OR (c.status = 'redeemed' AND c.valid_until <= $2))"
-            " GROUP BY e.coupon_id",
-            partition,
-            now,
-        )
-    }
-
-
-async def _checkout_counters(pool: asyncpg.Pool, partition: str) -> dict[str, str]:
-    """``<activity>|locked`` = coupons locked, ``|redeemed`` = coupons redeemed, ``|redeemed_value`` = their
-    discounts. The scripts only add to a field, so it exists (perhaps "0") once its first change happened:
-    ``|locked`` after the activity's first lock in the bucket, the other two after its first redeem."""
-    figures = {
-        row["activity_id"]: row
-        for row in await pool.fetch(
-            "SELECT activity_id, count(*) FILTER (WHERE status = 'locked') AS locked,"
-            " count(*) FILTER (WHERE status = 'redeemed') AS redeemed,"
-            " coalesce(sum(discount) FILTER (WHERE status = 'redeemed'), 0)::bigint AS redeemed_value"
-            " FROM coupons WHERE partition = $1 GROUP BY activity_id",
-            partition,
-        )
-    }
-    counters: dict[str, str] = {}
-    for row in await pool.fetch(
-        "SELECT DISTINCT c.activity_id, e.type FROM coupon_events e JOIN coupons c USING (coupon_id)"
-        " WHERE c.partition = $1 AND e.type IN ('locked', 'redeemed') ORDER BY 1, 2",
-        partition,
-    ):
-        activity, figure = row["activity_id"], figures[row["activity_id"]]
-        if row["type"] == "locked":
-            counters[f"{activity}|locked"] = str(figure["locked"])
-        else:
-            counters[f"{activity}|redeemed"] = str(figure["redeemed"])
-            counters[f"{activity}|redeemed_value"] = str(figure["redeemed_value"])
-    return counters
-
-
-async def _records(pool: asyncpg.Pool, partition: str, now: int) -> dict[str, tuple[str, int]]:
-    """The partition's unexpired idempotency records: key -> ("<body hash>|<answer>", expires at)."""
-    return {
-        row["redis_key"]: (f"{row['body_hash']}|{row['answer']}", int(row["expires_at"]))
-        for row in await pool.fetch(
-            "SELECT redis_key, body_hash, answer, expires_at FROM idempotency_records"
-            " WHERE partition = $1 AND expires_at > $2",
-            partition,
-            now,
-        )
-    }
 
 
 async def _code(pool: asyncpg.Pool, partition: str, mark: int) -> CodeState:

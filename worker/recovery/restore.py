@@ -37,12 +37,12 @@ from worker.recovery.ledger_state import (
     BlocklistState,
     CodeState,
     PartitionState,
-    WalletState,
     build,
     encode,
     mark_of,
     partitions,
 )
+from worker.recovery.wallet_state import WalletState
 
 PART_SIZE = 2000  # fields per script call: large partitions go in parts, each one short for Redis
 
@@ -150,13 +150,14 @@ async def _write_wallet(runner: ScriptRunner, state: WalletState) -> dict[str, i
         records = [item for cid in coupon_ids for item in (cid, encode(state.coupons[cid]))]
         user_keys = calls.RestoreWalletKeys.of(wallet, user)
         await calls.restore_wallet(runner, user_keys, step="user", payload=encode(records))
-    if state.orders or state.locks or state.counters or state.expiring or state.finished:
+    if state.orders or state.locks or state.counters or state.expiring or state.finished or state.done:
         for payload in _in_parts(
             orders=[item for name in sorted(state.orders) for item in (name, encode(state.orders[name]))],
             locks=_scored(state.locks),
             counters=_pairs(state.counters),
             expiring=_scored(state.expiring),
             finished=_scored(state.finished),
+            done=_scored(state.done),
         ):
             await calls.restore_wallet(runner, bucket, step="checkout", payload=encode(payload))
     await _write_records(runner, state.records)

@@ -38,6 +38,7 @@ class RestoreWalletKeys(NamedTuple):
     counters: str
     expiring: str
     finished: str
+    done: str
 
     @classmethod
     def of(cls, wallet: WalletKeys, user_id: str = "") -> RestoreWalletKeys:
@@ -50,6 +51,7 @@ class RestoreWalletKeys(NamedTuple):
             wallet.counters,
             wallet.expiring,
             wallet.finished,
+            wallet.finished_orders,
         )
 
 
