@@ -138,7 +138,7 @@ class Services:
             grants=GrantService(
                 redis.runner, keyspace, claims, blocklist, settings.claim.idempotency_ttl_seconds
             ),
-            wallet=WalletService(redis.runner, keyspace),
+            wallet=WalletService(redis.runner, keyspace, pool),
             terms=terms,
             checkout=CheckoutService(redis.runner, keyspace, terms, settings.checkout.lock_seconds),
             codes=CodeService(

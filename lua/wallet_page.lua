@@ -9,16 +9,18 @@ ARGV[1] now      unix seconds
 ARGV[2] cursor   "" for the first page, else the last coupon id of the page before (one of the user's coupons)
 ARGV[3] limit    1..100
 ARGV[4] status   "" for every status, else available, locked, redeemed or expired
+ARGV[5] vouched  "1" when the caller found the cursor among the user's coupons the ledger holds (one the retention
+                 sweep removed from Redis): the page starts below it unchecked; "" otherwise
 REPLY ok items next   items: the page as a JSON array of {coupon_id, template_id, activity_id, status, valid_from,
                       valid_until, order_id?}; next: the cursor of the next page, "" on the last
-REPLY not_found       the cursor is none of the user's coupons
+REPLY not_found       the cursor is none of the user's coupons here (and not vouched for)
 ]]
 --#include shown_status
 local coupons_key, index_key = KEYS[1], KEYS[2]
-local now, cursor, limit, wanted = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now, cursor, limit, wanted, vouched = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local CHUNK = 100
 
-if cursor ~= "" and not redis.call("ZSCORE", index_key, cursor) then
+if cursor ~= "" and vouched ~= "1" and not redis.call("ZSCORE", index_key, cursor) then
   return {"not_found"}
 end
 

@@ -15,7 +15,8 @@ from gateway.http.openapi import USER_ID, USER_OR_SERVICE, Query, documented
 
 STATUS = Query(
     "status",
-    "Only the coupons in this state (absent: all).",
+    "Only the coupons in this state (absent: all the coupons still in the hot set). Redeemed and expired also "
+    "list those final for longer than the retention, from the ledger.",
     {"type": "string", "enum": list(STATUSES)},
 )
 
@@ -33,7 +34,8 @@ STATUS = Query(
 )
 async def wallet(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The caller's coupons, newest first: ``?status=`` one of available, locked, redeemed, expired (absent:
-    all), ``limit`` ≤ 100, ``cursor``; a service names the user with ``?user_id=``."""
+    every coupon Redis holds; redeemed and expired also those the retention moved to the ledger), ``limit``
+    ≤ 100, ``cursor``; a service names the user with ``?user_id=``."""
     who = auth.caller(request)
     bodies.only_query(request)
     user_id = who.acting_for(request.query_params.get("user_id"))

@@ -393,7 +393,7 @@ async def sweep_expired(runner: ScriptRunner) -> Call:
 @scenario("wallet_page")
 async def wallet_page(runner: ScriptRunner) -> Call:
     await a_coupon(runner)
-    return Call([WALLET.coupons, WALLET.user_index(USER)], [NOW, "", 10, ""])
+    return Call([WALLET.coupons, WALLET.user_index(USER)], [NOW, "", 10, "", ""])
 
 
 # --- the node's whole keyspace -------------------------------------------------------------------------------

@@ -88,3 +88,19 @@ async def test_a_cursor_that_is_none_of_the_users_coupons_is_not_found(
         )
         assert reply == ["not_found"], cursor
     assert await snapshot(redis_client) == before
+
+
+async def test_a_vouched_cursor_pages_below_it_though_redis_no_longer_holds_it(
+    runner: ScriptRunner, redis_client: RedisClient
+) -> None:
+    """The caller found the cursor among the user's archived coupons (the ledger): the page is what sorts below."""
+    await seed(redis_client)
+    before = await snapshot(redis_client)
+    keys = [WALLET.coupons, WALLET.user_index("alice")]
+
+    reply = await runner.run("wallet_page", keys, [NOW, "c3.0", 10, "", "1"])
+
+    assert reply[0] == "ok"
+    assert [item["coupon_id"] for item in json.loads(reply[1])] == ["c2.1", "c1.1"]
+    assert await runner.run("wallet_page", keys, [NOW, "c3.0", 10, "", ""]) == ["not_found"]  # unvouched
+    assert await snapshot(redis_client) == before

@@ -19,10 +19,18 @@ class WalletPageKeys(NamedTuple):
 
 
 def wallet_page(
-    runner: Runs[Reply], keys: WalletPageKeys, *, now: int, cursor: str, limit: int, status: str
+    runner: Runs[Reply],
+    keys: WalletPageKeys,
+    *,
+    now: int,
+    cursor: str,
+    limit: int,
+    status: str,
+    vouched: bool = False,
 ) -> Reply:
-    """``cursor`` and ``status``: "" for the first page and for every status."""
-    return runner.run("wallet_page", keys, [now, cursor, limit, status])
+    """``cursor`` and ``status``: "" for the first page and for every status; ``vouched``: the cursor is one of
+    the user's coupons the ledger holds (no longer in Redis)."""
+    return runner.run("wallet_page", keys, [now, cursor, limit, status, "1" if vouched else ""])
 
 
 class OrderViewKeys(NamedTuple):
