@@ -90,6 +90,12 @@ class ActivityKeys(Partition):
         """Code batch id -> packs reserved from this activity's stock, or ``void``."""
         return f"{self.tag}:batches"
 
+    @property
+    def retired(self) -> str:
+        """The marker of a retired partition (``retire_activity``): the partition's seq when it left Redis. Kept
+        while the activity stays retired (the fence reads it), deleted when a late change revives it."""
+        return f"{self.tag}:retired"
+
 
 @dataclass(frozen=True, slots=True)
 class WalletKeys(Partition):
@@ -241,6 +247,11 @@ def activity_of_partition(partition: str) -> str:
     if not (partition.startswith(ACTIVITY_TAG_PREFIX) and partition.endswith("}")):
         raise ValueError(f"not an activity partition: {partition!r}")
     return partition[len(ACTIVITY_TAG_PREFIX) : -1]
+
+
+def is_activity_partition(partition: str) -> bool:
+    """An activity's partition (``{a:X}``), the one kind that retires."""
+    return partition.startswith(ACTIVITY_TAG_PREFIX) and partition.endswith("}")
 
 
 def is_activity_stream(stream: str) -> bool:

@@ -47,8 +47,9 @@ from worker import sink
 from worker.dead_letters import bury
 from worker.events import Entry
 from worker.faults import crash_point, stalled
-from worker.housekeeping import Housekeeping
+from worker.housekeeping import Housekeeping, retention_seconds
 from worker.operations import operations
+from worker.retire import RetireSweep
 from worker.trim import trim_streams
 
 log = logging.getLogger(__name__)
@@ -349,7 +350,8 @@ async def start_consumer(settings: Settings, fence: Fence | None = None) -> Cons
     except (OSError, asyncpg.PostgresError) as exc:
         log.warning("Postgres unreachable at start: %r", exc)
     claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds)
-    chores = Housekeeping(settings, pool, LockSweeper(redis.runner, keyspace))
+    retire = RetireSweep(pool, redis.runner, keyspace, retention_seconds(settings))
+    chores = Housekeeping(settings, pool, LockSweeper(redis.runner, keyspace), retire)
     return Consumer(settings, redis, pool, claims, housekeeping=chores)
 
 

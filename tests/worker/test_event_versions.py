@@ -61,9 +61,11 @@ async def test_entries_of_the_previous_version_are_applied_as_the_current_ones(
             "coupon_events": 13,  # 2 delivered, then 11 checkout changes (a refund that keeps its coupon: none)
             "orders": 4,
             "idempotency_records": 3,  # u1's claim, the grant call, u4's code
-            "audit": 9,  # created, patched, restocked, paused, resumed, reserved, voided, blocklist, restored
+            # created, patched, restocked, paused, resumed, reserved, voided, blocklist, restored, revived
+            "audit": 10,
             "blocklist": 1,
-            "partition_marks": 6,  # the activity, u1's and u4's wallets, the code bucket, the blocklist, u9's wallet
+            # the activity, u1's and u4's wallets, the code bucket, the blocklist, u9's wallet, the revived activity
+            "partition_marks": 7,
             "held_entries": 0,
             "conflicts": 0,
         }
