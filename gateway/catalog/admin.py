@@ -106,7 +106,8 @@ class AdminService:
             for _ in range(REVIVE_ATTEMPTS):
                 if not retired_reply(reply):
                     break
-                await self.reviver.revive(activity_id, operator, now)
+                if await self.reviver.revive(activity_id, operator, now) is Outcome.ENDED:
+                    raise DomainError(Outcome.STATE_CONFLICT)  # what the script answers an ended activity
                 reply = await call()
         finally:
             if self.changed is not None:
@@ -186,11 +187,8 @@ class AdminService:
     async def _hot(self, activity_id: str) -> dict[str, str] | None:
         """The config Redis holds; None when the partition is retired (no config, its marker there)."""
         keys = self.keyspace.activity(activity_id)
-        pipe = self.runner.control.pipeline(transaction=False)
-        pipe.hgetall(keys.config)
-        pipe.exists(keys.retired)
-        hot, retired = await pipe.execute()
-        if not hot and retired:
+        hot = await self.runner.control.hgetall(keys.config)
+        if not hot and await self.runner.control.exists(keys.retired):
             return None
         return {str(k): str(v) for k, v in hot.items()}
 

@@ -5,7 +5,8 @@ Redis (``lua/retire_activity.lua``, run by the worker's retire sweep).
 - A late change (a grant, a restock, a status change or a patch) first brings the partition back
   (``Reviver.revive``): the ledger's rebuild written by ``revive_activity`` (in parts, then ``finish``, which
   makes it live in one step), then the change runs. Two gateways reviving at once write the same values, and
-  only while the partition is still retired; one revival per activity at a time runs in a process.
+  only while the partition is still retired; one revival per activity at a time runs in a process. An activity
+  an operator ended stays retired: every change to it would be refused.
 - Postgres follows the marker in Redis: ``activities.retired_at`` and the stream's ``retired_at`` are set by the
   sweep after its script, and cleared by a revival before it writes Redis and again after, so a crash between
   the two is healed by the next sweep (or the next revival) and a sweep racing a revival ends with the ledger
@@ -96,8 +97,9 @@ class Reviver:
 
     async def revive(self, activity_id: str, operator: str, now: int) -> Outcome:
         """Bring the partition back: ``ok`` revived now, ``replay`` live already (another hand revived it),
-        ``not_found`` not retired (nothing in Redis: never mirrored). Callers waiting on the same activity share
-        one revival; a caller cancelled leaves it running for the others."""
+        ``not_found`` not retired (nothing in Redis: never mirrored), ``ended`` left retired because an operator
+        ended the activity (every change to it is refused: nothing to bring back for). Callers waiting on the
+        same activity share one revival; a caller cancelled leaves it running for the others."""
         running = self._running.get(activity_id)
         if running is None:
             running = asyncio.ensure_future(self._revive(activity_id, operator, now))
@@ -107,10 +109,12 @@ class Reviver:
 
     async def _revive(self, activity_id: str, operator: str, now: int) -> Outcome:
         keys = self.keyspace.activity(activity_id)
-        await record_live(self.pool, activity_id, keys.events)
         state = await activity_state(self.pool, keys.tag, await mark_of(self.pool, keys.tag), now)
         if not state.defined:
             raise DomainError(Outcome.NOT_FOUND, "No such activity.")
+        if state.config.get("status") == "ended" and await is_retired(self.runner.control, keys):
+            return Outcome.ENDED
+        await record_live(self.pool, activity_id, keys.events)  # before Redis: a crash after it heals itself
         outcome = await self._write(keys, state, operator, now)
         await record_live(self.pool, activity_id, keys.events)  # after the sweep's record, should one race us
         if outcome is Outcome.OK:

@@ -137,7 +137,8 @@ class GrantService:
                 if revived == REVIVE_ATTEMPTS:  # retired again each time, right after its revival: rare
                     raise DomainError(Outcome.OVERLOADED, "The activity is being brought back.") from None
                 revived += 1
-                await self.reviver.revive(activity_id, operator, now)
+                if await self.reviver.revive(activity_id, operator, now) is Outcome.ENDED:
+                    raise DomainError(Outcome.ENDED) from None  # ended by an operator: refused as before
 
     async def _one(
         self, activity_id: str, user_id: str, operator: str, key: str | None, digest: str, now: int

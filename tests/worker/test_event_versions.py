@@ -53,20 +53,17 @@ async def test_entries_of_the_previous_version_are_applied_as_the_current_ones(
         assert await ledger(conn) == applied
 
     counts = {table: len(rows) for table, rows in applied.items()}
-    assert (
-        counts
-        == {
-            "claims": 4,  # u1 (keyed), u2, u3 (a grant), u4 (a code)
-            "coupons": 2,  # u1's, delivered
-            "coupon_events": 13,  # 2 delivered, then 11 checkout changes (a refund that keeps its coupon: none)
-            "orders": 4,
-            "idempotency_records": 3,  # u1's claim, the grant call, u4's code
-            # created, patched, restocked, paused, resumed, reserved, voided, blocklist, restored, revived
-            "audit": 10,
-            "blocklist": 1,
-            # the activity, u1's and u4's wallets, the code bucket, the blocklist, u9's wallet, the revived activity
-            "partition_marks": 7,
-            "held_entries": 0,
-            "conflicts": 0,
-        }
-    )
+    assert counts == {
+        "claims": 4,  # u1 (keyed), u2, u3 (a grant), u4 (a code)
+        "coupons": 2,  # u1's, delivered
+        "coupon_events": 13,  # 2 delivered, then 11 checkout changes (a refund that keeps its coupon: none)
+        "orders": 4,
+        "idempotency_records": 3,  # u1's claim, the grant call, u4's code
+        # created, patched, restocked, paused, resumed, reserved, voided, blocklist, restored, revived
+        "audit": 10,
+        "blocklist": 1,
+        # the activity, u1's and u4's wallets, the code bucket, the blocklist, u9's wallet, the revived activity
+        "partition_marks": 7,
+        "held_entries": 0,
+        "conflicts": 0,
+    }

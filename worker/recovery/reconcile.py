@@ -150,7 +150,9 @@ class Reconciler:
         if marker is not None and not config and not state.retired:
             async with self.pool.acquire() as conn:
                 await record_retired(conn, state.activity_id, keys.events, now)
-            return [f"{state.partition} recorded as retired in the ledger (retired in Redis at seq {int(marker)})"]
+            return [
+                f"{state.partition} recorded as retired in the ledger (retired in Redis at seq {int(marker)})"
+            ]
         if marker is None and config and state.retired:
             await record_live(self.pool, state.activity_id, keys.events)
             return [f"{state.partition} recorded as live in the ledger (its partition is in Redis)"]
