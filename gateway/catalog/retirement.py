@@ -59,6 +59,7 @@ async def record_retired(conn: asyncpg.Connection, activity_id: str, stream: str
 
 async def record_live(conn: asyncpg.Connection | asyncpg.Pool, activity_id: str, stream: str) -> None:
     """The ledger's record that the partition is in Redis again: the activity and its stream, in one statement."""
+    # TODO(merge): gateway/catalog/store.py's revive_stream (migration 009) clears the same stream column.
     await conn.execute(
         "WITH revived AS (UPDATE activities SET retired_at = NULL WHERE activity_id = $1 AND retired_at IS NOT NULL)"
         " UPDATE streams SET retired_at = NULL WHERE stream = $2 AND retired_at IS NOT NULL",

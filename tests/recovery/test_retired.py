@@ -38,7 +38,7 @@ from tests.retire_support import (
 )
 from tests.worker.test_retire_sweep import persist
 from worker.consumer import Consumer
-from worker.recovery.restore import RETIRED
+from worker.recovery.restore import STILL_RETIRED
 
 
 async def retired_activity(consumer: Consumer) -> tuple[Ended, int]:
@@ -104,7 +104,7 @@ async def test_reconcile_reports_nothing_and_restore_leaves_a_retired_partition(
 
     for force in (False, True):
         done = {d.partition: d.action for d in await restore_all(consumer, force=force)}
-        assert done[ended.keys.tag] == RETIRED
+        assert done[ended.keys.tag] == STILL_RETIRED
         assert await partition_keys(consumer.client, ended.keys) == before
         assert await consumer.client.get(ended.keys.retired) == str(marker)
     assert await retired_at(consumer, ended) != (None, None)

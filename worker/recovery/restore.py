@@ -64,7 +64,7 @@ def restore_runner(control: RedisClient) -> ScriptRunner:
     return ScriptRunner(control, load_scripts(), Fence(open_=True))
 
 
-RETIRED = "retired (left as it is: nothing but its marker belongs in Redis)"
+STILL_RETIRED = "retired (left as it is: nothing but its marker belongs in Redis)"
 
 
 async def _retired(control: RedisClient, state: PartitionState) -> bool:
@@ -230,7 +230,7 @@ async def restore(
         now = int(clock.now())
         state = await build(pool, partition, kind, now)
         if await _retired(control, state):
-            done.append(Restored(partition, RETIRED, drained=drained[partition].entries))
+            done.append(Restored(partition, STILL_RETIRED, drained=drained[partition].entries))
             continue
         why_not = None if force else await _needs_restore(control, state)
         if why_not is not None:
