@@ -12,6 +12,7 @@ from redis.asyncio import RedisCluster
 
 from gateway.background import stop_tasks
 from gateway.catalog.admin import AdminService
+from gateway.catalog.retirement import Reviver
 from gateway.catalog.store import register_streams
 from gateway.checkout.service import CheckoutService
 from gateway.checkout.terms import TermsCache
@@ -126,6 +127,7 @@ class Services:
         load = LoadWatch(settings.shed, keyspace)
         claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds, shed=load.check)
         sold_out = SoldOutMarks()
+        reviver = Reviver(pool, redis.runner, keyspace)  # one per process: one revival per activity at a time
         services = cls(
             settings=settings,
             redis=redis,
@@ -134,9 +136,9 @@ class Services:
             blocklist=blocklist,
             load=load,
             claims=claims,
-            admin=AdminService(pool, redis.runner, keyspace, changed=sold_out.clear),
+            admin=AdminService(pool, redis.runner, keyspace, changed=sold_out.clear, reviver=reviver),
             grants=GrantService(
-                redis.runner, keyspace, claims, blocklist, settings.claim.idempotency_ttl_seconds
+                redis.runner, keyspace, claims, blocklist, settings.claim.idempotency_ttl_seconds, reviver
             ),
             wallet=WalletService(redis.runner, keyspace, pool),
             terms=terms,

@@ -8,8 +8,9 @@ KEYS[2] user_counts hash   {a:X}:users    user id -> packs taken
 KEYS[3] dev_counts  hash   {a:X}:devices  device id -> packs taken
 KEYS[4] allow       set    {a:X}:allow    the users allow-list (read only when elig.users)
 KEYS[5] idem        string {a:X}:idem:<digest>  "<body hash>|<answer>"; the placeholder {a:X}:idem:- when no key
-KEYS[6] seq         string {a:X}:seq      the partition's event sequence
-KEYS[7] events      stream {a:X}:events   the partition's ledger stream
+KEYS[6] retired     string {a:X}:retired  a retired partition's marker (read only when the config is missing)
+KEYS[7] seq         string {a:X}:seq      the partition's event sequence
+KEYS[8] events      stream {a:X}:events   the partition's ledger stream
 ARGV[1] now         unix seconds
 ARGV[2] activity_id
 ARGV[3] user_id
@@ -34,7 +35,8 @@ REPLY replay answer   the stored answer of the first success with this key
 REPLY idempotency_conflict
 REPLY blocked
 REPLY not_found
-REPLY ended
+REPLY ended why      why is "retired" when the partition is retired (no config, its marker there): for a
+                    claim the activity has ended as any other; a grant brings the partition back, then again
 REPLY paused
 REPLY not_started
 REPLY sold_out
@@ -55,7 +57,7 @@ local function optional_integer(value, name)
 end
 
 local config_key, user_counts_key, dev_counts_key = KEYS[1], KEYS[2], KEYS[3]
-local allow_key, idem_key_name, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local allow_key, idem_key_name, retired_key, seq_key, events_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local now = integer(ARGV[1], "now")
 local activity_id, user_id, device_id, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local blocked = ARGV[6] == "1"
@@ -82,6 +84,9 @@ end
 local head = redis.call("HMGET", config_key, "status", "starts_at", "ends_at", "stock_left")
 local status = head[1]
 if not status then
+  if redis.call("EXISTS", retired_key) == 1 then
+    return {"ended", "retired"}
+  end
   return {"not_found"}
 end
 if status == "ended" then

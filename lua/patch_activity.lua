@@ -4,8 +4,9 @@ patch_activity: an operator changes an activity's name (any time before it ends)
 (only before it starts). The gateway has validated the values; the script checks the state and the window's
 order against what it holds.
 KEYS[1] config   hash   {a:X}:act     name, starts_at, ends_at, per_user_limit, per_device_limit, status
-KEYS[2] seq      string {a:X}:seq     the partition's event sequence
-KEYS[3] events   stream {a:X}:events  the partition's ledger stream
+KEYS[2] retired  string {a:X}:retired a retired partition's marker (read only when the config is missing)
+KEYS[3] seq      string {a:X}:seq     the partition's event sequence
+KEYS[4] events   stream {a:X}:events  the partition's ledger stream
 ARGV[1] now         unix seconds
 ARGV[2] event_id    gateway-made
 ARGV[3] operator    the operator's name
@@ -13,7 +14,8 @@ ARGV[4] activity_id
 ARGV[5] changes     JSON object, a subset of: name, starts_at, ends_at, per_user_limit, per_device_limit
 REPLY ok                 changed
 REPLY not_found
-REPLY state_conflict     ended, or the window or limits after the start
+REPLY state_conflict why ended, or the window or limits after the start; why is "retired" when the partition
+                         is retired (no config, its marker there): the gateway brings it back, then changes it
 REPLY invalid_request    the resulting window would not end after it starts
 EVENT activity_patched
 ]]
@@ -21,7 +23,7 @@ EVENT activity_patched
 --#include stored_value
 local integer = integer_reader("patch_activity")
 
-local config_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3]
+local config_key, retired_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
 local changes = cjson.decode(ARGV[5])
 local NUMBERS = {starts_at = true, ends_at = true, per_user_limit = true, per_device_limit = true}
@@ -42,6 +44,9 @@ end
 
 local current = redis.call("HMGET", config_key, "status", "starts_at", "ends_at")
 if not current[1] then
+  if redis.call("EXISTS", retired_key) == 1 then
+    return {"state_conflict", "retired"}
+  end
   return {"not_found"}
 end
 if current[1] == "ended" then

@@ -5,8 +5,9 @@ Creates the config if absent, with stock_left = stock and taken = 0; an existing
 a repeated mirror (reconcile repairing a crash) changes nothing. Creates the partition stream's consumer group.
 KEYS[1] config   hash   {a:X}:act     the activity's hot config
 KEYS[2] allow    set    {a:X}:allow   the users allow-list
-KEYS[3] seq      string {a:X}:seq     the partition's event sequence
-KEYS[4] events   stream {a:X}:events  the partition's ledger stream (its group has the stream's name)
+KEYS[3] retired  string {a:X}:retired a retired partition's marker: a retired activity is never mirrored afresh
+KEYS[4] seq      string {a:X}:seq     the partition's event sequence
+KEYS[5] events   stream {a:X}:events  the partition's ledger stream (its group has the stream's name)
 ARGV[1] now         unix seconds
 ARGV[2] event_id    gateway-made
 ARGV[3] operator    the operator's name
@@ -15,7 +16,8 @@ ARGV[5] config      JSON object of string/number fields: status, starts_at, ends
                     per_device_limit, elig (JSON text or ""), pack (JSON text), face_per_pack
 ARGV[6] allow_users JSON array of user ids ([] when the activity has no allow-list)
 REPLY ok seq     mirrored; the event's seq
-REPLY replay     already mirrored; nothing written
+REPLY replay     already mirrored, or retired (its marker there: only a revival brings it back); nothing
+                 written
 EVENT activity_created
 ]]
 --#include integer
@@ -23,11 +25,11 @@ EVENT activity_created
 --#include consumer_group
 local integer = integer_reader("put_activity")
 
-local config_key, allow_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local config_key, allow_key, retired_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, event_id, operator, activity_id = integer(ARGV[1], "now"), ARGV[2], ARGV[3], ARGV[4]
 local config_json, allow_json = ARGV[5], ARGV[6]
 
-if redis.call("EXISTS", config_key) == 1 then
+if redis.call("EXISTS", config_key) == 1 or redis.call("EXISTS", retired_key) == 1 then
   return {"replay"}
 end
 local config, allow = cjson.decode(config_json), cjson.decode(allow_json)

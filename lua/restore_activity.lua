@@ -2,13 +2,15 @@
 --[[
 restore_activity: write an activity partition's state as rebuilt from the ledger (restore). "reset" replaces
 the config, the per-user and per-device counts, the allow-list and the code batches with the payload's; "more"
-adds further counts, allow-list members and batches (a large activity arrives in parts). restore_finish then
-levels the partition's seq and appends the event that records the restore.
+adds further counts, allow-list members and batches (a large activity arrives in parts). "reset" deletes a
+retired partition's marker too (restore rebuilds a retired partition only when the ledger holds changes after its
+retirement). restore_finish then levels the partition's seq and appends the event that records the restore.
 KEYS[1] config   hash   {a:X}:act      the activity's hot config
 KEYS[2] users    hash   {a:X}:users    user id -> packs taken
 KEYS[3] devices  hash   {a:X}:devices  device id -> packs taken
 KEYS[4] allow    set    {a:X}:allow    the users allow-list
 KEYS[5] batches  hash   {a:X}:batches  code batch id -> packs reserved, or "void"
+KEYS[6] retired  string {a:X}:retired  a retired partition's marker
 ARGV[1] step     "reset" or "more"
 ARGV[2] payload  JSON {config: [field, value, ...], users: [id, n, ...], devices: [id, n, ...], allow: [id, ...],
                  batches: [id, n or "void", ...]} (values as strings; config only with "reset")
@@ -18,6 +20,7 @@ REPLY ok
 local flat = flat_reader("restore_activity")
 
 local config_key, users_key, devices_key, allow_key, batches_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local retired_key = KEYS[6]
 local step, payload = ARGV[1], cjson.decode(ARGV[2])
 
 if step ~= "reset" and step ~= "more" then
@@ -35,7 +38,7 @@ local allow, batches = flat(payload.allow or {}, "allow", false), flat(payload.b
 
 if step == "reset" then
   flat(config, "config", true)
-  redis.call("DEL", config_key, users_key, devices_key, allow_key, batches_key)
+  redis.call("DEL", config_key, users_key, devices_key, allow_key, batches_key, retired_key)
   for i = 1, #config, 2 do
     redis.call("HSET", config_key, config[i], config[i + 1])
   end

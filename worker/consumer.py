@@ -50,6 +50,7 @@ from worker.events import Entry
 from worker.faults import crash_point, stalled
 from worker.housekeeping import Housekeeping
 from worker.operations import operations
+from worker.retire import RetireSweep
 from worker.trim import trim_streams
 
 log = logging.getLogger(__name__)
@@ -355,6 +356,7 @@ async def start_consumer(settings: Settings, fence: Fence | None = None) -> Cons
         pool,
         LockSweeper(redis.runner, keyspace),
         ExpirySweeper(redis.runner, keyspace),
+        RetireSweep(pool, redis.runner, keyspace, settings.retention.seconds),
         WalletRetention(redis.runner, redis.control, keyspace, settings.retention.seconds),
     )
     return Consumer(settings, redis, pool, claims, housekeeping=chores)

@@ -1,5 +1,6 @@
 """The housekeeping lane's chores: sweeps that record what time made true (lapsed locks, then coupons past their
-validity), and pruning of the ledger.
+validity; finished orders, final coupons and ended activities' partitions past their retention leaving Redis), and
+pruning of the ledger.
 
 Each chore is a bounded pass due at its own interval. A fenced Redis postpones a sweep and an absent Postgres a
 prune (logged); neither ever holds up the batches the lane reads.
@@ -19,6 +20,7 @@ from gateway.checkout.service import ExpirySweeper, LockSweeper
 from gateway.outcomes import DomainError
 from gateway.settings import Settings
 from worker.prune import prune_expired
+from worker.retire import RETIRE_SECONDS, RetireSweep
 
 log = logging.getLogger(__name__)
 PRUNE_SECONDS = 60.0  # how often expired idempotency records are deleted from the ledger
@@ -31,6 +33,7 @@ class Housekeeping:
     pool: asyncpg.Pool
     locks: LockSweeper
     expiry: ExpirySweeper
+    retire: RetireSweep
     wallets: WalletRetention | None = None
     locks_expired: int = 0
     coupons_expired: int = 0
@@ -40,6 +43,7 @@ class Housekeeping:
     _swept_at: float = 0.0
     _pruned_at: float = 0.0
     _retained_at: float = 0.0
+    _retired_at: float = 0.0
 
     async def run_due(self) -> None:
         """Every chore whose interval has passed, one bounded pass each."""
@@ -51,6 +55,8 @@ class Housekeeping:
             await self.prune()
         if self.wallets is not None and now - self._retained_at > RETAIN_SECONDS:
             await self.retain_wallets()
+        if now - self._retired_at > RETIRE_SECONDS:
+            await self.retire_activities()
 
     async def sweep_locks(self) -> None:
         """Mark lapsed checkout locks expired; a fenced Redis waits for the next pass."""
@@ -85,3 +91,11 @@ class Housekeeping:
             return
         self.coupons_archived += removed.coupons
         self.orders_archived += removed.orders
+
+    async def retire_activities(self) -> None:
+        """Ended activities past their retention leave Redis (a bounded pass); a fenced Redis waits."""
+        self._retired_at = time.monotonic()
+        try:
+            await self.retire.sweep(int(clock.now()))
+        except DomainError as exc:
+            log.warning("retire sweep postponed: %s", exc.message)

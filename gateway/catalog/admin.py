@@ -1,5 +1,7 @@
 """Operators' changes: definitions written to Postgres first then mirrored into Redis; changes to hot state
-(status, stock, window, limits) made by a script that appends the event the audit is written from."""
+(status, stock, window, limits) made by a script that appends the event the audit is written from. A change to a
+retired activity brings its partition back first (``gateway/catalog/retirement.py``); reads of one answer from the
+ledger."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from gateway.catalog.campaign import (
     TemplateIn,
     hot_config,
 )
+from gateway.catalog.retirement import REVIVE_ATTEMPTS, Reviver, retired_reply
 from gateway.ids import new_id
 from gateway.keys import BLOCKLIST, KeySpace
 from gateway.outcomes import DomainError, Outcome
@@ -36,11 +39,13 @@ class AdminService:
         runner: ScriptRunner,
         keyspace: KeySpace,
         changed: Callable[[str], None] | None = None,
+        reviver: Reviver | None = None,
     ) -> None:
         self.pool = pool
         self.runner = runner
         self.keyspace = keyspace
         self.changed = changed  # told each activity an operator changed (the sold-out marks)
+        self.reviver = reviver or Reviver(pool, runner, keyspace)
 
     async def create_template(self, body: TemplateIn, operator: str, now: int) -> Template:
         body.check()
@@ -91,13 +96,24 @@ class AdminService:
     def _change_keys(self, activity_id: str) -> calls.ActivityChangeKeys:
         return calls.ActivityChangeKeys.of(self.keyspace.activity(activity_id))
 
-    async def _change(self, activity_id: str, call: Awaitable[list[Any]]) -> list[Any]:
-        """Await one of the operators' change scripts; refusals become the contract's errors."""
+    async def _change(
+        self, activity_id: str, operator: str, now: int, call: Callable[[], Awaitable[list[Any]]]
+    ) -> list[Any]:
+        """Run one of the operators' change scripts (``call`` makes the call, fresh ids each time); on a retired
+        activity, bring it back and run it again. Refusals become the contract's errors."""
         try:
-            reply = await call
+            reply = await call()
+            for _ in range(REVIVE_ATTEMPTS):
+                if not retired_reply(reply):
+                    break
+                if await self.reviver.revive(activity_id, operator, now) is Outcome.ENDED:
+                    raise DomainError(Outcome.STATE_CONFLICT)  # what the script answers an ended activity
+                reply = await call()
         finally:
             if self.changed is not None:
                 self.changed(activity_id)
+        if retired_reply(reply):  # retired again each time, right after its revival: rare, and worth a retry
+            raise DomainError(Outcome.OVERLOADED, "The activity is being brought back; retry shortly.")
         outcome = Outcome(reply[0])
         if outcome is Outcome.INVALID_REQUEST:
             raise DomainError(outcome, "ends_at: must be after starts_at", extra={"field": "ends_at"})
@@ -106,56 +122,74 @@ class AdminService:
         return reply
 
     async def set_status(self, activity_id: str, action: calls.StatusAction, operator: str, now: int) -> str:
-        call = calls.set_status(
-            self.runner,
-            self._change_keys(activity_id),
-            now=now,
-            event_id=new_id(),
-            operator=operator,
-            activity_id=activity_id,
-            action=action,
-        )
-        reply = await self._change(activity_id, call)
+        def call() -> Awaitable[list[Any]]:
+            return calls.set_status(
+                self.runner,
+                self._change_keys(activity_id),
+                now=now,
+                event_id=new_id(),
+                operator=operator,
+                activity_id=activity_id,
+                action=action,
+            )
+
+        reply = await self._change(activity_id, operator, now, call)
         return str(reply[1])
 
     async def restock(self, activity: Activity, change: StockChange, operator: str, now: int) -> int:
         """The budget and a pack's face value come from the definition, which never changes."""
-        call = calls.restock(
-            self.runner,
-            self._change_keys(activity.id),
-            now=now,
-            event_id=new_id(),
-            operator=operator,
-            activity_id=activity.id,
-            delta=change.delta,
-            face=activity.face_per_pack,
-            budget=activity.budget,
-        )
-        reply = await self._change(activity.id, call)
+
+        def call() -> Awaitable[list[Any]]:
+            return calls.restock(
+                self.runner,
+                self._change_keys(activity.id),
+                now=now,
+                event_id=new_id(),
+                operator=operator,
+                activity_id=activity.id,
+                delta=change.delta,
+                face=activity.face_per_pack,
+                budget=activity.budget,
+            )
+
+        reply = await self._change(activity.id, operator, now, call)
         return int(reply[1])
 
     async def patch(self, activity_id: str, changes: dict[str, object], operator: str, now: int) -> None:
         """``changes`` from ``ActivityPatch.changes()``: validated, at least one field."""
-        call = calls.patch_activity(
-            self.runner,
-            self._change_keys(activity_id),
-            now=now,
-            event_id=new_id(),
-            operator=operator,
-            activity_id=activity_id,
-            changes=msgspec.json.encode(changes),
-        )
-        await self._change(activity_id, call)
+
+        def call() -> Awaitable[list[Any]]:
+            return calls.patch_activity(
+                self.runner,
+                self._change_keys(activity_id),
+                now=now,
+                event_id=new_id(),
+                operator=operator,
+                activity_id=activity_id,
+                changes=msgspec.json.encode(changes),
+            )
+
+        await self._change(activity_id, operator, now, call)
 
     async def live_state(self, activity: Activity, now: int) -> dict[str, str]:
         """The activity's hot config as Redis holds it (the authority for status, window, limits and stock),
-        mirroring it first if a crash or an outage left it unmirrored."""
-        keys = self.keyspace.activity(activity.id)
-        hot = await self.runner.control.hgetall(keys.config)
-        if not hot:
+        mirroring it first if a crash or an outage left it unmirrored; a retired activity's from the ledger (what
+        Redis held when it left), without bringing it back."""
+        hot = await self._hot(activity.id)
+        if hot == {}:
             templates = await store.templates_by_id(self.pool, [i.template_id for i in activity.pack])
             await self.mirror_activity(activity, templates, activity.created_by, now)
-            hot = await self.runner.control.hgetall(keys.config)
+            hot = await self._hot(activity.id)
+        if hot is None:
+            return await self.reviver.ledger_config(activity.id, now)
+        return hot
+
+    async def _hot(self, activity_id: str) -> dict[str, str] | None:
+        """The config Redis holds; None when the partition is retired (no config, its marker there)."""
+        keys = self.keyspace.activity(activity_id)
+        hot = await self.runner.control.hgetall(keys.config)
+        if not hot and await self.runner.control.exists(keys.retired):
+            return None
         return {str(k): str(v) for k, v in hot.items()}
 
     async def change_blocklist(

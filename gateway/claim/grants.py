@@ -1,5 +1,6 @@
 """Grants: an operator pushes an activity's pack to a list of users, each through the claim script in grant
-mode (window and eligibility skipped; pause, end, stock, per-user limit and blocklist hold).
+mode (window and eligibility skipped; pause, end, stock, per-user limit and blocklist hold). A late grant to an
+activity whose partition was retired brings it back from the ledger first (``gateway/catalog/retirement.py``).
 
 Every user's result is its own, a shed or fenced user included, so a call answers 200 with what happened to each.
 
@@ -23,8 +24,9 @@ from msgspec import Meta
 
 from gateway import clock
 from gateway.catalog.campaign import UserId, invalid
+from gateway.catalog.retirement import REVIVE_ATTEMPTS, ActivityRetired, Reviver
 from gateway.claim.blocklist import Blocklist
-from gateway.claim.service import ClaimService
+from gateway.claim.service import ClaimResult, ClaimService
 from gateway.events import ClaimAnswer, GrantResult
 from gateway.ids import new_id
 from gateway.keys import KeySpace
@@ -70,12 +72,14 @@ class GrantService:
         claims: ClaimService,
         blocklist: Blocklist,
         idempotency_ttl: int,
+        reviver: Reviver,
     ) -> None:
         self.runner = runner
         self.keyspace = keyspace
         self.claims = claims
         self.blocklist = blocklist
         self.idempotency_ttl = idempotency_ttl
+        self.reviver = reviver  # brings a retired activity back before its late grants
         self._in_flight = asyncio.Semaphore(GRANTS_IN_FLIGHT)
 
     async def grant(self, activity_id: str, body: GrantBody, operator: str, key: str | None) -> bytes:
@@ -112,12 +116,14 @@ class GrantService:
             )
         )
 
-    async def _one(
+    async def _claim(
         self, activity_id: str, user_id: str, operator: str, key: str | None, digest: str, now: int
-    ) -> GrantResult:
-        async with self._in_flight:
+    ) -> ClaimResult:
+        """The user's claim in grant mode; an activity found retired is brought back first, then claimed again."""
+        revived = 0
+        while True:
             try:
-                result = await self.claims.claim(
+                return await self.claims.claim(
                     activity_id,
                     UserIdentity(user_id, ""),
                     now=now,
@@ -127,6 +133,19 @@ class GrantService:
                     operator=operator,
                     body=digest,
                 )
+            except ActivityRetired:
+                if revived == REVIVE_ATTEMPTS:  # retired again each time, right after its revival: rare
+                    raise DomainError(Outcome.OVERLOADED, "The activity is being brought back.") from None
+                revived += 1
+                if await self.reviver.revive(activity_id, operator, now) is Outcome.ENDED:
+                    raise DomainError(Outcome.ENDED) from None  # ended by an operator: refused as before
+
+    async def _one(
+        self, activity_id: str, user_id: str, operator: str, key: str | None, digest: str, now: int
+    ) -> GrantResult:
+        async with self._in_flight:
+            try:
+                result = await self._claim(activity_id, user_id, operator, key, digest, now)
             except DomainError as refused:
                 return GrantResult(user_id, error=refused.outcome.value)
             except Exception:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from gateway.catalog.retirement import ActivityRetired, retired_reply
 from gateway.events import ClaimAnswer
 from gateway.ids import new_id
 from gateway.keys import KeySpace
@@ -107,7 +108,7 @@ class ClaimService:
         )
         outcome = Outcome(reply[0])
         if outcome not in (Outcome.OK, Outcome.REPLAY):
-            raise DomainError(outcome)
+            raise ActivityRetired() if retired_reply(reply) else DomainError(outcome)
         answer: str = reply[1]
         await self.deliver_or_defer(who.user_id, activity_id, answer, now=now)
         return ClaimResult(outcome, answer)

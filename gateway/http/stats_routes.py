@@ -30,7 +30,9 @@ from gateway.http.openapi import OPERATOR, documented
 )
 async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[str]) -> Response[bytes]:
     """Live figures: packs left and handed out (claims, grants, redeemed codes: Redis), packs persisted (the
-    ledger), face value out; coupons locked and redeemed and the discounts redeemed (Redis, every wallet bucket)."""
+    ledger), face value out; coupons locked and redeemed and the discounts redeemed (Redis, every wallet bucket).
+    A retired activity's packs left and handed out come from the ledger (``AdminService.live_state``): the
+    figures Redis held when it left."""
     auth.operator(request)
     bodies.only_query(request)
     services = auth.services(request)
@@ -38,7 +40,8 @@ async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[
     hot = await services.admin.live_state(activity, int(clock.now()))
     claimed = int(hot["taken"]) + await codes_redeemed(services.client, services.keyspace, activity.id)
     persisted = await store.persisted_claims(services.pool, activity.id)
-    [lag] = await stream_lags(services.client, [services.keyspace.activity(activity.id).events])
+    lags = await stream_lags(services.client, [services.keyspace.activity(activity.id).events])
+    lag = lags[0].total if lags else 0  # a retired activity's stream is gone: nothing waits in it
     figures = await checkout_figures(services.client, services.keyspace, activity.id)
     return as_json(
         {
@@ -46,7 +49,7 @@ async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[
             "claimed": claimed,
             "persisted": persisted,
             "face_value_out": claimed * activity.face_per_pack,
-            "lag": lag.total,
+            "lag": lag,
             "conflicts": await store.conflicts(services.pool, activity.id),
             "locked": figures.locked,
             "redeemed": figures.redeemed,

@@ -24,7 +24,7 @@ from redis.asyncio import RedisCluster
 
 from gateway import clock
 from gateway.background import cancel_requested
-from gateway.keys import FENCE_CHECKED, Partition
+from gateway.keys import FENCE_CHECKED, ActivityKeys, Partition, is_activity_partition
 from gateway.scripts.fence import Fence
 from gateway.scripts.runner import RedisClient, drop_idle_connections
 
@@ -44,6 +44,10 @@ async def redis_run_ids(client: RedisClient) -> frozenset[str]:
 
 
 async def partitions_behind(client: RedisClient, pool: asyncpg.Pool) -> list[str]:
+    """Partitions whose ``seq`` in Redis is below the ledger's mark. A retired activity's partition has no
+    ``seq``: its marker (``{a:X}:retired``, the seq when it left Redis) stands for it, so a partition retired
+    level with the ledger is not behind, and one whose later changes Redis lost (revived, then rolled back to the
+    marker) is."""
     marks = await pool.fetch("SELECT partition, seq FROM partition_marks")
     if not marks:
         return []
@@ -51,7 +55,23 @@ async def partitions_behind(client: RedisClient, pool: asyncpg.Pool) -> list[str
     for row in marks:
         pipe.get(Partition(row["partition"]).seq)
     seqs = await pipe.execute()
-    return [row["partition"] for row, seq in zip(marks, seqs, strict=True) if int(seq or 0) < row["seq"]]
+    behind = [
+        (row["partition"], int(row["seq"]))
+        for row, seq in zip(marks, seqs, strict=True)
+        if int(seq or 0) < row["seq"]
+    ]
+    activities = [(partition, mark) for partition, mark in behind if is_activity_partition(partition)]
+    if not activities:
+        return [partition for partition, _ in behind]
+    pipe = client.pipeline(transaction=False)
+    for partition, _ in activities:
+        pipe.get(ActivityKeys(partition).retired)
+    retired = {
+        partition
+        for (partition, mark), marker in zip(activities, await pipe.execute(), strict=True)
+        if marker is not None and int(marker) >= mark
+    }
+    return [partition for partition, _ in behind if partition not in retired]
 
 
 async def check(

@@ -107,7 +107,7 @@ async def test_a_restock_elsewhere_reaches_this_process_within_the_recheck(
     keys = KeySpace.activity(activity_id)
     reply = await runner.run(
         "restock",
-        [keys.config, keys.seq, keys.events],
+        [keys.config, keys.retired, keys.seq, keys.events],
         [int(time.time()), new_id(), "elsewhere", activity_id, 1, 0, ""],
     )
     assert reply[0] == "ok"

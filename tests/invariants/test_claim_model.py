@@ -248,7 +248,7 @@ def mirror(bridge: Bridge, model: ActivityModel) -> None:
     reply = bridge.call(
         bridge.runner.run(
             "put_activity",
-            [keys.config, keys.allow_list, keys.seq, keys.events],
+            [keys.config, keys.allow_list, keys.retired, keys.seq, keys.events],
             [
                 BASE,
                 new_id(),
@@ -346,7 +346,9 @@ class ClaimMachine(RuleBasedStateMachine):
         expected = act.change_status(action)
         reply = self.bridge.call(
             self.bridge.runner.run(
-                "set_status", [keys.config, keys.seq, keys.events], [self.now, new_id(), "alice", aid, action]
+                "set_status",
+                [keys.config, keys.retired, keys.seq, keys.events],
+                [self.now, new_id(), "alice", aid, action],
             )
         )
         assert reply[0] == expected, (action, reply)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from gateway.codes.batches import batch_record
 from gateway.keys import BLOCKLIST, KeySpace, Partition
+from gateway.scripts.calls import retire as retire_calls
 from gateway.scripts.calls.checkout import (
     CheckoutKeys,
     ExpiryKeys,
@@ -77,13 +78,15 @@ async def activity_scripts(rec: Recorder) -> dict[str, str]:
     assert created[0] == "ok", created
     operator = [NOW, "ev-patch", "alice", ACTIVITY]
     await rec.run(
-        "patch_activity", [ACT.config, ACT.seq, ACT.events], [*operator, json.dumps({"name": "after"})]
+        "patch_activity",
+        [ACT.config, ACT.retired, ACT.seq, ACT.events],
+        [*operator, json.dumps({"name": "after"})],
     )
     operator[1] = "ev-restock"
-    await rec.run("restock", [ACT.config, ACT.seq, ACT.events], [*operator, 5, 500, ""])
+    await rec.run("restock", [ACT.config, ACT.retired, ACT.seq, ACT.events], [*operator, 5, 500, ""])
     for action in ("pause", "resume"):
         operator[1] = f"ev-{action}"
-        await rec.run("set_status", [ACT.config, ACT.seq, ACT.events], [*operator, action])
+        await rec.run("set_status", [ACT.config, ACT.retired, ACT.seq, ACT.events], [*operator, action])
     claim = Claimer(rec.runner, TTL)
     answers = {}
     for user, extra in (("u1", {"key": "k1"}), ("u2", {}), ("u3", {"mode": "grant", "operator": "alice"})):
@@ -170,13 +173,27 @@ async def code_scripts(rec: Recorder) -> None:
 
 
 async def partition_scripts(rec: Recorder) -> None:
-    """The blocklist changed (users only: the devices' list is empty), and a partition restored."""
+    """The blocklist changed (users only: the devices' list is empty), a partition restored, and a retired
+    activity's partition brought back."""
     keys = [BLOCKLIST.users, BLOCKLIST.devices, BLOCKLIST.entries, BLOCKLIST.version, BLOCKLIST.seq]
     await rec.run("blocklist", [*keys, BLOCKLIST.events], [NOW, "ev-block", "alice", "add", '["u9"]', "[]"])
     restored = Partition(KEYSPACE.wallet("u9").tag)
     summary = json.dumps({"at_least": 0, "coupons": 0})
     await rec.run(
         "restore_finish", [restored.seq, restored.events], [NOW, "ev-restored", "restore", 0, summary]
+    )
+    # An ended activity retired (no event: its stream leaves with it), then brought back by a late change.
+    old = KEYSPACE.activity("act-old")
+    config = activity_config(starts_at=NOW - 7200, ends_at=NOW - 3600)
+    assert (await put_activity(rec.runner, "act-old", config))[0] == "ok"
+    retire = retire_calls.RetireActivityKeys.of(old)
+    assert (await rec.runner.run("retire_activity", retire, [NOW, NOW, 1]))[0] == "ok"
+    payload = json.dumps({"config": ["status", "active", "stock_left", "10", "taken", "0"], "users": []})
+    revived = json.dumps({"at_least": 1, "users": 0})
+    await rec.run(
+        "revive_activity",
+        list(retire_calls.ReviveActivityKeys.of(old)),
+        ["finish", NOW, "ev-revived", "alice", 1, payload, revived],
     )
 
 

@@ -1,5 +1,5 @@
 """A workload that writes every key the project writes, and a runner that notes every key of Redis after each
-script: what tests/lua/test_key_retention.py holds against the retention table (gateway.keys.RETENTION).
+script: what tests/lua/test_key_retention.py holds against the retention table (gateway.key_retention.RETENTION).
 
 The workload is every_event (every script that appends an event), then the writers that append none or are not
 scripts: the attempt gates (a user's and a device's), a keyed grant call left open (its results kept), every

@@ -22,7 +22,7 @@ import pytest
 
 import gateway.scripts.calls as calls_package
 from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, Partition, WalletKeys
-from gateway.scripts.calls import Arg, catalog, checkout, claim, codes, restore
+from gateway.scripts.calls import Arg, catalog, checkout, claim, codes, restore, retire
 from gateway.scripts.registry import Script, load_scripts, parse_script
 
 SCRIPTS = load_scripts()
@@ -150,6 +150,8 @@ SAMPLE_KEYS: dict[str, Sequence[str]] = {
     "refund": checkout.RefundKeys.of(WALLET),
     "release": checkout.CheckoutKeys.of(WALLET),
     "restock": catalog.ActivityChangeKeys.of(ACT),
+    "retire_activity": retire.RetireActivityKeys.of(ACT),
+    "revive_activity": retire.ReviveActivityKeys.of(ACT),
     "restore_activity": restore.RestoreActivityKeys.of(ACT),
     "restore_blocklist": restore.RestoreBlocklistKeys.of(BLOCKLIST),
     "restore_codes": restore.RestoreCodesKeys.of(CODES),
@@ -324,11 +326,11 @@ def test_a_broken_call_function_fails(builder: CallFunction, script: str, proble
 def test_a_key_of_the_wrong_shape_fails() -> None:
     keys = SAMPLE_KEYS["claim"]
     source = SCRIPTS["claim"].source
-    swapped = claim.ClaimKeys(*keys[:5], keys[6], keys[5])  # seq and events exchanged
+    swapped = claim.ClaimKeys(*keys[:6], keys[7], keys[6])  # seq and events exchanged
     assert key_shape_problems(swapped, source) == [
-        "KEYS[6] is '{a:X}:events', the header shows '{a:X}:seq'",
-        "KEYS[7] is '{a:X}:seq', the header shows '{a:X}:events'",
+        "KEYS[7] is '{a:X}:events', the header shows '{a:X}:seq'",
+        "KEYS[8] is '{a:X}:seq', the header shows '{a:X}:events'",
     ]
     other_partition = claim.ClaimKeys.of(ActivityKeys("{a:Y}"))
     assert key_shape_problems(other_partition, source) != []
-    assert key_shape_problems(keys[:6], source) == ["6 keys for 7 KEYS lines"]
+    assert key_shape_problems(keys[:6], source) == ["6 keys for 8 KEYS lines"]

@@ -65,7 +65,7 @@ async def mirror(clients: Clients, activity_id: str, stock: int) -> None:
     keys = KeySpace(8, 4).activity(activity_id)
     reply = await clients.runner.run(
         "put_activity",
-        [keys.config, keys.allow_list, keys.seq, keys.events],
+        [keys.config, keys.allow_list, keys.retired, keys.seq, keys.events],
         [
             int(time.time()),
             "e0",

@@ -1,13 +1,14 @@
 """Every key the project writes names its retention: a workload writes every key (tests/lua/every_key.py: every
 script that writes, and what the processes write without one), and each key Redis held at any point must match
-exactly one row of gateway.keys.RETENTION, of the row's type, expiring by itself exactly when the row says so."""
+exactly one row of gateway.key_retention.RETENTION, of the row's type, expiring by itself exactly when the row
+says so."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
 
-from gateway.keys import RETENTION, Retention
+from gateway.key_retention import RETENTION, Retention
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import RedisClient
 from tests.lua.every_key import Seen, Watching, every_key

@@ -33,6 +33,7 @@ from gateway.scripts.calls.checkout import (
 )
 from gateway.scripts.calls.claim import ClaimKeys
 from gateway.scripts.calls.restore import RestoreWalletKeys
+from gateway.scripts.calls.retire import RetireActivityKeys, ReviveActivityKeys
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import ScriptRunner
 from gateway.settings import Settings
@@ -226,7 +227,7 @@ async def order_view(runner: ScriptRunner) -> Call:
 async def patch_activity(runner: ScriptRunner) -> Call:
     await an_activity(runner, now=NOW + 1000)  # starts after NOW: its window and limits may change
     changes = json.dumps({"name": "n2", "per_user_limit": 2, "ends_at": NOW + 9000})
-    return Call([ACT.config, ACT.seq, ACT.events], [NOW, "ev", "alice", "act1", changes])
+    return Call([ACT.config, ACT.retired, ACT.seq, ACT.events], [NOW, "ev", "alice", "act1", changes])
 
 
 @scenario("put_activity")
@@ -234,7 +235,8 @@ async def put_activity_call(runner: ScriptRunner) -> Call:
     act = KeySpace.activity("act2")
     config = json.dumps(activity_config())
     return Call(
-        [act.config, act.allow_list, act.seq, act.events], [NOW, "ev", "alice", "act2", config, '["u1"]']
+        [act.config, act.allow_list, act.retired, act.seq, act.events],
+        [NOW, "ev", "alice", "act2", config, '["u1"]'],
     )
 
 
@@ -282,10 +284,33 @@ async def release(runner: ScriptRunner) -> Call:
 @scenario("restock")
 async def restock(runner: ScriptRunner) -> Call:
     await an_activity(runner)
-    return Call([ACT.config, ACT.seq, ACT.events], [NOW, "ev", "alice", "act1", 5, 500, 100_000])
+    return Call([ACT.config, ACT.retired, ACT.seq, ACT.events], [NOW, "ev", "alice", "act1", 5, 500, 100_000])
 
 
-RESTORE_ACTIVITY_KEYS = [ACT.config, ACT.user_counts, ACT.device_counts, ACT.allow_list, ACT.code_batches]
+@scenario("retire_activity")
+async def retire_activity(runner: ScriptRunner) -> Call:
+    await an_activity(runner, starts_at=NOW - 7200, ends_at=NOW - 3600)
+    return Call(RetireActivityKeys.of(ACT), [NOW, NOW - 60, 1])
+
+
+@scenario("revive_activity")
+async def revive_activity(runner: ScriptRunner) -> Call:
+    retired = await retire_activity(runner)
+    assert (await runner.run("retire_activity", retired.keys, retired.args))[0] == "ok"
+    payload = json.dumps(
+        {**ACTIVITY_PAYLOAD, "config": ["status", "active", "stock_left", "3", "taken", "1"]}
+    )
+    return Call(ReviveActivityKeys.of(ACT), ["finish", NOW, "ev", "alice", 1, payload, '{"at_least":1}'])
+
+
+RESTORE_ACTIVITY_KEYS = [
+    ACT.config,
+    ACT.user_counts,
+    ACT.device_counts,
+    ACT.allow_list,
+    ACT.code_batches,
+    ACT.retired,
+]
 ACTIVITY_PAYLOAD = {
     "config": ["status", "active", "stock_left", "3"],
     "users": ["u1", "1"],
@@ -361,7 +386,7 @@ async def restore_wallet_checkout(runner: ScriptRunner) -> Call:
 @scenario("set_status")
 async def set_status(runner: ScriptRunner) -> Call:
     await an_activity(runner)
-    return Call([ACT.config, ACT.seq, ACT.events], [NOW, "ev", "alice", "act1", "pause"])
+    return Call([ACT.config, ACT.retired, ACT.seq, ACT.events], [NOW, "ev", "alice", "act1", "pause"])
 
 
 @scenario("sweep_locks")

@@ -35,7 +35,7 @@ async def change(
     if script == "restock":
         face, budget = await runner.control.hmget(keys.config, ["face_per_pack", "budget"])
         arguments += [face or 0, budget or ""]
-    return await runner.run(script, [keys.config, keys.seq, keys.events], arguments)
+    return await runner.run(script, [keys.config, keys.retired, keys.seq, keys.events], arguments)
 
 
 def patch(**changes: Any) -> str:

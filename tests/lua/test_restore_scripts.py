@@ -24,7 +24,14 @@ from tests.lua.support import (
 )
 
 ACT = KeySpace.activity("act1")
-ACTIVITY_KEYS = [ACT.config, ACT.user_counts, ACT.device_counts, ACT.allow_list, ACT.code_batches]
+ACTIVITY_KEYS = [
+    ACT.config,
+    ACT.user_counts,
+    ACT.device_counts,
+    ACT.allow_list,
+    ACT.code_batches,
+    ACT.retired,
+]
 BLOCKLIST_KEYS = [BLOCKLIST.users, BLOCKLIST.devices, BLOCKLIST.entries, BLOCKLIST.version]
 KEYSPACE = KeySpace(8, 4)
 BUCKET = KeySpace.code_of_bucket(2)
@@ -99,12 +106,14 @@ def no_expiry(found: Snapshot) -> None:
 
 
 async def seed_activity(runner: ScriptRunner, client: RedisClient) -> None:
-    """A mirrored activity with counts, an allow-list and a field the ledger does not know (stale)."""
+    """A mirrored activity with counts, an allow-list, a field the ledger does not know (stale) and a marker of
+    an earlier retirement (a partition revived, then rolled back: the rebuild makes it live)."""
     assert (await put_activity(runner, "act1", activity_config(stock=9), allow=["old1", "old2"]))[0] == "ok"
     await client.hset(ACT.config, mapping={"stale": "x", "taken": "4"})
     await client.hset(ACT.user_counts, mapping={"gone-user": "3", "u1": "9"})
     await client.hset(ACT.device_counts, mapping={"gone-device": "3"})
     await client.hset(ACT.code_batches, mapping={"gone-batch": "2", "b1": "void"})
+    await client.set(ACT.retired, "1")
 
 
 async def test_activity_reset_replaces_config_counts_and_allow_list(
@@ -138,6 +147,7 @@ async def test_activity_reset_replaces_config_counts_and_allow_list(
     assert after[ACT.device_counts] == ("hash", {"d1": "3"}, -1)
     assert after[ACT.allow_list] == ("set", ["a1", "a2"], -1)
     assert after[ACT.code_batches] == ("hash", {"b1": "4", "b2": "void"}, -1)
+    assert ACT.retired not in after
     assert after[ACT.seq] == before[ACT.seq]  # seq and the stream are restore_finish's
     assert after[ACT.events] == before[ACT.events]
     no_expiry(after)

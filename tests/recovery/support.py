@@ -21,6 +21,7 @@ from gateway.catalog.campaign import (
     StockChange,
     TemplateIn,
 )
+from gateway.catalog.retirement import Reviver
 from gateway.claim.blocklist import Blocklist
 from gateway.claim.grants import GrantBody, GrantService
 from gateway.claim.service import ClaimResult
@@ -143,6 +144,7 @@ async def build_sale(consumer: Consumer, *, grants: bool = False) -> Sale:
             consumer.claims,
             Blocklist(),
             consumer.settings.claim.idempotency_ttl_seconds,
+            Reviver(consumer.pool, consumer.runner, KEYS),
         )
         sale.grant_answer = await grant_service.grant(activity.id, GrantBody(["g1", "g2"]), "bob", "gk1")
     assert await service.change_blocklist(

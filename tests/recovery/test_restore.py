@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from gateway.catalog.campaign import StockChange
+from gateway.catalog.rebuild import PART_SIZE
+from gateway.catalog.retirement import Reviver
 from gateway.claim.blocklist import Blocklist
 from gateway.claim.grants import GrantBody, GrantService
 from gateway.devstack.valkey import ValkeyServer
@@ -36,7 +38,7 @@ from tests.recovery.support import (
     refusal,
 )
 from worker.consumer import Consumer
-from worker.recovery.restore import PART_SIZE, Restored, restore
+from worker.recovery.restore import Restored, restore
 
 LEVEL = "level with the ledger (use --force to rebuild anyway)"
 NOTHING = "nothing to restore"
@@ -154,7 +156,14 @@ async def test_restore_on_an_empty_redis_reproduces_everything(consumer: Consume
     assert (copy.users, copy.devices) == (frozenset({"bad1"}), frozenset({"baddev"}))
     replay = await claim(consumer, sale.activity.id, "u1", "d1", key="k1")
     assert (replay.outcome, replay.answer) == (Outcome.REPLAY, sale.answers["u1"])
-    grants = GrantService(consumer.runner, KEYS, consumer.claims, Blocklist(), ttl)
+    grants = GrantService(
+        consumer.runner,
+        KEYS,
+        consumer.claims,
+        Blocklist(),
+        ttl,
+        Reviver(consumer.pool, consumer.runner, KEYS),
+    )
     assert await grants.grant(sale.activity.id, GrantBody(["g1", "g2"]), "bob", "gk1") == sale.grant_answer
     assert await refusal(consumer, sale.activity.id, "u1", "d9") == Outcome.LIMIT_REACHED  # 2 of 2
     assert await refusal(consumer, sale.activity.id, "u9", "d1") == Outcome.LIMIT_REACHED  # d1: 3 of 3

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from gateway.catalog.rebuild import PART_SIZE
 from gateway.checkout.service import checkout_figures
 from gateway.codes.batches import codes_redeemed
 from gateway.outcomes import DomainError, Outcome
@@ -26,7 +27,6 @@ from tests.recovery.checkout_support import (
 from tests.recovery.support import KEYS, marks, persist, reconciler, text
 from tests.recovery.test_restore import empty_redis, restore_all, same_state
 from worker.consumer import Consumer
-from worker.recovery.restore import PART_SIZE
 
 
 async def test_restore_on_an_empty_redis_reproduces_checkout_and_codes(consumer: Consumer) -> None:

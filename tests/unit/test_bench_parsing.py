@@ -168,8 +168,8 @@ def test_redis_benchmark_csv() -> None:
 
 def test_claim_call_has_the_scripts_keys_and_arguments() -> None:
     call = redisbench.claim_call("A1", "sha", 100, 90000)
-    assert call[:3] == ["EVALSHA", "sha", "7"]
-    keys, args = call[3:10], call[10:]
+    assert call[:3] == ["EVALSHA", "sha", "8"]
+    keys, args = call[3:11], call[11:]
     assert all(key.startswith("{a:A1}:") for key in keys)
     assert len(args) == 16 and args[2] == "bu:__rand_int__" and args[14] == "claim"
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway import keys
-from gateway.keys import RETENTION, Retention
+from gateway.key_retention import RETENTION, Retention
 
 # Rows whose builders land in parallel (issue 22's expiry sweep adds WalletKeys.expiring and .finished): once they
 # land, test_landing_rows_have_no_builder_yet fails: take them out of this set.
@@ -34,7 +34,6 @@ SAMPLES: dict[type, object] = {
     keys.CodeKeys: keys.KeySpace.code_of_bucket(2),
     keys.BlocklistKeys: keys.BLOCKLIST,
     keys.KeySpace: keys.KeySpace(8, 4),
-    keys.Retention: RETENTION[0],
 }
 # A parameter that reads a name rather than building one gets a real one; any other parameter ``<name>-1``.
 ARGUMENTS = {

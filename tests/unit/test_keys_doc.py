@@ -1,5 +1,6 @@
-"""docs/keys.md shows gateway.keys.RETENTION: every row, in order, with its pattern, type, expiry and words. A row
-added to the table and not to the page (or the other way round), or words changed on one side only, fail here."""
+"""docs/keys.md shows gateway.key_retention.RETENTION: every row, in order, with its pattern, type, expiry and
+words. A row added to the table and not to the page (or the other way round), or words changed on one side only,
+fail here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys import RETENTION, Retention
+from gateway.key_retention import RETENTION, Retention
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "keys.md"
 ROW = re.compile(r"^\| `([^`]+)` \| (\w+) \| (yes|no) \| (.+) \|$")

@@ -59,19 +59,18 @@ async def test_entries_of_the_previous_version_are_applied_as_the_current_ones(
         ("expired", 9),  # the first: delivered, 7 checkout changes, then its expiry
         ("redeemed", 5),  # the second: delivered, 4 checkout changes; its refund past validity kept it
     ]
-    assert (
-        counts
-        == {
-            "claims": 4,  # u1 (keyed), u2, u3 (a grant), u4 (a code)
-            "coupons": 2,  # u1's, delivered
-            # 2 delivered, 11 checkout changes (a refund that keeps its coupon: none), the first's expiry
-            "coupon_events": 14,
-            "orders": 4,
-            "idempotency_records": 3,  # u1's claim, the grant call, u4's code
-            "audit": 9,  # created, patched, restocked, paused, resumed, reserved, voided, blocklist, restored
-            "blocklist": 1,
-            "partition_marks": 6,  # the activity, u1's and u4's wallets, the code bucket, the blocklist, u9's wallet
-            "held_entries": 0,
-            "conflicts": 0,
-        }
-    )
+    assert counts == {
+        "claims": 4,  # u1 (keyed), u2, u3 (a grant), u4 (a code)
+        "coupons": 2,  # u1's, delivered
+        # 2 delivered, 11 checkout changes (a refund that keeps its coupon: none), the first's expiry
+        "coupon_events": 14,
+        "orders": 4,
+        "idempotency_records": 3,  # u1's claim, the grant call, u4's code
+        # created, patched, restocked, paused, resumed, reserved, voided, blocklist, restored, revived
+        "audit": 10,
+        "blocklist": 1,
+        # the activity, u1's and u4's wallets, the code bucket, the blocklist, u9's wallet, the revived activity
+        "partition_marks": 7,
+        "held_entries": 0,
+        "conflicts": 0,
+    }

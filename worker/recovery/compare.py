@@ -1,5 +1,6 @@
 """Compare one partition: what Redis holds against what the ledger says it should hold, field by field (JSON
-records decoded; a counter missing and one at "0" the same), and the ledger's own checks.
+records decoded; a counter missing and one at "0" the same), and the ledger's own checks. A retired activity's
+partition is expected to hold nothing but its marker.
 
 A wallet's expiry indexes hold times only the sweep saw (when it looked, when it found a lock gone), so they are
 held to what the ledger can tell: each coupon in exactly one of them, in ``finished`` only once final (a redeemed
@@ -13,10 +14,10 @@ from typing import Any
 
 import msgspec
 
+from gateway.catalog.rebuild import ActivityState
 from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, Partition, WalletKeys
 from gateway.scripts.runner import RedisClient
 from worker.recovery.ledger_state import (
-    ActivityState,
     BlocklistState,
     CodeState,
     PartitionState,
@@ -28,7 +29,7 @@ from worker.recovery.wallet_state import WalletState
 class Difference:
     partition: str
     # seq, config, user_count, device_count, allow, record, batch, coupon, index, order, finished_order, lock,
-    # counter, expiry, code, blocklist, ledger
+    # counter, expiry, code, blocklist, ledger, retired (a retired partition holding more than its marker)
     what: str
     key: str
     field: str
@@ -161,18 +162,7 @@ async def _activity(client: RedisClient, state: ActivityState) -> list[Differenc
         )
     found += _compare_map(state.partition, "batch", keys.code_batches, batches, state.batches)
     found += _compare_idempotency(state.partition, records, state.records)
-    if state.highest_unit > state.ever_stocked:
-        found.append(
-            Difference(
-                state.partition,
-                "ledger",
-                "claims",
-                "units above stock ever made available",
-                state.highest_unit,
-                state.ever_stocked,
-            )
-        )
-    return found
+    return found + _ledger_checks(state)
 
 
 async def indexed_users(client: RedisClient, partition: str) -> set[str]:
@@ -278,7 +268,53 @@ def _batch_of(raw: bytes | str) -> object:
     return record.get("batch") if isinstance(record, dict) else None
 
 
+async def _retired(client: RedisClient, state: ActivityState) -> list[Difference] | None:
+    """A retired partition (no config, its marker there) is expected to hold nothing but its marker, at or above
+    the ledger's mark (its idempotency records expire by themselves); None when the partition is not retired."""
+    keys = ActivityKeys(state.partition)
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.retired)
+    pipe.hgetall(keys.config)
+    pipe.hgetall(keys.user_counts)
+    pipe.hgetall(keys.device_counts)
+    pipe.smembers(keys.allow_list)
+    pipe.hgetall(keys.code_batches)
+    pipe.get(keys.seq)
+    marker, config, *held = await pipe.execute()
+    if marker is None or config:
+        return None
+    found = []
+    if int(marker) < state.mark:
+        found.append(Difference(state.partition, "seq", keys.retired, "behind", int(marker), state.mark))
+    names = (keys.user_counts, keys.device_counts, keys.allow_list, keys.code_batches, keys.seq)
+    found += [
+        Difference(state.partition, "retired", key, "", value, None)
+        for key, value in zip(names, held, strict=True)
+        if value
+    ]
+    return found + _ledger_checks(state)
+
+
+def _ledger_checks(state: ActivityState) -> list[Difference]:
+    if state.highest_unit > state.ever_stocked:
+        return [
+            Difference(
+                state.partition,
+                "ledger",
+                "claims",
+                "units above stock ever made available",
+                state.highest_unit,
+                state.ever_stocked,
+            )
+        ]
+    return []
+
+
 async def compare(client: RedisClient, state: PartitionState) -> list[Difference]:
+    if isinstance(state, ActivityState):
+        retired = await _retired(client, state)
+        if retired is not None:
+            return retired
     found = await _seq(client, state)
     if isinstance(state, ActivityState):
         found += await _activity(client, state)

@@ -1,13 +1,13 @@
 """What Redis should hold for a partition, rebuilt from the ledger alone: restore writes it, reconcile compares
 Redis with it.
 
-- activity ``{a:X}``: the config from the definition, then every operator's change in seq order (status,
-  stock, window, limits, codes reserved); taken and per-user / per-device counts from ``claims``; stock left =
-  stock plus the changes minus taken; the allow-list from the definition; unexpired idempotency records; its
-  code batches (``code_batches``: packs reserved, or ``void``);
-- wallet ``{w:n}``: every coupon the ledger holds for the bucket (with its lock or redemption), each user's
-  index, the orders, the locks, the per-activity checkout counters, the expiry indexes (``expiring``: coupons not
-  final, at their validity's end; ``finished``: the final ones) and unexpired code-redeem idempotency records;
+- activity ``{a:X}``: as ``gateway/catalog/rebuild.py`` builds it (a revival of a retired activity writes the same),
+  the config from the definition and every operator's change, the counts from ``claims``, the allow-list,
+  unexpired idempotency records and code batches; for a retired partition, nothing in Redis but its marker;
+- wallet ``{w:n}``: as ``worker/recovery/wallet_state.py`` builds it: every coupon and order the ledger holds for
+  the bucket and Redis still should (what the retention sweep archived excepted), each user's index, the locks,
+  the per-activity checkout counters, the expiry indexes, the finished orders' index and unexpired code-redeem
+  idempotency records;
 - blocklist: the entries present;
 - code ``{c:n}``: the codes of its ready batches (with the redeemer and answer of each redeemed one), those
   batches' records and the per-activity redeemed counters.
@@ -23,50 +23,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway.catalog import store
-from gateway.catalog.campaign import hot_config
+from gateway.catalog.rebuild import ActivityState, activity_state, mark_of
 from gateway.codes.batches import batch_record
-from gateway.events import ActivityStatus, ConfigFields, StockLeft
-from gateway.keys import activity_of_partition
-from worker.recovery.wallet_state import WalletState, idempotency_records, wallet_state
+from worker.recovery.wallet_state import WalletState, wallet_state
 
 KINDS = ("activity", "wallet", "code", "blocklist")
-
-
-def stored(value: object) -> str:
-    """A value as the scripts store it in a hash (integers whole, as put_activity writes them)."""
-    if isinstance(value, bool):
-        raise TypeError("no hot config field is a boolean")
-    if isinstance(value, int | float):
-        return str(int(value))
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Undelivered:
-    """A claim the ledger holds whose coupons it does not: a deliver a crash left undone."""
-
-    claim_id: str
-    user_id: str
-    activity_id: str
-    answer: str
-
-
-@dataclass
-class ActivityState:
-    partition: str
-    activity_id: str
-    mark: int
-    defined: bool  # the definition is in Postgres
-    config: dict[str, str] = field(default_factory=dict)
-    users: dict[str, str] = field(default_factory=dict)
-    devices: dict[str, str] = field(default_factory=dict)
-    allow: set[str] = field(default_factory=set)
-    records: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, expires at)
-    undelivered: list[Undelivered] = field(default_factory=list)
-    batches: dict[str, str] = field(default_factory=dict)  # code batch id -> packs reserved, or "void"
-    ever_stocked: int = 0  # the definition's stock plus every addition
-    highest_unit: int = 0  # the highest ordinal a claim holds
 
 
 @dataclass
@@ -114,15 +75,10 @@ async def partitions(pool: asyncpg.Pool, named: list[str] | None = None) -> dict
     return {name: known[name] for name in named}
 
 
-async def mark_of(pool: asyncpg.Pool, partition: str) -> int:
-    mark = await pool.fetchval("SELECT seq FROM partition_marks WHERE partition = $1", partition)
-    return int(mark or 0)
-
-
 async def build(pool: asyncpg.Pool, partition: str, kind: str, now: int) -> PartitionState:
     mark = await mark_of(pool, partition)
     if kind == "activity":
-        return await _activity(pool, partition, mark, now)
+        return await activity_state(pool, partition, mark, now)
     if kind == "wallet":
         return await wallet_state(pool, partition, mark, now)
     if kind == "blocklist":
@@ -130,92 +86,6 @@ async def build(pool: asyncpg.Pool, partition: str, kind: str, now: int) -> Part
     if kind == "code":
         return await _code(pool, partition, mark)
     return BareState(partition, mark)
-
-
-async def _activity(pool: asyncpg.Pool, partition: str, mark: int, now: int) -> ActivityState:
-    activity_id = activity_of_partition(partition)
-    activity = await store.get_activity(pool, activity_id)
-    state = ActivityState(partition, activity_id, mark, defined=activity is not None)
-    if activity is None:
-        return state
-    templates = await store.templates_by_id(pool, [item.template_id for item in activity.pack])
-    config = {
-        name: stored(value) for name, value in hot_config(activity, templates).items() if name != "stock"
-    }
-    stock = ever = activity.stock
-    changes = await pool.fetch(
-        "SELECT action, before::text AS before, after::text AS after FROM audit WHERE partition = $1 ORDER BY seq",
-        partition,
-    )
-    # Each audit row's before and after are its event's (gateway/events.py): decoded as the schema types them.
-    for change in changes:
-        if change["action"] == "set_status":
-            config["status"] = msgspec.json.decode(change["after"], type=ActivityStatus).status
-        elif change["action"] == "change_stock":
-            delta = _stock_delta(change)
-            stock += delta
-            ever += max(delta, 0)
-        elif change["action"] in ("reserve_codes", "void_codes"):
-            delta = _stock_delta(change)
-            stock += delta
-            reserved = int(config.get("reserved", "0")) - delta
-            config["reserved"] = str(reserved)
-        elif change["action"] == "patch_activity":
-            patched = msgspec.json.decode(change["after"], type=ConfigFields)
-            config.update({name: stored(value) for name, value in patched.items()})
-    state.users = {
-        row["user_id"]: str(row["n"])
-        for row in await pool.fetch(
-            "SELECT user_id, count(*) AS n FROM claims WHERE activity_id = $1 AND mode <> 'code'"
-            " GROUP BY user_id",
-            activity_id,
-        )
-    }
-    state.devices = {
-        row["device_id"]: str(row["n"])
-        for row in await pool.fetch(
-            "SELECT device_id, count(*) AS n FROM claims WHERE activity_id = $1 AND device_id <> ''"
-            " AND mode <> 'code'"
-            " GROUP BY device_id",
-            activity_id,
-        )
-    }
-    taken = sum(int(n) for n in state.users.values())
-    config["stock_left"] = str(stock - taken)
-    config["taken"] = str(taken)
-    state.config = config
-    state.ever_stocked = ever
-    state.highest_unit = int(
-        await pool.fetchval(
-            "SELECT coalesce(max(ordinal), 0) FROM claims WHERE activity_id = $1", activity_id
-        )
-    )
-    if activity.eligibility and activity.eligibility.users:
-        state.allow = set(activity.eligibility.users)
-    state.records = await idempotency_records(pool, partition, now)
-    state.batches = {
-        row["batch_id"]: "void" if row["voided"] else str(row["count"])
-        for row in await pool.fetch(
-            "SELECT batch_id, count, voided FROM code_batches WHERE activity_id = $1 AND (reserved OR voided)"
-            " ORDER BY batch_id",
-            activity_id,
-        )
-    }
-    state.undelivered = [
-        Undelivered(row["claim_id"], row["user_id"], activity_id, row["answer"])
-        for row in await pool.fetch(
-            "SELECT c.claim_id, c.user_id, c.answer FROM claims c WHERE c.activity_id = $1"
-            " AND NOT EXISTS (SELECT 1 FROM coupons k WHERE k.claim_id = c.claim_id) ORDER BY c.claim_id",
-            activity_id,
-        )
-    ]
-    return state
-
-
-def _stock_delta(change: asyncpg.Record) -> int:
-    """A stock change's packs (negative: taken away), from its audit row."""
-    before = msgspec.json.decode(change["before"], type=StockLeft)
-    return msgspec.json.decode(change["after"], type=StockLeft).stock_left - before.stock_left
 
 
 async def _code(pool: asyncpg.Pool, partition: str, mark: int) -> CodeState:

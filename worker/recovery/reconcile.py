@@ -19,6 +19,10 @@ Redis still holds (a repair cut short) is finished the same way.
 
 Under live traffic a partition can differ for an instant (a claim between the drain and the read): a partition
 that differs is checked again, up to ``attempts`` times, and only what persists is reported.
+
+A retired activity's partition is expected to hold nothing but its marker (at or above the ledger's mark): no
+difference to report, nothing to repair in Redis; the ledger's record of the retirement is made to follow the
+marker when a crash left them apart.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import asyncpg
 from gateway import clock
 from gateway.catalog import store
 from gateway.catalog.admin import AdminService
+from gateway.catalog.rebuild import ActivityState
+from gateway.catalog.retirement import record_live, record_retired
 from gateway.claim.service import ClaimService
 from gateway.codes.batches import void_batch
 from gateway.keys import ActivityKeys, KeySpace
@@ -41,7 +47,6 @@ from worker import sink
 from worker.recovery.compare import Difference, compare
 from worker.recovery.drain import drain_partition
 from worker.recovery.ledger_state import (
-    ActivityState,
     PartitionState,
     build,
     partitions,
@@ -108,8 +113,10 @@ class Reconciler:
     async def _repair(self, state: PartitionState) -> list[str]:
         if not isinstance(state, ActivityState):
             return []
-        done = []
         keys = ActivityKeys(state.partition)
+        done = await self._follow_marker(state, keys)
+        if await self.control.exists(keys.retired) and not await self.control.exists(keys.config):
+            return done  # retired: nothing to mirror, deliver or void in Redis
         if state.defined and state.mark == 0 and not await self.control.exists(keys.config, keys.seq):
             activity = await store.get_activity(self.pool, state.activity_id)
             assert activity is not None
@@ -135,6 +142,22 @@ class Reconciler:
             await drain_partition(self.control, self.pool, wallet)  # the new deliveries, into the ledger
         done += await self._void_half_done_batches(state)
         return done
+
+    async def _follow_marker(self, state: ActivityState, keys: ActivityKeys) -> list[str]:
+        """The ledger's record of a retirement follows the marker in Redis (a crash between the retire script
+        and its record, or a revival cut short, leaves them apart)."""
+        marker, config = await self.control.get(keys.retired), await self.control.exists(keys.config)
+        now = int(clock.now())
+        if marker is not None and not config and not state.retired:
+            async with self.pool.acquire() as conn:
+                await record_retired(conn, state.activity_id, keys.events, now)
+            return [
+                f"{state.partition} recorded as retired in the ledger (retired in Redis at seq {int(marker)})"
+            ]
+        if marker is None and config and state.retired:
+            await record_live(self.pool, state.activity_id, keys.events)
+            return [f"{state.partition} recorded as live in the ledger (its partition is in Redis)"]
+        return []
 
     async def _void_half_done_batches(self, state: ActivityState) -> list[str]:
         """Void each batch left ``recorded`` past the grace, and finish voids a crash cut short."""

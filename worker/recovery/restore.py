@@ -11,6 +11,11 @@ Restore writes through its own script runner on the control connection: the gate
 while it works. By default it rebuilds a partition only when Redis is behind the ledger there, or holds
 nothing of a partition the ledger has state for; ``force`` rebuilds it anyway (stop the gateways first: a
 claim racing a rebuild can be overwritten).
+
+A retired activity's partition (its marker in Redis at or above the ledger's mark) is left as it is, ``force`` or
+not: it holds nothing but the marker, which the fence reads. One the ledger records as retired whose marker Redis
+lost (or that is behind it: changed after a revival) is rebuilt like any other and recorded live again; the retire
+sweep retires it again later.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from gateway import clock
+from gateway.catalog.rebuild import ActivityState, in_parts, mark_of, pairs, parts_of
+from gateway.catalog.retirement import record_live
 from gateway.claim.service import ClaimService
 from gateway.ids import new_id
 from gateway.keys import BLOCKLIST, ActivityKeys, CodeKeys, KeySpace, Partition, WalletKeys
@@ -32,19 +39,15 @@ from worker import sink
 from worker.recovery.compare import indexed_users
 from worker.recovery.drain import drain_partition
 from worker.recovery.ledger_state import (
-    ActivityState,
     BareState,
     BlocklistState,
     CodeState,
     PartitionState,
     build,
     encode,
-    mark_of,
     partitions,
 )
 from worker.recovery.wallet_state import WalletState
-
-PART_SIZE = 2000  # fields per script call: large partitions go in parts, each one short for Redis
 
 
 @dataclass
@@ -61,12 +64,17 @@ def restore_runner(control: RedisClient) -> ScriptRunner:
     return ScriptRunner(control, load_scripts(), Fence(open_=True))
 
 
-def _parts(flat: list[str], size: int = PART_SIZE) -> list[list[str]]:
-    return [flat[i : i + size] for i in range(0, len(flat), size)] or [[]]
+STILL_RETIRED = "retired (left as it is: nothing but its marker belongs in Redis)"
 
 
-def _pairs(mapping: dict[str, str]) -> list[str]:
-    return [item for pair in sorted(mapping.items()) for item in pair]
+async def _retired(control: RedisClient, state: PartitionState) -> bool:
+    """An activity's partition retired level with the ledger (its marker at or above the mark, no config): it
+    stays retired, whatever ``force`` says; a revival brings it back when a late change needs it."""
+    if not isinstance(state, ActivityState):
+        return False
+    keys = ActivityKeys(state.partition)
+    marker, config = await control.get(keys.retired), await control.exists(keys.config)
+    return marker is not None and int(marker) >= state.mark and not config
 
 
 def _scored(mapping: dict[str, int]) -> list[str]:
@@ -96,13 +104,6 @@ def _has_state(state: PartitionState) -> bool:
     return False
 
 
-def _in_parts(**lists: list[str]) -> list[dict[str, list[str]]]:
-    """Payloads of at most PART_SIZE items per list, the lists side by side: part i holds each one's i-th part."""
-    parts = {name: _parts(flat) for name, flat in lists.items()}
-    count = max(len(p) for p in parts.values())
-    return [{name: p[i] if i < len(p) else [] for name, p in parts.items()} for i in range(count)]
-
-
 def _nonzero(**counts: int) -> dict[str, int]:
     return {name: n for name, n in counts.items() if n}
 
@@ -116,16 +117,16 @@ async def _write_records(runner: ScriptRunner, records: dict[str, tuple[str, int
 
 async def _write_activity(runner: ScriptRunner, state: ActivityState) -> dict[str, int]:
     keys = calls.RestoreActivityKeys.of(ActivityKeys(state.partition))
-    payloads = _in_parts(
-        users=_pairs(state.users),
-        devices=_pairs(state.devices),
+    payloads = in_parts(
+        users=pairs(state.users),
+        devices=pairs(state.devices),
         allow=sorted(state.allow),
-        batches=_pairs(state.batches),
+        batches=pairs(state.batches),
     )
     for i, part in enumerate(payloads):
         payload: dict[str, object] = dict(part)
         if i == 0:
-            payload["config"] = _pairs(state.config) if state.defined else []
+            payload["config"] = pairs(state.config) if state.defined else []
         await calls.restore_activity(
             runner, keys, step="reset" if i == 0 else "more", payload=encode(payload)
         )
@@ -151,10 +152,10 @@ async def _write_wallet(runner: ScriptRunner, state: WalletState) -> dict[str, i
         user_keys = calls.RestoreWalletKeys.of(wallet, user)
         await calls.restore_wallet(runner, user_keys, step="user", payload=encode(records))
     if state.orders or state.locks or state.counters or state.expiring or state.finished or state.done:
-        for payload in _in_parts(
+        for payload in in_parts(
             orders=[item for name in sorted(state.orders) for item in (name, encode(state.orders[name]))],
             locks=_scored(state.locks),
-            counters=_pairs(state.counters),
+            counters=pairs(state.counters),
             expiring=_scored(state.expiring),
             finished=_scored(state.finished),
             done=_scored(state.done),
@@ -175,10 +176,10 @@ async def _write_wallet(runner: ScriptRunner, state: WalletState) -> dict[str, i
 
 async def _write_codes(runner: ScriptRunner, state: CodeState) -> dict[str, int]:
     keys = calls.RestoreCodesKeys.of(CodeKeys(state.partition))
-    payloads = _in_parts(
+    payloads = in_parts(
         codes=[item for code in sorted(state.codes) for item in (code, encode(state.codes[code]))],
-        batches=_pairs(state.batches),
-        counters=_pairs(state.counters),
+        batches=pairs(state.batches),
+        counters=pairs(state.counters),
     )
     for i, payload in enumerate(payloads):
         await calls.restore_codes(runner, keys, step="reset" if i == 0 else "more", payload=encode(payload))
@@ -187,8 +188,10 @@ async def _write_codes(runner: ScriptRunner, state: CodeState) -> dict[str, int]
 
 async def _write_blocklist(runner: ScriptRunner, state: BlocklistState) -> dict[str, int]:
     keys = calls.RestoreBlocklistKeys.of(BLOCKLIST)
-    entries = _parts([item for name in sorted(state.entries) for item in (name, encode(state.entries[name]))])
-    users, devices = _parts(sorted(state.users)), _parts(sorted(state.devices))
+    entries = parts_of(
+        [item for name in sorted(state.entries) for item in (name, encode(state.entries[name]))]
+    )
+    users, devices = parts_of(sorted(state.users)), parts_of(sorted(state.devices))
     for i in range(max(len(entries), len(users), len(devices))):
         payload = {
             "users": users[i] if i < len(users) else [],
@@ -239,6 +242,9 @@ async def restore(
     for partition, kind in kinds.items():
         now = int(clock.now())
         state = await build(pool, partition, kind, now)
+        if await _retired(control, state):
+            done.append(Restored(partition, STILL_RETIRED, drained=drained[partition].entries))
+            continue
         why_not = None if force else await _needs_restore(control, state)
         if why_not is not None:
             done.append(Restored(partition, why_not, drained=drained[partition].entries))
@@ -257,6 +263,8 @@ async def restore(
         done.append(Restored(partition, "restored", drained[partition].entries, int(reply[1]), counts))
         if isinstance(state, ActivityState):
             undelivered.extend(state.undelivered)
+            if state.retired:  # rebuilt (its marker lost, or behind it): live again, as the ledger now says
+                await record_live(pool, state.activity_id, Partition(partition).events)
     # Deliver only into wallets level with the ledger: a deliver bumps the wallet's seq, and must never lift a
     # wallet that is still behind over its mark without its restore (the fence would open on a wallet that lacks
     # coupons). Those are delivered by that wallet's restore or reconcile.

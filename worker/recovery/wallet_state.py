@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.catalog.rebuild import idempotency_records
 from gateway.keys import order_field
 from worker.recovery.wallet_records import coupon_record, is_final, order_record
 
@@ -143,16 +144,3 @@ async def _checkout_counters(pool: asyncpg.Pool, partition: str) -> dict[str, st
             counters[f"{activity}|redeemed"] = str(figure["redeemed"])
             counters[f"{activity}|redeemed_value"] = str(figure["redeemed_value"])
     return counters
-
-
-async def idempotency_records(pool: asyncpg.Pool, partition: str, now: int) -> dict[str, tuple[str, int]]:
-    """The partition's unexpired idempotency records: key -> ("<body hash>|<answer>", expires at)."""
-    return {
-        row["redis_key"]: (f"{row['body_hash']}|{row['answer']}", int(row["expires_at"]))
-        for row in await pool.fetch(
-            "SELECT redis_key, body_hash, answer, expires_at FROM idempotency_records"
-            " WHERE partition = $1 AND expires_at > $2",
-            partition,
-            now,
-        )
-    }

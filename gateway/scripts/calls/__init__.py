@@ -9,7 +9,8 @@ ordered as in the header. It only arranges what it is given: a flag becomes ``"1
 The runner is ``ScriptRunner``, or anything else with its ``run``: the benchmark's ``EvalshaCommand`` spells a call
 as a redis-benchmark command, so the claim's ARGV order is written here only.
 
-Modules follow the capabilities that call them: ``claim``, ``catalog``, ``checkout``, ``codes``, ``restore``.
+Modules follow the capabilities that call them: ``claim``, ``catalog``, ``checkout``, ``codes``, ``restore``,
+``retire``.
 """
 
 from __future__ import annotations

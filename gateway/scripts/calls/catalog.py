@@ -15,12 +15,13 @@ BlocklistAction = Literal["add", "remove"]
 class PutActivityKeys(NamedTuple):
     config: str
     allow: str
+    retired: str
     seq: str
     events: str
 
     @classmethod
     def of(cls, act: ActivityKeys) -> PutActivityKeys:
-        return cls(act.config, act.allow_list, act.seq, act.events)
+        return cls(act.config, act.allow_list, act.retired, act.seq, act.events)
 
 
 def put_activity(
@@ -42,12 +43,13 @@ class ActivityChangeKeys(NamedTuple):
     """KEYS of the scripts that change an activity's hot config: ``patch_activity``, ``set_status``, ``restock``."""
 
     config: str
+    retired: str
     seq: str
     events: str
 
     @classmethod
     def of(cls, act: ActivityKeys) -> ActivityChangeKeys:
-        return cls(act.config, act.seq, act.events)
+        return cls(act.config, act.retired, act.seq, act.events)
 
 
 def patch_activity(

@@ -19,6 +19,7 @@ class ClaimKeys(NamedTuple):
     dev_counts: str
     allow: str
     idem: str
+    retired: str
     seq: str
     events: str
 
@@ -31,6 +32,7 @@ class ClaimKeys(NamedTuple):
             act.device_counts,
             act.allow_list,
             idem or act.no_idempotency,
+            act.retired,
             act.seq,
             act.events,
         )

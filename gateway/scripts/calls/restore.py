@@ -18,10 +18,13 @@ class RestoreActivityKeys(NamedTuple):
     devices: str
     allow: str
     batches: str
+    retired: str
 
     @classmethod
     def of(cls, act: ActivityKeys) -> RestoreActivityKeys:
-        return cls(act.config, act.user_counts, act.device_counts, act.allow_list, act.code_batches)
+        return cls(
+            act.config, act.user_counts, act.device_counts, act.allow_list, act.code_batches, act.retired
+        )
 
 
 def restore_activity(
