@@ -228,10 +228,36 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from loadtest.soak.command import run
+
+    return run(args)
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     from loadtest.bench.command import run_benchmark
 
     return run_benchmark(args)
+
+
+def _add_load_tools(sub: Any) -> None:
+    """The benchmark and the soak: loadtest/ ships with the source tree, not with every install."""
+    benchmark = sub.add_parser(
+        "benchmark", help="measure the claim path against its ceilings (docs/benchmark.md)"
+    )
+    with contextlib.suppress(ImportError):  # loadtest/ ships with the source tree, not with every install
+        from loadtest.bench.command import add_arguments
+
+        add_arguments(benchmark)
+    benchmark.set_defaults(run=_benchmark)
+    soak = sub.add_parser(
+        "soak", help="the retention soak: a million claims, time moved past the retention (docs/soak.md)"
+    )
+    with contextlib.suppress(ImportError):
+        from loadtest.soak.command import add_arguments as soak_arguments
+
+        soak_arguments(soak)
+    soak.set_defaults(run=_soak)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -302,14 +328,7 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--tags", default=None, help="comma-separated tags")
     token.set_defaults(run=_token)
 
-    benchmark = sub.add_parser(
-        "benchmark", help="measure the claim path against its ceilings (docs/benchmark.md)"
-    )
-    with contextlib.suppress(ImportError):  # loadtest/ ships with the source tree, not with every install
-        from loadtest.bench.command import add_arguments
-
-        add_arguments(benchmark)
-    benchmark.set_defaults(run=_benchmark)
+    _add_load_tools(sub)
     return top
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gateway.checkout.service import LockSweeper
+from gateway.checkout.service import ExpirySweeper, LockSweeper
 from gateway.keys import Partition
 from tests.retire_support import (
     KEYS,
@@ -114,7 +114,11 @@ async def test_the_housekeeping_lane_runs_the_sweep(consumer: Consumer) -> None:
     assert consumer.housekeeping.retire.retention == 30 * 86_400  # CLAIMGATE_RETENTION's default
     assert await consumer.client.exists(ended.keys.config) == 1  # an hour ago is well within it
     chores = Housekeeping(
-        consumer.settings, consumer.pool, LockSweeper(consumer.runner, KEYS), sweep(consumer)
+        consumer.settings,
+        consumer.pool,
+        LockSweeper(consumer.runner, KEYS),
+        ExpirySweeper(consumer.runner, KEYS),
+        sweep(consumer),
     )
 
     await chores.run_due()
