@@ -1,11 +1,11 @@
 #!lua
 --[[
 restore_wallet: write a wallet bucket's state as rebuilt from the ledger (restore). "reset" empties the bucket's
-coupons, orders, locks, counters, expiry indexes and finished orders' index; "user" writes one user's coupons (records and index, the
-index replaced); "drop" deletes the index of a user the ledger holds no coupon for; "checkout" adds orders, locks,
-counters and the expiry indexes' entries (a large bucket arrives in parts). Failed code attempts ({w:n}:fails:*)
-are not ledger state: left alone. restore_finish then levels the partition's seq and appends the event that
-records the restore.
+coupons, orders, locks, counters, expiry indexes and finished orders' index; "user" writes one user's coupons
+(records and index, the index replaced); "drop" deletes the index of a user the ledger holds no coupon for;
+"checkout" adds orders, locks, counters and the expiry indexes' entries (a large bucket arrives in parts).
+Failed code attempts ({w:n}:fails:*) are not ledger state: left alone. restore_finish then levels the partition's
+seq and appends the event that records the restore.
 KEYS[1] coupons   hash   {w:n}:coupons     coupon id -> JSON record (lock.lua)
 KEYS[2] index     zset   {w:n}:u:<user>    the user's coupon ids (score 0); {w:n}:u: (untouched) but with
                                            "user" and "drop"
