@@ -1,20 +1,15 @@
 """The events the scripts append to their partitions' streams: one declared shape per event type, versioned.
 
 A script's ``XADD`` writes flat string fields: the envelope (``type``, ``v``, ``id``, ``seq``, ``at``) and the
-type's own fields. ``decode`` turns an entry's fields into its event, checked: integers become integers, JSON
-fields (answers, id lists, before and after) their structs, a field missing or unknown fails, and "" in a field
-declared ``X | None`` means it has no value (None); anywhere else "" is an empty string, or fails (an integer).
-docs/events.md is this schema for people (and the payload contract of outbound events); a test keeps the two in
-step, and another decodes what every script really appends.
+type's own fields. ``decode`` turns them into its event, checked: integers become integers, JSON fields (answers,
+id lists, before and after) their structs, a field missing or unknown fails, and "" is None in a field declared
+``X | None``, elsewhere an empty string (or a failure: an integer). docs/events.md is this schema for people and
+outbound events' payload contract; a test keeps the two in step, another decodes what every script appends.
 
-Versions: every event carries ``v``, the schema version of the script that wrote it (``SCHEMA_VERSION``). A
-reader accepts that version and the one before (``PREVIOUS_VERSION``), so a gateway and a worker one version
-apart run side by side during a deploy. Version 1 is the events written before ``v`` existed: the fields of
-version 2, without ``v``. Any change to an event's fields bumps the version, and ``decode`` then turns the
-previous version's fields into the current shape before it checks them. Workers are deployed first: they read
-both versions, and a version newer than a reader knows fails to decode (the worker dead-letters it). A new event
-type changes no event's fields, so the version stays: a reader that predates the type refuses it as unknown
-(dead-lettered, replayed once upgraded), as it would a newer version.
+Versions (docs/events.md, "Versions"): an event carries ``v``, its script's ``SCHEMA_VERSION``; a reader accepts
+it and ``PREVIOUS_VERSION`` (1: version 2's fields, written before ``v``), so a gateway and a worker one version
+apart run side by side. A change to an event's fields bumps the version (``decode`` turns the previous one's into
+the current shape); a newer version, or a new type (which keeps the version), fails an older reader's decode.
 """
 
 from __future__ import annotations
@@ -271,7 +266,7 @@ class IdempotencyRecorded(Event, tag="idempotency_recorded"):
 
 class CodeBucketChanged(Event):
     batch_id: str = msgspec.field(name="batch")
-    count: int  # codes written or dropped now
+    count: int  # codes written, dropped or retired now
 
 
 class CodesStored(CodeBucketChanged, tag="codes_stored"):
@@ -280,6 +275,10 @@ class CodesStored(CodeBucketChanged, tag="codes_stored"):
 
 class CodesDropped(CodeBucketChanged, tag="codes_dropped"):
     pass
+
+
+class CodesRetired(CodeBucketChanged, tag="codes_retired"):
+    """A batch's codes (redeemed ones' tombstones too) left the bucket, its window ended the retention ago."""
 
 
 class CodeRedeemed(Event, tag="code_redeemed"):
@@ -328,6 +327,7 @@ AnyEvent = (
     | IdempotencyRecorded
     | CodesStored
     | CodesDropped
+    | CodesRetired
     | CodeRedeemed
     | BlocklistChanged
     | Restored

@@ -115,10 +115,10 @@ RETENTION: tuple[Retention, ...] = (
     Retention(
         "{c:*}:codes",
         "hash",
-        f"code hash -> batch: unredeemed, dropped when its batch is voided, else {_ACT}; redeemed, a compact"
-        " tombstone (redeemer, first answer) that leaves CLAIMGATE_RETENTION after the redeem (retention sweep)",
+        "code hash -> batch (+ redeemer, first answer once redeemed: a compact tombstone): dropped unredeemed if"
+        " its batch is voided, else leaves CLAIMGATE_RETENTION after the batch's window ended (code retention sweep)",
     ),
-    Retention("{c:*}:batches", "hash", f"batch id -> activity, window, pack; each {_ACT}"),
+    Retention("{c:*}:batches", "hash", "batch id -> activity, window, pack; leaves with the batch's codes"),
     Retention("{c:*}:counters", "hash", f"activity id -> codes redeemed from the bucket; each {_ACT}"),
     *_partition_rows("{c:*}", _KEPT),
     Retention("{blocklist}:users", "set", "blocked user ids: each until an operator removes it"),

@@ -36,6 +36,7 @@ from gateway.catalog.store import registered_streams
 from gateway.checkout.retention import WalletRetention
 from gateway.checkout.service import ExpirySweeper, LockSweeper
 from gateway.claim.service import ClaimService
+from gateway.codes.retention import CodeRetention
 from gateway.keys import KeySpace, is_activity_stream
 from gateway.ops_listener import OpsListener
 from gateway.outcomes import DomainError
@@ -358,6 +359,7 @@ async def start_consumer(settings: Settings, fence: Fence | None = None) -> Cons
         ExpirySweeper(redis.runner, keyspace),
         RetireSweep(pool, redis.runner, keyspace, settings.retention.seconds),
         WalletRetention(redis.runner, redis.control, keyspace, settings.retention.seconds),
+        CodeRetention(redis.runner, pool, settings.retention.seconds),
     )
     return Consumer(settings, redis, pool, claims, housekeeping=chores)
 

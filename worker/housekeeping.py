@@ -1,6 +1,6 @@
 """The housekeeping lane's chores: sweeps that record what time made true (lapsed locks, then coupons past their
-validity; finished orders, final coupons and ended activities' partitions past their retention leaving Redis), and
-pruning of the ledger.
+validity), the retention sweeps (the wallets' finished orders and final coupons; the code batches whose window
+ended; ended activities' partitions), and pruning of the ledger.
 
 Each chore is a bounded pass due at its own interval. A fenced Redis postpones a sweep and an absent Postgres a
 prune (logged); neither ever holds up the batches the lane reads.
@@ -17,6 +17,7 @@ import asyncpg
 from gateway import clock
 from gateway.checkout.retention import WalletRetention
 from gateway.checkout.service import ExpirySweeper, LockSweeper
+from gateway.codes.retention import CodeRetention
 from gateway.outcomes import DomainError
 from gateway.settings import Settings
 from worker.prune import prune_expired
@@ -25,6 +26,7 @@ from worker.retire import RETIRE_SECONDS, RetireSweep
 log = logging.getLogger(__name__)
 PRUNE_SECONDS = 60.0  # how often expired idempotency records are deleted from the ledger
 RETAIN_SECONDS = 60.0  # how often final coupons and finished orders past the retention leave Redis
+CODE_RETENTION_SECONDS = 60.0  # how often code batches whose window ended the retention ago leave Redis
 
 
 @dataclass
@@ -35,15 +37,19 @@ class Housekeeping:
     expiry: ExpirySweeper
     retire: RetireSweep
     wallets: WalletRetention | None = None
+    codes: CodeRetention | None = None
     locks_expired: int = 0
     coupons_expired: int = 0
     coupons_archived: int = 0
     orders_archived: int = 0
     idempotency_pruned: int = 0
+    batches_retired: int = 0
+    codes_retired: int = 0
     _swept_at: float = 0.0
     _pruned_at: float = 0.0
     _retained_at: float = 0.0
     _retired_at: float = 0.0
+    _codes_retained_at: float = 0.0
 
     async def run_due(self) -> None:
         """Every chore whose interval has passed, one bounded pass each."""
@@ -57,6 +63,8 @@ class Housekeeping:
             await self.retain_wallets()
         if now - self._retired_at > RETIRE_SECONDS:
             await self.retire_activities()
+        if self.codes is not None and now - self._codes_retained_at > CODE_RETENTION_SECONDS:
+            await self.retire_codes()
 
     async def sweep_locks(self) -> None:
         """Mark lapsed checkout locks expired; a fenced Redis waits for the next pass."""
@@ -99,3 +107,19 @@ class Housekeeping:
             await self.retire.sweep(int(clock.now()))
         except DomainError as exc:
             log.warning("retire sweep postponed: %s", exc.message)
+
+    async def retire_codes(self) -> None:
+        """Code batches whose window ended the retention ago leave Redis, codes and records; a fenced Redis or an
+        absent Postgres waits for the next pass, which finishes what this one left."""
+        self._codes_retained_at = time.monotonic()
+        assert self.codes is not None
+        try:
+            retired = await self.codes.sweep(now=int(clock.now()))
+        except DomainError as exc:
+            log.warning("code retention postponed: %s", exc.message)
+            return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("code retention postponed: %r", exc)
+            return
+        self.batches_retired += retired.batches
+        self.codes_retired += retired.codes

@@ -150,7 +150,7 @@ async def checkout_scripts(rec: Recorder, answer: str) -> None:
 
 async def code_scripts(rec: Recorder) -> None:
     """A batch reserved and its code stored, redeemed and its answer kept; another batch voided; the first's
-    unredeemed codes dropped."""
+    unredeemed codes dropped; then, its window over the retention ago, the first retired (its code and record)."""
     batch_keys = [ACT.config, ACT.code_batches, ACT.seq, ACT.events]
     await rec.run("code_batch", batch_keys, [NOW, "ev-reserve", "alice", ACTIVITY, "b1", 2, "reserve"])
     await rec.run("code_batch", batch_keys, [NOW, "ev-void", "alice", ACTIVITY, "b2", 3, "void"])
@@ -170,6 +170,9 @@ async def code_scripts(rec: Recorder) -> None:
     ]
     await rec.run("code_settle", settle_keys, [NOW, "ev-settle", "attempt-1", "rk", HASH_A, TTL, reply[1]])
     await rec.run("put_codes", code_keys, [NOW, "ev-drop", "b1", "", "drop", CODE_HASH])
+    far = NOW + 3600 + 30 * DAY
+    retired = await rec.run("retire_codes", code_keys, [far, "ev-retire", NOW + 3600, "b1", "1", CODE_HASH])
+    assert retired == ["ok", 1], retired
 
 
 async def partition_scripts(rec: Recorder) -> None:

@@ -163,6 +163,7 @@ SAMPLE_KEYS: dict[str, Sequence[str]] = {
     "sweep_locks": checkout.CheckoutKeys.of(WALLET),
     "retain_orders": checkout.RetainOrdersKeys.of(WALLET),
     "retain_coupons": checkout.RetainCouponsKeys.of(WALLET, "u1"),
+    "retire_codes": codes.RetireCodesKeys.of(CODES),
     "wallet_page": checkout.WalletPageKeys.of(WALLET, "u1"),
 }
 

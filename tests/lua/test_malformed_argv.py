@@ -255,6 +255,12 @@ async def put_codes_drop(runner: ScriptRunner) -> Call:
     return Call(code_keys(), [NOW, "ev", "b1", "", "drop", "h1,h2"])
 
 
+@scenario("retire_codes")
+async def retire_codes(runner: ScriptRunner) -> Call:
+    await codes_stored(runner)  # B1's window ends at NOW + 3600
+    return Call(code_keys(), [NOW + 4000, "ev", NOW + 3600, "b1", "1", "h1,h2"])
+
+
 @scenario("redeem")
 async def redeem(runner: ScriptRunner) -> Call:
     await a_lock(runner)

@@ -10,7 +10,8 @@ Redis with it.
   idempotency records;
 - blocklist: the entries present;
 - code ``{c:n}``: the codes of its ready batches (with the redeemer and answer of each redeemed one), those
-  batches' records and the per-activity redeemed counters.
+  batches' records and the per-activity redeemed counters; a retired batch (``retired_at``: the code retention
+  sweep removed it) has neither codes nor record here, though its redeemed codes still count.
 
 Not rebuilt, by design: failed code attempts (``{w:n}:fails:*``, rate-limit state without events).
 """
@@ -93,7 +94,7 @@ async def _code(pool: asyncpg.Pool, partition: str, mark: int) -> CodeState:
     batches = await pool.fetch(
         "SELECT batch_id, activity_id, starts_at, ends_at, pack, state FROM code_batches b"
         " WHERE EXISTS (SELECT 1 FROM codes k WHERE k.batch_id = b.batch_id AND k.partition = $1)"
-        " ORDER BY batch_id",
+        " AND retired_at IS NULL ORDER BY batch_id",
         partition,
     )
     for row in batches:
@@ -103,11 +104,13 @@ async def _code(pool: asyncpg.Pool, partition: str, mark: int) -> CodeState:
             )
         else:
             state.unsettled[row["batch_id"]] = row["state"]
-    # A ready batch's codes, and any redeemed code (as redeem_code recorded it, the answer from its claim).
+    # A ready batch's codes, and any redeemed code (as redeem_code recorded it, the answer from its claim), but
+    # a retired batch's.
     for row in await pool.fetch(
         "SELECT k.code_hash, k.batch_id, k.redeemed_by, k.claim_id, k.redeemed_at, b.activity_id, c.answer"
         " FROM codes k JOIN code_batches b USING (batch_id) LEFT JOIN claims c ON c.claim_id = k.claim_id"
-        " WHERE k.partition = $1 AND (b.state = 'ready' OR k.redeemed_by IS NOT NULL) ORDER BY k.code_hash",
+        " WHERE k.partition = $1 AND b.retired_at IS NULL AND (b.state = 'ready' OR k.redeemed_by IS NOT NULL)"
+        " ORDER BY k.code_hash",
         partition,
     ):
         record: dict[str, Any] = {"batch": row["batch_id"]}
@@ -119,8 +122,16 @@ async def _code(pool: asyncpg.Pool, partition: str, mark: int) -> CodeState:
                 activity=row["activity_id"],
                 at=row["redeemed_at"],
             )
-            state.counters[row["activity_id"]] = str(int(state.counters.get(row["activity_id"], "0")) + 1)
         state.codes[row["code_hash"]] = record
+    # Every code redeemed from the bucket counts, a retired batch's too (the counters stay with the activity).
+    state.counters = {
+        row["activity_id"]: str(row["n"])
+        for row in await pool.fetch(
+            "SELECT b.activity_id, count(*) AS n FROM codes k JOIN code_batches b USING (batch_id)"
+            " WHERE k.partition = $1 AND k.redeemed_by IS NOT NULL GROUP BY b.activity_id ORDER BY b.activity_id",
+            partition,
+        )
+    }
     return state
 
 

@@ -100,7 +100,7 @@ def _has_state(state: PartitionState) -> bool:
     if isinstance(state, BlocklistState):
         return bool(state.entries)
     if isinstance(state, CodeState):
-        return bool(state.codes or state.batches)
+        return bool(state.codes or state.batches or state.counters)
     return False
 
 

@@ -18,6 +18,7 @@ from gateway.events import (
     CodeRedeemed,
     CodesDropped,
     CodesReserved,
+    CodesRetired,
     CodesStored,
     CodesVoided,
     CouponArchived,
@@ -246,8 +247,9 @@ def _recorded(rows: Rows, entry: Entry, event: GrantCallRecorded | IdempotencyRe
     rows.idempotency.append((entry, record))
 
 
-def _marks_only(rows: Rows, entry: Entry, event: CodesStored | CodesDropped) -> None:
-    """Writes to code buckets whose rows the gateway wrote to Postgres first: only their seq is the ledger's news."""
+def _marks_only(rows: Rows, entry: Entry, event: CodesStored | CodesDropped | CodesRetired) -> None:
+    """Writes to code buckets whose rows the gateway wrote to Postgres first (or, retired codes, whose retirement the
+    sweep records once every bucket is done): only their seq is the ledger's news."""
 
 
 def _blocklist_changed(rows: Rows, entry: Entry, event: BlocklistChanged) -> None:
@@ -335,6 +337,7 @@ APPLY: dict[type[Event], Callable[[Rows, Entry, Any], None]] = {
     IdempotencyRecorded: _recorded,
     CodesStored: _marks_only,
     CodesDropped: _marks_only,
+    CodesRetired: _marks_only,
     BlocklistChanged: _blocklist_changed,
     ActivityCreated: _audited("create_activity"),
     StatusChanged: _audited("set_status"),

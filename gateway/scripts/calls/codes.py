@@ -1,5 +1,5 @@
 """Calls of the one-time code scripts: ``code_batch``, ``put_codes``, ``code_gate``, ``redeem_code``,
-``code_settle``."""
+``code_settle``, ``retire_codes``."""
 
 from __future__ import annotations
 
@@ -141,3 +141,31 @@ def code_settle(
 ) -> Reply:
     """``idem_key``, ``body_hash``, ``answer``: "" unless a keyed success's answer is to be kept."""
     return runner.run("code_settle", keys, [now, event_id, attempt_id, idem_key, body_hash, idem_ttl, answer])
+
+
+class RetireCodesKeys(NamedTuple):
+    codes: str
+    batches: str
+    seq: str
+    events: str
+
+    @classmethod
+    def of(cls, bucket: CodeKeys) -> RetireCodesKeys:
+        return cls(bucket.codes, bucket.batches, bucket.seq, bucket.events)
+
+
+def retire_codes(
+    runner: Runs[Reply],
+    keys: RetireCodesKeys,
+    *,
+    now: int,
+    event_id: str,
+    cutoff: int,
+    batch_id: str,
+    last: bool,
+    hashes: Sequence[str],
+) -> Reply:
+    """``last``: the bucket's last chunk of the batch (its record leaves with it)."""
+    return runner.run(
+        "retire_codes", keys, [now, event_id, cutoff, batch_id, "1" if last else "0", ",".join(hashes)]
+    )
