@@ -185,7 +185,7 @@ class Services:
                         max_skew=settings.claim.max_clock_skew_seconds,
                     )
                 ),
-                asyncio.create_task(load.keep_measuring(redis.control, pool)),
+                asyncio.create_task(load.keep_measuring(redis.polls, redis.control, pool)),
                 asyncio.create_task(sold_out.keep_checking(redis.control, keyspace)),
             ]
         return services
