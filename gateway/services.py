@@ -29,7 +29,7 @@ from gateway.scripts.durability import redis_persistence, shortfall
 from gateway.scripts.fence import Fence
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import SOCKET_TIMEOUT_SECONDS, RedisClient, ScriptRunner, connect
-from gateway.scripts.transport import PipelinedScripts
+from gateway.scripts.transport import PipelinedCommands, PipelinedScripts
 from gateway.settings import Settings
 from gateway.tokens import VerifiedTokens
 
@@ -38,13 +38,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Clients:
-    """The script client (guarded by the fence, no retries) and the control client, plus the runner."""
+    """The script client (guarded by the fence, no retries) and the control client, plus the runner; and
+    ``polls``, the unfenced pipelined link the stream reads and lag measures go through (many small commands)."""
 
     scripts: RedisClient
     control: RedisClient
     fence: Fence
     runner: ScriptRunner
     pipelined: PipelinedScripts
+    polls: PipelinedCommands
 
     @classmethod
     async def open(cls, settings: Settings, fence: Fence | None = None) -> Clients:
@@ -69,10 +71,13 @@ class Clients:
             pipelined=pipelined,
         )
         await runner.load_all()
-        return cls(scripts, control, fence, runner, pipelined)
+        cluster = control if isinstance(control, RedisCluster) else None
+        polls = PipelinedCommands(settings.redis.url, cluster=cluster, timeout=SOCKET_TIMEOUT_SECONDS)
+        return cls(scripts, control, fence, runner, pipelined, polls)
 
     async def close(self) -> None:
         self.pipelined.close()
+        self.polls.close()
         await self.scripts.aclose()
         await self.control.aclose()
 
@@ -182,7 +187,7 @@ class Services:
                         max_skew=settings.claim.max_clock_skew_seconds,
                     )
                 ),
-                asyncio.create_task(load.keep_measuring(redis.control, pool)),
+                asyncio.create_task(load.keep_measuring(redis.polls, redis.control, pool)),
                 asyncio.create_task(sold_out.keep_checking(redis.control, keyspace)),
             ]
         return services

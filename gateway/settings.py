@@ -81,6 +81,7 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     dead_after: int = 3  # failures of an entry's own before it moves to its dead-letter stream
     sweep_seconds: float = 5.0  # how often the sweeps run: lapsed locks, then coupons past their validity
     lanes: int = 2  # 2: activities' streams and the rest read and written apart; 1: one batch at a time
+    quiet_poll_seconds: float = 2.0  # how often a quiet stream (no work expected: worker/polling.py) is read
 
 
 class OpsSettings(msgspec.Struct, frozen=True):
@@ -297,6 +298,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             trim_seconds=_float(env, "WORKER_TRIM_SECONDS", 10.0),
             dead_after=_int(env, "WORKER_DEAD_AFTER", 3),
             sweep_seconds=_float(env, "WORKER_SWEEP_SECONDS", 5.0),
+            quiet_poll_seconds=_float(env, "WORKER_QUIET_POLL", 2.0),
             lanes=_lanes(env),
         ),
         checkout=checkout,

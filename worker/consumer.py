@@ -1,7 +1,9 @@
-"""The consumer: one ``XREADGROUP`` per registered stream (pipelined), one transaction per batch, ``XACK`` after.
+"""The consumer: one ``XREADGROUP`` per stream due (pipelined), one transaction per batch, ``XACK`` after.
 
-Entries a batch failed to commit stay in this consumer's pending list and are read again (``0`` instead of
-``>``) until they commit; entries a dead consumer left pending are taken over with ``XAUTOCLAIM``. A
+Which streams are due each round is the polling schedule's (``worker/polling.py``): live streams every round,
+quiet ones every ``CLAIMGATE_WORKER_QUIET_POLL``, retired ones never. Entries a batch failed to commit stay in
+this consumer's pending list and their streams are read again (``0`` instead of ``>``), live or quiet, until
+they commit; entries a dead consumer left pending are taken over with ``XAUTOCLAIM``. A
 ``claimed`` event is delivered into its wallet (idempotent) before it is acknowledged, so a gateway that died
 between ``claim`` and ``deliver`` still converges.
 
@@ -27,16 +29,12 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import clock
 from gateway.background import stop_tasks
-from gateway.catalog.store import registered_streams
-from gateway.checkout.retention import WalletRetention
-from gateway.checkout.service import ExpirySweeper, LockSweeper
+from gateway.catalog.store import polled_streams
 from gateway.claim.service import ClaimService
-from gateway.codes.retention import CodeRetention
 from gateway.keys import KeySpace, is_activity_stream
 from gateway.ops_listener import OpsListener
 from gateway.outcomes import DomainError
@@ -51,8 +49,8 @@ from worker.events import Entry
 from worker.faults import crash_point, stalled
 from worker.housekeeping import Housekeeping
 from worker.operations import operations
-from worker.retire import RetireSweep
-from worker.trim import trim_streams
+from worker.polling import Schedule, StreamReads, ensure_group
+from worker.trim import trim_unsettled
 
 log = logging.getLogger(__name__)
 STREAM_REFRESH_SECONDS = 2.0
@@ -78,15 +76,6 @@ def is_other_stream(stream: str) -> bool:
     return not is_activity_stream(stream)
 
 
-async def ensure_group(client: RedisClient, stream: str) -> None:
-    """The stream's consumer group (named as the stream), reading from the start so nothing is skipped."""
-    try:
-        await client.xgroup_create(stream, stream, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
 @dataclass
 class Batch:
     """Entries read and committed, not yet delivered and acknowledged."""
@@ -101,11 +90,9 @@ class Consumer:
     redis: Clients
     pool: asyncpg.Pool
     claims: ClaimService
-    streams: list[str] = field(default_factory=list)
-    reread_pending: bool = True
+    streams: list[str] = field(default_factory=list)  # the lane's streams polled (not retired)
     persisted: int = 0
     _streams_at: float = 0.0
-    _autoclaim_at: float = 0.0
     _trimmed_at: float = 0.0
     trimmed: int = 0
     housekeeping: Housekeeping | None = None  # on one lane only: the sweeps and the ledger's pruning
@@ -115,6 +102,26 @@ class Consumer:
     conflicts: int = 0
     _settling: asyncio.Task[None] | None = None  # the batch ``run`` delivers and acknowledges meanwhile
     lane: Callable[[str], bool] | None = None  # the streams this consumer reads (None: every stream)
+    plan: Schedule = field(init=False)  # each lane its own (``dataclasses.replace`` makes a new one)
+    reader: StreamReads = field(init=False)
+
+    def __post_init__(self) -> None:
+        worker = self.settings.worker
+        self.plan = Schedule(worker.quiet_poll_seconds, worker.claim_idle_ms / 2000)
+        self.reader = StreamReads(self.redis.polls, worker.name, worker.batch_size)
+
+    @property
+    def reread_pending(self) -> bool:
+        """Whether some stream is to be read from ``0`` (may hold entries pending for us)."""
+        return bool(self.plan.ours)
+
+    @reread_pending.setter
+    def reread_pending(self, value: bool) -> None:
+        """True: every stream of the lane is read from ``0`` next; False: none."""
+        if value:
+            self.plan.suspect(self.streams)
+        else:
+            self.plan.ours.clear()
 
     @property
     def name(self) -> str:
@@ -130,10 +137,13 @@ class Consumer:
         return self.redis.runner
 
     async def refresh_streams(self) -> None:
-        known = [s for s in await registered_streams(self.pool) if self.lane is None or self.lane(s)]
-        for stream in set(known) - set(self.streams):
+        """The lane's streams not retired, with their windows (a revived stream is back from here on)."""
+        lanes: dict[Callable[[str], bool] | None, bool] = {is_activity_stream: True, is_other_stream: False}
+        polled = await polled_streams(self.pool, activities=lanes.get(self.lane))
+        known = [s for s in polled if self.lane is None or self.lane(s.stream)]
+        for stream in self.plan.update(known, clock.now(), time.monotonic()):
             await ensure_group(self.client, stream)
-        self.streams = known
+        self.streams = [s.stream for s in known]
         self._streams_at = time.monotonic()
 
     @property
@@ -143,38 +153,36 @@ class Consumer:
         return "all" if self.lane is None else "others"
 
     async def read(self) -> list[Entry]:
-        """Our own pending entries first (after a failure or a restart), else new ones."""
+        """The streams due: our own pending entries where there may be some (after a failure or a restart),
+        else new ones; when only pending reads were due and found nothing, new ones at once."""
         if stalled(self.lane_name):
             return []
-        start = "0" if self.reread_pending else ">"
-        pipe = self.client.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xreadgroup(stream, self.name, {stream: start}, count=self.settings.worker.batch_size)
-        replies = await pipe.execute(raise_on_error=False)
-        entries: list[Entry] = []
-        for stream, reply in zip(self.streams, replies, strict=True):
-            if isinstance(reply, ResponseError):
-                if "NOGROUP" in str(reply):
-                    await ensure_group(self.client, stream)
-                    continue
-                raise reply
-            for _, messages in reply or []:
-                entries.extend(Entry(stream, entry_id, fields) for entry_id, fields in messages if fields)
-        if self.reread_pending and not entries:
-            self.reread_pending = False
+        mono = time.monotonic()
+        reads = self.plan.reads(mono)
+        try:
+            found, missing = await self.reader.read(reads)
+        except BaseException:  # a lost reply may have delivered entries to us
+            self.plan.suspect([stream for stream, _ in reads])
+            raise
+        cleared = self.plan.read(reads, found, mono)
+        for stream in missing:
+            await ensure_group(self.client, stream)
+        if cleared and not found:
             return await self.read()
-        return entries
+        return [entry for entries in found.values() for entry in entries]
 
     async def autoclaim(self) -> None:
-        """Take over entries another consumer left pending longer than ``claim_idle_ms``."""
-        idle = self.settings.worker.claim_idle_ms
-        pipe = self.client.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xautoclaim(stream, stream, self.name, idle, "0-0", count=1000, justid=True)
-        await pipe.execute(raise_on_error=False)
-        # Whatever was taken over, and anything of ours whose read reply was lost, is read from "0" next.
-        self.reread_pending = True
-        self._autoclaim_at = time.monotonic()
+        """Take over entries any consumer (this one too, after a lost reply) left pending longer than
+        ``claim_idle_ms``, on the streams due; those where some were taken are read from ``0`` next."""
+        due = self.plan.autoclaims(time.monotonic())
+        if not due:
+            return
+        try:
+            taken = await self.reader.autoclaim(due, self.settings.worker.claim_idle_ms)
+        except BaseException:
+            self.plan.suspect(due)
+            raise
+        self.plan.suspect(taken)
 
     async def deliver_claims(self, entries: list[Entry]) -> None:
         now = int(clock.now())
@@ -200,7 +208,7 @@ class Consumer:
         """An entry that failed on its own stays pending; after ``dead_after`` failures it is dead-lettered."""
         if not failed:
             return
-        self.reread_pending = True
+        self.plan.suspect({stream for stream, _ in failed})
         for entry in entries:
             key = (entry.stream, entry.entry_id)
             if key not in failed:
@@ -233,10 +241,9 @@ class Consumer:
         now = time.monotonic()
         if now - self._streams_at > STREAM_REFRESH_SECONDS:
             await self.refresh_streams()
-        if now - self._autoclaim_at > self.settings.worker.claim_idle_ms / 2000:
-            await self.autoclaim()
+        await self.autoclaim()
         if now - self._trimmed_at > self.settings.worker.trim_seconds:
-            self.trimmed += await trim_streams(self.client, self.streams)
+            self.trimmed += await trim_unsettled(self.client, self.plan)
             self._trimmed_at = now
         if self.housekeeping is not None:
             await self.housekeeping.run_due()
@@ -252,7 +259,7 @@ class Consumer:
                 written = await sink.write(conn, entries)
             crash_point("after_commit")
         except BaseException:
-            self.reread_pending = True
+            self.plan.suspect({entry.stream for entry in entries})
             raise
         return Batch(entries, written)
 
@@ -271,7 +278,7 @@ class Consumer:
             await self.ack(written.settled(entries))
             await self.count_failures(entries, written.failed)
         except BaseException:
-            self.reread_pending = True
+            self.plan.suspect({entry.stream for entry in entries})
             raise
         self.conflicts += len(written.conflicts)
         self.persisted += len(entries)
@@ -330,8 +337,9 @@ class Consumer:
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
-            if not done:
-                await _sleep_or_stop(stop, self.settings.worker.idle_sleep_seconds)
+            pause = self.plan.pause(done, self.settings.worker.idle_sleep_seconds)
+            if pause:
+                await _sleep_or_stop(stop, pause)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -352,16 +360,9 @@ async def start_consumer(settings: Settings, fence: Fence | None = None) -> Cons
     except (OSError, asyncpg.PostgresError) as exc:
         log.warning("Postgres unreachable at start: %r", exc)
     claims = ClaimService(redis.runner, keyspace, settings.claim.idempotency_ttl_seconds)
-    chores = Housekeeping(
-        settings,
-        pool,
-        LockSweeper(redis.runner, keyspace),
-        ExpirySweeper(redis.runner, keyspace),
-        RetireSweep(pool, redis.runner, keyspace, settings.retention.seconds),
-        WalletRetention(redis.runner, redis.control, keyspace, settings.retention.seconds),
-        CodeRetention(redis.runner, pool, settings.retention.seconds),
+    return Consumer(
+        settings, redis, pool, claims, housekeeping=Housekeeping.of(settings, pool, redis, keyspace)
     )
-    return Consumer(settings, redis, pool, claims, housekeeping=chores)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:

@@ -18,7 +18,9 @@ from gateway import clock
 from gateway.checkout.retention import WalletRetention
 from gateway.checkout.service import ExpirySweeper, LockSweeper
 from gateway.codes.retention import CodeRetention
+from gateway.keys import KeySpace
 from gateway.outcomes import DomainError
+from gateway.services import Clients
 from gateway.settings import Settings
 from worker.prune import prune_expired
 from worker.retire import RETIRE_SECONDS, RetireSweep
@@ -50,6 +52,20 @@ class Housekeeping:
     _retained_at: float = 0.0
     _retired_at: float = 0.0
     _codes_retained_at: float = 0.0
+
+    @classmethod
+    def of(cls, settings: Settings, pool: asyncpg.Pool, redis: Clients, keyspace: KeySpace) -> Housekeeping:
+        """Every chore, over the worker's clients, with the deployment's retention."""
+        retention = settings.retention.seconds
+        return cls(
+            settings,
+            pool,
+            LockSweeper(redis.runner, keyspace),
+            ExpirySweeper(redis.runner, keyspace),
+            RetireSweep(pool, redis.runner, keyspace, retention),
+            WalletRetention(redis.runner, redis.control, keyspace, retention),
+            CodeRetention(redis.runner, pool, retention),
+        )
 
     async def run_due(self) -> None:
         """Every chore whose interval has passed, one bounded pass each."""

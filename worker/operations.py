@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def operations(consumer: Consumer, lanes: list[Consumer]) -> dict[str, Route]:
     """The worker's operations listener: ``/readyz`` (200 when Redis and Postgres answer: it can persist; the
-    fence and what each lane persisted reported) and ``/healthz``."""
+    fence and, per lane, its streams (how many live), what it persisted) and ``/healthz``."""
 
     async def detailed() -> tuple[int, bytes]:
         report: dict[str, object] = {
@@ -28,6 +28,7 @@ def operations(consumer: Consumer, lanes: list[Consumer]) -> dict[str, Route]:
         report["lanes"] = {
             lane.lane_name: {
                 "streams": len(lane.streams),
+                "live": len(lane.plan.live),
                 "persisted": lane.persisted,
                 "conflicts": lane.conflicts,
                 "dead_lettered": lane.dead_lettered,

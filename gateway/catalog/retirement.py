@@ -21,6 +21,7 @@ import logging
 import asyncpg
 import msgspec
 
+from gateway.catalog import store
 from gateway.catalog.rebuild import ActivityState, activity_state, in_parts, mark_of, pairs
 from gateway.ids import new_id
 from gateway.keys import ActivityKeys, KeySpace
@@ -54,25 +55,17 @@ async def record_retired(conn: asyncpg.Connection, activity_id: str, stream: str
             activity_id,
             at,
         )
-        await _stream_retired(conn, stream, at)
+        await store.retire_stream(conn, stream, at)
 
 
 async def record_live(conn: asyncpg.Connection | asyncpg.Pool, activity_id: str, stream: str) -> None:
-    """The ledger's record that the partition is in Redis again: the activity and its stream, in one statement."""
-    # TODO(merge): gateway/catalog/store.py's revive_stream (migration 009) clears the same stream column.
+    """The ledger's record that the partition is in Redis again: the activity and its stream (polled again from
+    the readers' next refresh)."""
     await conn.execute(
-        "WITH revived AS (UPDATE activities SET retired_at = NULL WHERE activity_id = $1 AND retired_at IS NOT NULL)"
-        " UPDATE streams SET retired_at = NULL WHERE stream = $2 AND retired_at IS NOT NULL",
+        "UPDATE activities SET retired_at = NULL WHERE activity_id = $1 AND retired_at IS NOT NULL",
         activity_id,
-        stream,
     )
-
-
-async def _stream_retired(conn: asyncpg.Connection, stream: str, at: int) -> None:
-    # TODO(merge): gateway/catalog/store.py's retire_stream (migration 009) writes the same column.
-    await conn.execute(
-        "UPDATE streams SET retired_at = $2 WHERE stream = $1 AND retired_at IS NULL", stream, at
-    )
+    await store.revive_stream(conn, stream)
 
 
 async def is_retired(client: RedisClient, keys: ActivityKeys) -> bool:

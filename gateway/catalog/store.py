@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 import msgspec
 
@@ -100,7 +102,89 @@ async def register_streams(
 
 
 async def registered_streams(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
+    """Every stream ever registered, retired ones included (what recovery and the tests walk)."""
     return [row["stream"] for row in await conn.fetch("SELECT stream FROM streams ORDER BY stream")]
+
+
+LIVE_LEAD_SECONDS = 60  # an activity's stream is live from a minute before its window opens
+
+
+@dataclass(frozen=True, slots=True)
+class PolledStream:
+    """A stream the worker reads and gateways measure (not retired), with what says whether work is expected
+    on it: an activity's window and status as the ledger knows them (patches and status changes applied); a
+    fixed stream (wallet, code bucket, blocklist) has no window."""
+
+    stream: str
+    starts_at: int | None = None
+    ends_at: int | None = None
+    ended: bool = False
+
+    def live(self, now: float) -> bool:
+        """Work is expected: a fixed stream, or an activity not ended whose window is open or opens within
+        ``LIVE_LEAD_SECONDS``. Any other stream is quiet (its readers poll it less often)."""
+        if self.starts_at is None or self.ends_at is None:
+            return True
+        return not self.ended and self.starts_at - LIVE_LEAD_SECONDS <= now < self.ends_at
+
+
+# The latest status change and window patch of each activity partition, from the audit (the activities row
+# keeps the definition as created: design as built).
+_POLLED = """
+SELECT s.stream, s.kind,
+       coalesce(starts.at, a.starts_at) AS starts_at,
+       coalesce(ends.at, a.ends_at) AS ends_at,
+       coalesce(status.now, a.status) = 'ended' AS ended
+FROM streams s
+LEFT JOIN activities a ON s.kind = 'activity' AND s.partition = '{a:' || a.activity_id || '}'
+LEFT JOIN LATERAL (
+    SELECT after->>'status' AS now FROM audit
+    WHERE partition = s.partition AND action = 'set_status' ORDER BY seq DESC LIMIT 1
+) status ON s.kind = 'activity'
+LEFT JOIN LATERAL (
+    SELECT (after->>'starts_at')::bigint AS at FROM audit
+    WHERE partition = s.partition AND action = 'patch_activity' AND after ? 'starts_at' ORDER BY seq DESC LIMIT 1
+) starts ON s.kind = 'activity'
+LEFT JOIN LATERAL (
+    SELECT (after->>'ends_at')::bigint AS at FROM audit
+    WHERE partition = s.partition AND action = 'patch_activity' AND after ? 'ends_at' ORDER BY seq DESC LIMIT 1
+) ends ON s.kind = 'activity'
+WHERE s.retired_at IS NULL AND ($1::boolean IS NULL OR (s.kind = 'activity') = $1)
+ORDER BY s.stream
+"""
+
+
+async def polled_streams(
+    conn: asyncpg.Connection | asyncpg.Pool, *, activities: bool | None = None
+) -> list[PolledStream]:
+    """The streams not retired (``activities``: only activities' streams, or only the others), each with its
+    activity's window and status (an activity stream whose definition is missing counts as live: nothing
+    says work is not expected)."""
+    polled = []
+    for row in await conn.fetch(_POLLED, activities):
+        if row["kind"] != "activity" or row["starts_at"] is None:
+            polled.append(PolledStream(row["stream"]))
+        else:
+            polled.append(PolledStream(row["stream"], row["starts_at"], row["ends_at"], bool(row["ended"])))
+    return polled
+
+
+async def retire_stream(conn: asyncpg.Connection | asyncpg.Pool, stream: str, at: int) -> bool:
+    """Stop polling ``stream`` (its partition left Redis); False when it is not registered or already
+    retired (the first retirement's time is kept)."""
+    done: str = await conn.execute(
+        "UPDATE streams SET retired_at = $2 WHERE stream = $1 AND retired_at IS NULL", stream, at
+    )
+    return done == "UPDATE 1"
+
+
+async def revive_stream(conn: asyncpg.Connection | asyncpg.Pool, stream: str) -> bool:
+    """Poll ``stream`` again (a late change to a retired partition), from the readers' next refresh of the
+    list; False when it was not retired."""
+    done: str = await conn.execute(
+        "UPDATE streams SET retired_at = NULL WHERE stream = $1 AND retired_at IS NOT NULL", stream
+    )
+    return done == "UPDATE 1"
 
 
 async def get_activity(pool: asyncpg.Pool, activity_id: str) -> Activity | None:

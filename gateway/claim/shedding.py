@@ -4,16 +4,21 @@ with ``overloaded`` and ``Retry-After`` instead of running Redis out of memory (
 ``maxmemory`` and ``noeviction``).
 
 The lag is the number of stream entries not yet persisted: for each stream, entries not yet delivered to its
-consumer group plus entries delivered and not acknowledged (``XINFO GROUPS``: ``lag`` + ``pending``). It is
-measured over every registered stream, read from Postgres each time; while Postgres is away the last list is
-kept (and the fixed wallet, code and blocklist streams are always measured), which is exactly when
-the lag grows. The claim path reads only the last verdict: no Redis call of its own.
+consumer group plus entries delivered and not acknowledged (``XINFO GROUPS``: ``lag`` + ``pending``), summed over
+the streams polled (registered and not retired; retired streams are never measured). The list is read from
+Postgres every ``LIST_REFRESH_SECONDS``; while Postgres is away the last list is kept (and the fixed wallet, code
+and blocklist streams are always measured), which is exactly when the lag grows. Live streams (fixed ones,
+activities whose window is open or about to open, any stream whose last measure found a lag) are measured every
+round; quiet ones every ``QUIET_MEASURE_SECONDS``, their last measured lag counting in the total meanwhile. The
+stats route measures every stream at once. The claim path reads only the last verdict: no Redis call of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +26,11 @@ import asyncpg
 
 from gateway import clock
 from gateway.background import cancel_requested
-from gateway.catalog.store import registered_streams
+from gateway.catalog.store import PolledStream, polled_streams
 from gateway.keys import BLOCKLIST, KeySpace, Partition, partition_of_stream
 from gateway.outcomes import DomainError, Outcome
 from gateway.scripts.runner import RedisClient
+from gateway.scripts.transport import PipelinedCommands, encode_command
 from gateway.settings import ShedSettings
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,8 @@ SHED_MESSAGE = "The gateway is shedding load; retry shortly."
 # claims at peak; set CLAIMGATE_SHED_LAG, or better maxmemory, to allow more).
 FALLBACK_LAG = 100_000
 REGISTRY_TIMEOUT_SECONDS = 1.0
+LIST_REFRESH_SECONDS = 2.0  # how often the list of streams is read again (a new activity, a retired stream)
+QUIET_MEASURE_SECONDS = 5.0  # how often a quiet stream's lag is measured
 
 
 @dataclass
@@ -47,19 +55,30 @@ class StreamLag:
         return self.undelivered + self.pending
 
 
-async def stream_lags(client: RedisClient, streams: list[str]) -> list[StreamLag]:
+_LAG_COMMANDS: dict[str, tuple[bytes, bytes]] = {}  # each stream's two commands, encoded once
+
+
+async def stream_lags(polls: PipelinedCommands, streams: list[str]) -> list[StreamLag]:
     """Each stream's entries not yet persisted by its group; a stream or group not there yet counts 0."""
-    pipe = client.pipeline(transaction=False)
+    calls = []
     for stream in streams:
-        pipe.xinfo_groups(stream)
-        pipe.xlen(stream)
-    replies = await pipe.execute(raise_on_error=False)
+        encoded = _LAG_COMMANDS.get(stream)
+        if encoded is None:
+            encoded = _LAG_COMMANDS[stream] = (
+                encode_command(("XINFO", "GROUPS", stream)),
+                encode_command(("XLEN", stream)),
+            )
+        calls.append((stream, encoded[0]))
+        calls.append((stream, encoded[1]))
+    replies = await polls.call_many(calls)
     lags = []
     for i, stream in enumerate(streams):
         groups, length = replies[2 * i], replies[2 * i + 1]
         if isinstance(groups, Exception) or isinstance(length, Exception):
             continue
-        group = next((g for g in groups if g.get("name") == stream), None)
+        # Each group a flat list of field, value (RESP2, as hiredis reads it).
+        found = (dict(zip(g[::2], g[1::2], strict=True)) for g in groups)
+        group = next((g for g in found if g.get("name") == stream), None)
         if group is None:
             lags.append(StreamLag(stream, int(length or 0), 0))
             continue
@@ -99,7 +118,13 @@ class LoadWatch:
     keyspace: KeySpace
     load: Load = field(default_factory=Load)
     shedding: str = ""  # why claims are shed now; "" when they are not
-    _streams: list[str] = field(default_factory=list)
+    _streams: list[PolledStream] = field(default_factory=list)  # the registry's last list (not retired)
+    _listed: list[str] = field(default_factory=list)  # what is measured: that list and the fixed streams
+    _live: set[str] = field(default_factory=set)  # of those, the live ones as of the last listing
+    _unsettled: set[str] = field(default_factory=set)  # never measured, or a lag at the last measure
+    _listed_at: float = -math.inf
+    _quiet_at: float = -math.inf  # when every stream was last measured
+    lags: dict[str, int] = field(default_factory=dict)  # each stream's last measured lag (its total)
 
     def check(self) -> None:
         """On the claim path: the last verdict, no I/O."""
@@ -110,16 +135,52 @@ class LoadWatch:
         fixed = self.keyspace.wallet_partitions() + self.keyspace.code_partitions() + [BLOCKLIST]
         return [p.events for p in fixed]
 
-    async def streams(self, pool: asyncpg.Pool) -> list[str]:
+    async def refresh(self, pool: asyncpg.Pool, *, fresh: bool = False) -> None:
+        """The streams measured: the registry's not retired, read again every ``LIST_REFRESH_SECONDS`` (or now,
+        ``fresh``), the last list kept while Postgres is away; the fixed streams always. Which are live is
+        judged here, as of now; a retired stream's last lag leaves the total."""
+        mono = time.monotonic()
+        if not fresh and mono - self._listed_at < LIST_REFRESH_SECONDS:
+            return
+        self._listed_at = mono
         try:
             async with asyncio.timeout(REGISTRY_TIMEOUT_SECONDS):
-                self._streams = await registered_streams(pool)
+                self._streams = await polled_streams(pool)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.debug("stream registry unreadable, keeping the last list: %r", exc)
-        return sorted(set(self._streams) | set(self.fixed_streams()))
+        now, fixed = clock.now(), self.fixed_streams()
+        self._live = {s.stream for s in self._streams if s.live(now)} | set(fixed)
+        listed = {s.stream for s in self._streams} | set(fixed)
+        self._listed = sorted(listed)
+        self.lags = {name: lag for name, lag in self.lags.items() if name in listed}
+        self._unsettled = (self._unsettled & listed) | (listed - set(self.lags))
 
-    async def measure(self, client: RedisClient, pool: asyncpg.Pool) -> Load:
-        lags = await stream_lags(client, await self.streams(pool))
+    async def streams(self, pool: asyncpg.Pool) -> list[str]:
+        await self.refresh(pool, fresh=True)
+        return list(self._listed)
+
+    def due(self, mono: float, *, every: bool = False) -> list[str]:
+        """The streams to measure this round: every one each ``QUIET_MEASURE_SECONDS`` (or ``every``), else the
+        live ones, those whose last measure found a lag and those never measured."""
+        if every or mono - self._quiet_at >= QUIET_MEASURE_SECONDS:
+            self._quiet_at = mono
+            return self._listed
+        return list(self._live | self._unsettled)
+
+    async def measure(
+        self, polls: PipelinedCommands, client: RedisClient, pool: asyncpg.Pool, *, every: bool = False
+    ) -> Load:
+        """Measure the streams due (``every``: all of them) and Redis's memory; the verdict follows."""
+        await self.refresh(pool, fresh=every)
+        due = self.due(time.monotonic(), every=every)
+        for stream in due:  # an unreadable stream counts 0 (as one not there yet) until it reads again
+            self.lags.pop(stream, None)
+        for lag in await stream_lags(polls, due):
+            self.lags[lag.stream] = lag.total
+            if lag.total:
+                self._unsettled.add(lag.stream)
+            else:
+                self._unsettled.discard(lag.stream)
         memory: Any = await client.info("memory")
         nodes = (
             list(memory.values()) if "used_memory" not in memory else [memory]
@@ -129,7 +190,7 @@ class LoadWatch:
         fullest = max(
             (int(n["used_memory"]) / int(n["maxmemory"]) for n in nodes if int(n["maxmemory"])), default=0.0
         )
-        self.load = Load(sum(lag.total for lag in lags), used, most, clock.now(), fullest)
+        self.load = Load(sum(self.lags.values()), used, most, clock.now(), fullest)
         verdict = self.verdict(self.load)
         if verdict and not self.shedding:
             log.warning("shedding claims and grants: %s", verdict)
@@ -157,10 +218,10 @@ class LoadWatch:
             )
         return ""
 
-    async def keep_measuring(self, client: RedisClient, pool: asyncpg.Pool) -> None:
+    async def keep_measuring(self, polls: PipelinedCommands, client: RedisClient, pool: asyncpg.Pool) -> None:
         while not cancel_requested():
             try:
-                await self.measure(client, pool)
+                await self.measure(polls, client, pool)
             except Exception as exc:  # Redis away: claims fail on their own; keep the last verdict
                 log.warning("load measurement failed: %s", exc)
             await asyncio.sleep(self.settings.check_seconds)

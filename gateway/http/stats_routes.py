@@ -40,7 +40,7 @@ async def activity_stats(request: Request[Any, Any, Any], activity_id: FromPath[
     hot = await services.admin.live_state(activity, int(clock.now()))
     claimed = int(hot["taken"]) + await codes_redeemed(services.client, services.keyspace, activity.id)
     persisted = await store.persisted_claims(services.pool, activity.id)
-    lags = await stream_lags(services.client, [services.keyspace.activity(activity.id).events])
+    lags = await stream_lags(services.redis.polls, [services.keyspace.activity(activity.id).events])
     lag = lags[0].total if lags else 0  # a retired activity's stream is gone: nothing waits in it
     figures = await checkout_figures(services.client, services.keyspace, activity.id)
     return as_json(
@@ -73,7 +73,7 @@ async def ledger_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
     auth.operator(request)
     bodies.only_query(request)
     services = auth.services(request)
-    load = await services.load.measure(services.client, services.pool)
+    load = await services.load.measure(services.redis.polls, services.client, services.pool, every=True)
     dead = await dead_letter_count(services.client, await services.load.streams(services.pool))
     conflicts = await store.conflicts(services.pool)
     settings = services.settings.shed

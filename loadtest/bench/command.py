@@ -58,6 +58,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--naive-pool", type=int, default=16, help="asyncpg connections per naive-app worker")
     add("--open-loop-share", type=float, default=0.8, help="offered rate of the open-loop phase, of the peak")
     add("--valkey-maxmemory", default="4gb", help="Valkey maxmemory (the gateway sheds at 0.9 of it)")
+    add(
+        "--idle-activities",
+        type=int,
+        default=1_000,
+        help="ended activities beside the idle phase's processes",
+    )
+    add("--idle-seconds", type=positive, default=30, help="seconds the idle phase measures")
+    add(
+        "--idle-settle",
+        type=int,
+        default=15,
+        help="seconds the idle phase's processes run before it measures",
+    )
+    add(
+        "--code",
+        default=str(ROOT),
+        help="checkout the gateway and the worker run from (default: this one); e.g. an older commit exported"
+        " with git archive, to compare its figures",
+    )
     add("--drain-timeout", type=int, default=300, help="seconds to wait for the worker to persist the claims")
     add("--out", default=str(ROOT / "docs" / "benchmark"), help="path stem of the report (.md and .json)")
     add(

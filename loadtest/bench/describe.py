@@ -34,6 +34,9 @@ def settings(a: argparse.Namespace, flags: list[str], tokens: int) -> dict[str, 
         "CLAIMGATE_SHED_LAG": f"{SHED_LAG:,} (default: none while Redis has maxmemory): the worker is stopped"
         " during the load phases",
         "Valkey maxmemory": str(a.valkey_maxmemory),
+        "idle phase": f"{a.idle_activities:,} ended activities, {a.idle_settle} s to settle, {a.idle_seconds} s"
+        " measured",
+        "gateway and worker code": str(a.code),
     }
 
 
@@ -75,6 +78,13 @@ def notes(durability: str) -> list[str]:
         " (-r N --rate-period 1ms, over about one per-connection interval): opened together, h2load's"
         " per-connection timers fire together and every tick is a burst of all connections at once."
         " Percentiles from the log file's per-request durations (nearest rank).",
+        "Idle: made once in the run (the first round that runs the phase) through the admin API: the"
+        " --idle-activities activities, each granted to 3 users and ended, their claims drained into Postgres by"
+        " a worker and every stream entry acknowledged. Each round then starts a worker and a gateway (each its own"
+        " process, as `claimgate worker` and `claimgate serve` run them), waits --idle-settle seconds and reads"
+        " each process tree's CPU over --idle-seconds: CPU seconds per wall second, as a percentage of one core."
+        " The streams of ended activities are quiet (read every CLAIMGATE_WORKER_QUIET_POLL, their lag measured"
+        " every 5 s); the wallet and code buckets' and the blocklist's streams are live.",
         "CPU: user + system seconds of each process tree (the gateway's granian parent and workers, the"
         " postmaster and its backends, Valkey and its AOF-rewrite child, the worker) read from /proc before"
         " and after each phase, over the phase's active span; the generator's from its own rusage (wait4).",

@@ -15,10 +15,26 @@ PHASES = {
     "naive": "naive Postgres baseline",
     "safe": "claim route while stock lasts, safe setting (--durability both)",
     "worker": "the worker alone draining a backlog (and Redis bytes per coupon)",
+    "idle": "an idle worker and gateway with --idle-activities ended activities (CPU, % of a core)",
 }
 GATEWAY = ("claim", "sold_out", "sold_out_unseen", "open_loop")  # on the round's gateway (primary setting)
 IN_STOCK = 10_000_000  # never runs out within a phase
 OPEN_LOOP_LIMIT = 1_000_000  # the open loop's one user claims that often
+
+
+# Each load generator: its Debian package, and the phases that need it.
+GENERATORS = {
+    "wrk": ("wrk", ("claim", "sold_out", "sold_out_unseen", "open_loop", "bare", "naive", "safe")),
+    "h2load": ("nghttp2-client", ("open_loop",)),
+    "redis-benchmark": ("redis-tools", ("raw",)),
+}
+
+
+def generators(selected: tuple[str, ...]) -> dict[str, str]:
+    """The load generators the selected phases need: command -> its Debian package."""
+    return {
+        tool: package for tool, (package, phases) in GENERATORS.items() if any(p in selected for p in phases)
+    }
 
 
 def phase_list(text: str) -> tuple[str, ...]:

@@ -137,7 +137,7 @@ def _figures(results: Results) -> list[str]:
 
 
 def _target_row(target: Target) -> list[str]:
-    shown = "{:.2f}x" if target.unit == "x" else "{:.2f} ms"
+    shown = target.pattern
     return [
         target.name,
         target.shown(target.value),

@@ -9,7 +9,8 @@ selected phase once in this order (so a drift of the machine hits the figures a 
    baseline on the same command);
 4. ``safe``: with ``--durability both``, the in-stock claim on a gateway started as safe, Valkey on
    ``appendfsync always``;
-5. the worker drains the round's claims; ``worker``: a backlog made with no worker, one worker timed on it.
+5. the worker drains the round's claims; ``worker``: a backlog made with no worker, one worker timed on it;
+6. ``idle``: a worker and a gateway doing nothing beside ``--idle-activities`` ended activities (made once).
 
 Then the correctness checks over every activity of every round, the ratios against their targets, the report.
 """
@@ -42,8 +43,9 @@ from loadtest.bench.checks import check_all
 from loadtest.bench.describe import SHED_LAG
 from loadtest.bench.gateway_phases import primary_round, safe_round
 from loadtest.bench.http_baselines import bare_phases, naive_phase
+from loadtest.bench.idle import idle_phase
 from loadtest.bench.machine import machine, versions
-from loadtest.bench.phases import GATEWAY, PHASES, activity_key, round_activities
+from loadtest.bench.phases import GATEWAY, PHASES, activity_key, generators, round_activities
 from loadtest.bench.procs import machine_busy_seconds
 from loadtest.bench.raw_ceiling import raw_ceiling
 from loadtest.bench.report import SHARED_CORES, markdown, summary, write
@@ -62,7 +64,6 @@ POSTGRES_SETTINGS = (
 VALKEY_SETTINGS = (
     "appendonly", "appendfsync", "maxmemory", "maxmemory-policy", "auto-aof-rewrite-percentage", "io-threads",
 )  # fmt: skip
-TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "redis-benchmark": "redis-tools"}
 
 
 class Run:
@@ -104,7 +105,9 @@ class Run:
     def setup(self) -> None:
         s = self.s
         missing = [
-            f"{tool} (Debian: apt-get install {pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)
+            f"{tool} (Debian: apt-get install {pkg})"
+            for tool, pkg in generators(s.selected).items()
+            if not shutil.which(tool)
         ]
         if missing:
             raise RuntimeError("missing load generators: " + ", ".join(missing))
@@ -227,6 +230,8 @@ class Run:
             drain(s, claimed)
         if s.runs("worker"):
             backlog_phase(s)
+        if s.runs("idle"):
+            idle_phase(s)
 
     def check(self) -> None:
         s = self.s
@@ -273,6 +278,8 @@ class Run:
                 naive=r.value("naive", run),
                 worker=r.value("worker", run),
                 p99_at_80=r.value("open_loop_p99", run),
+                idle_worker=r.value("idle_worker", run),
+                idle_gateway=r.value("idle_gateway", run),
             )
             for run in range(1, r.runs + 1)
         ]

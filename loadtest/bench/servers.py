@@ -74,10 +74,17 @@ def granian_command(flags: list[str], port: int, target: str) -> list[str]:
     return [sys.executable, "-m", "granian", *flags, "--host", "127.0.0.1", "--port", str(port), target]
 
 
-def start_gateway(env: dict[str, str], workers: int, log: Path, pidfile: PidFile) -> Process:
+def from_checkout(env: dict[str, str], code: Path) -> dict[str, str]:
+    """The environment for a server run from ``code`` (its packages first on the path)."""
+    return env if code == ROOT else {**env, "PYTHONPATH": str(code)}
+
+
+def start_gateway(
+    env: dict[str, str], workers: int, log: Path, pidfile: PidFile, code: Path = ROOT
+) -> Process:
     port = free_port()
     command = [sys.executable, "-m", "claimgate.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = spawn([*command, "--workers", str(workers)], log, env=env, cwd=ROOT)
+    proc = spawn([*command, "--workers", str(workers)], log, env=from_checkout(env, code), cwd=code)
     pidfile.add(proc.pid, "gateway", GATEWAY_TARGET)
     server = Process("gateway", proc, log, port)
     try:
@@ -118,8 +125,10 @@ def start_app(
         time.sleep(0.1)
 
 
-def start_worker(env: dict[str, str], log: Path, pidfile: PidFile) -> Process:
-    proc = spawn([sys.executable, "-m", "claimgate.cli", "worker"], log, env=env, cwd=ROOT)
+def start_worker(env: dict[str, str], log: Path, pidfile: PidFile, code: Path = ROOT) -> Process:
+    proc = spawn(
+        [sys.executable, "-m", "claimgate.cli", "worker"], log, env=from_checkout(env, code), cwd=code
+    )
     pidfile.add(proc.pid, "worker", "claimgate.cli")
     return Process("worker", proc, log)
 

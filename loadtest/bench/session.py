@@ -46,6 +46,8 @@ class Session:
         self.flags: list[str] = []  # the gateway's granian options, which the bare and naive apps copy
         self.activities: dict[str, Activity] = {}  # by activity_key(name, run)
         self.naive: list[Activity] = []
+        self.idle: list[str] = []  # the idle phase's ended activities (made in its first round)
+        self.code = Path(args.code).resolve()  # the checkout the gateway and the worker run from
         self.tokens: TokenFile | None = None
         self.crowd = Path()  # the first --users tokens: the sold-out phase's users who come back
         self.script = Path()  # wrk's Lua script
@@ -120,7 +122,11 @@ class Session:
         env = {**self.env, PREFIX + "DURABILITY": durability}
         self.say(f"starting the gateway ({self.opt('workers')} granian worker(s), durability {durability})")
         self.gateway = servers.start_gateway(
-            env, self.opt("workers"), self.dir / f"gateway-{durability}-{self.run}.log", self.pidfile
+            env,
+            self.opt("workers"),
+            self.dir / f"gateway-{durability}-{self.run}.log",
+            self.pidfile,
+            self.code,
         )
         return self.gateway
 

@@ -84,7 +84,7 @@ class Target:
     value: float | None  # the median of the runs
     op: str  # ">=" or "<="
     threshold: float
-    unit: str  # "x" (a ratio) or "ms"
+    unit: str  # "x" (a ratio), "ms" or "%" (of a core)
     note: str = ""
     runs: tuple[float, ...] = ()  # each run's value; empty: ``value`` is the only one
 
@@ -111,10 +111,13 @@ class Target:
             return MET
         return MET_AT_MEDIAN if self.meets(self.value) else NOT_MET
 
+    @property
+    def pattern(self) -> str:
+        """How a value of this target is written (a ``str.format`` pattern)."""
+        return {"x": "{:.2f}x", "%": "{:.2f}%"}.get(self.unit, "{:.2f} ms")
+
     def shown(self, value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{value:.2f}x" if self.unit == "x" else f"{value:.2f} ms"
+        return "-" if value is None else self.pattern.format(value)
 
     @property
     def goal(self) -> str:
@@ -131,6 +134,8 @@ class Rates:
     naive: float | None
     worker: float | None  # claims persisted/s
     p99_at_80: float | None  # ms, open loop at 80% of the claim rate
+    idle_worker: float | None = None  # % of a core, the idle phase's worker
+    idle_gateway: float | None = None  # % of a core, the idle phase's gateway
 
 
 TARGETS = (
@@ -140,6 +145,8 @@ TARGETS = (
     ("claim / naive baseline", "claim", "naive", ">=", 10.0, "x", "naive"),
     ("p99 at 80% of peak claim rate", "p99_at_80", "", "<=", 25.0, "ms", "p99"),
     ("worker rate / peak claim rate", "worker", "claim", ">=", 1.0, "x", "worker"),
+    ("idle worker, ended activities (% of a core)", "idle_worker", "", "<=", 2.0, "%", "idle"),
+    ("idle gateway, ended activities (% of a core)", "idle_gateway", "", "<=", 2.0, "%", "idle"),
 )
 
 

@@ -25,7 +25,7 @@ def drain(s: Session, activities: list[Activity]) -> None:
     expected = {a.id: redis_state(s.rd, a.id)[0] for a in activities}
     total = sum(expected.values())
     s.say(f"the worker drains the round's {total:,} claims into Postgres")
-    s.worker = servers.start_worker(s.env, s.dir / f"worker-drain-{s.run}.log", s.pidfile)
+    s.worker = servers.start_worker(s.env, s.dir / f"worker-drain-{s.run}.log", s.pidfile, s.code)
     try:
         with CpuWatch(s.roots(None)) as cpu:
             rows = asyncio.run(wait_drained(s.pg.url, expected, float(s.opt("drain_timeout"))))
@@ -96,7 +96,7 @@ def backlog_phase(s: Session) -> None:
     existing = asyncio.run(claims_rows(s.pg.url))
     s.say(f"starting one worker on the backlog (the claims table holds {existing:,} rows already)")
     began = time.monotonic()
-    s.worker = servers.start_worker(s.env, s.dir / f"worker-backlog-{s.run}.log", s.pidfile)
+    s.worker = servers.start_worker(s.env, s.dir / f"worker-backlog-{s.run}.log", s.pidfile, s.code)
     try:
         with CpuWatch(s.roots(None)) as cpu:
             rows, first, done = asyncio.run(

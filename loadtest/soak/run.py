@@ -239,7 +239,7 @@ async def _ledger_holds(consumer: Consumer, expected: int, where: str) -> bool:
 
 async def _settled(consumer: Consumer) -> bool:
     await consumer.refresh_streams()
-    return all(lag.total == 0 for lag in await stream_lags(consumer.client, consumer.streams))
+    return all(lag.total == 0 for lag in await stream_lags(consumer.redis.polls, consumer.streams))
 
 
 async def _count(chore: Callable[[], Awaitable[None]], total: Callable[[], int]) -> int:

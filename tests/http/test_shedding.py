@@ -4,20 +4,48 @@ and the conflicts."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
+from gateway.catalog import store
+from gateway.catalog.admin import AdminService
+from gateway.catalog.campaign import ActivityIn, PackItem, TemplateIn
+from gateway.claim import shedding
+from gateway.claim.shedding import LoadWatch
 from gateway.http.app import create_app
+from gateway.keys import KeySpace
 from gateway.scripts.runner import connect
 from gateway.services import Services
 from gateway.settings import Settings, load_settings
+from gateway.tokens import UserIdentity
 from tests.conftest import settings_env
 from tests.helpers import ADMIN, bearer, create_activity
 from tests.http.support import assert_refusal, claim_url
-from tests.worker.conftest import persist
+from tests.worker.conftest import drain, persist
+from tests.worker.test_sink import make_activity
+from worker.consumer import Consumer, start_consumer
+
+
+async def past_activity(worker: Consumer) -> str:
+    """An activity whose window is already over when it is made (a quiet stream)."""
+    admin = AdminService(worker.pool, worker.runner, KeySpace(8, 4))
+    now = int(time.time())
+    template = await admin.create_template(
+        TemplateIn(name="t", kind="cash", amount_off=100, valid_days=3), "alice", now
+    )
+    body = ActivityIn(
+        name="a",
+        pack=[PackItem(template.id, 1)],
+        starts_at=now - 600,
+        ends_at=now - 10,
+        stock=10,
+        per_user_limit=1,
+    )
+    return (await admin.create_activity(body, "alice", now)).id
 
 
 def app_with(settings: Settings, **extra: str) -> AsyncTestClient[Any]:
@@ -110,3 +138,53 @@ async def test_under_the_limits_nothing_is_shed_and_stats_show_conflicts(
     assert (stats["claimed"], stats["persisted"], stats["conflicts"], stats["lag"]) == (1, 1, 1, 0)
     overall = (await client.get("/v1/admin/stats", headers=ADMIN)).json()
     assert (overall["conflicts"], overall["dead_letters"], overall["fence"]) == (1, 0, "open")
+
+
+async def test_live_streams_are_measured_every_round_quiet_ones_at_their_turn_retired_ones_never(
+    settings: Settings, clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background measure: a live stream each round; a quiet one every QUIET_MEASURE_SECONDS, its last lag
+    counting meanwhile (then each round while it has a lag); a retired one never, nor its lag."""
+    worker = await start_consumer(settings)  # its clients, pool and claim service; it persists when told
+    load = LoadWatch(settings.shed, KeySpace(8, 4))
+    polls, control, pool = worker.redis.polls, worker.client, worker.pool
+    try:
+        live = await make_activity(worker)
+        quiet = await past_activity(worker)
+        gone = await make_activity(worker)
+        ids = {"live": live, "quiet": quiet, "gone": gone}
+        streams = {name: KeySpace.activity(a).events for name, a in ids.items()}
+        await drain(worker)
+        await store.retire_stream(pool, streams["gone"], int(time.time()))
+        measured: list[set[str]] = []
+        lags_of = shedding.stream_lags
+
+        async def spied(polls: Any, names: list[str]) -> list[shedding.StreamLag]:
+            measured.append(set(names))
+            return await lags_of(polls, names)
+
+        monkeypatch.setattr(shedding, "stream_lags", spied)
+        assert (await load.measure(polls, control, pool, every=True)).lag == 0
+
+        for activity_id in (live, quiet, gone):  # a grant skips the window: the quiet one takes it too
+            identity = UserIdentity("g1", "")
+            await worker.claims.claim(
+                activity_id, identity, now=int(time.time()), mode="grant", operator="ops"
+            )
+        await load.measure(polls, control, pool)  # a round: the live stream, not the quiet one
+        assert streams["live"] in measured[-1] and streams["quiet"] not in measured[-1]
+        assert (load.lags[streams["live"]], load.lags[streams["quiet"]]) == (1, 0)  # the quiet's last measure
+
+        load._quiet_at -= shedding.QUIET_MEASURE_SECONDS  # its turn
+        await load.measure(polls, control, pool)
+        assert load.lags[streams["quiet"]] == 1
+        await load.measure(polls, control, pool)
+        assert streams["quiet"] in measured[-1]  # measured each round while it has a lag
+
+        await drain(worker)
+        assert (await load.measure(polls, control, pool)).lag == 0  # gone's grant never counted
+        assert not any(streams["gone"] in names for names in measured)
+        assert streams["gone"] not in load.lags and streams["gone"] not in await load.streams(pool)
+    finally:
+        await worker.redis.close()
+        await worker.pool.close()

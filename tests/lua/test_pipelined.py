@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
@@ -17,7 +18,7 @@ from gateway.keys import KeySpace
 from gateway.scripts.fence import Fence
 from gateway.scripts.registry import load_scripts
 from gateway.scripts.runner import RedisClient, ScriptRunner, UncheckedRedis
-from gateway.scripts.transport import FLUSH_AT, PipelinedScripts
+from gateway.scripts.transport import FLUSH_AT, PipelinedCommands, PipelinedScripts, encode_command
 from gateway.settings import Settings
 
 ECHO = "return {ARGV[1], KEYS[1]}"
@@ -150,3 +151,55 @@ async def test_the_runner_reloads_a_flushed_script_through_the_transport(
     keys = KeySpace(8, 4).wallet("someone")
     reply = await runner.run("wallet_page", [keys.coupons, keys.user_index("someone")], [0, "", 10, ""])
     assert reply[0] == "ok"
+
+
+@pytest.fixture
+async def commands(redis_client: RedisClient, settings: Settings) -> AsyncIterator[PipelinedCommands]:
+    await redis_client.ping()  # the cluster client initialized (and so closed) by its owner, not by the link
+    cluster = redis_client if isinstance(redis_client, RedisCluster) else None
+    found = PipelinedCommands(settings.redis.url, cluster=cluster, timeout=0.5)
+    yield found
+    found.close()
+
+
+async def test_a_batch_of_commands_is_one_write_and_its_replies_come_back_in_order_errors_in_place(
+    commands: PipelinedCommands, redis_client: RedisClient
+) -> None:
+    keys = [f"{{w:{n}}}:events" for n in range(300)]
+    for key in keys[::2]:
+        await redis_client.xadd(key, {"n": key})
+    calls = [(key, encode_command(("XLEN", key))) for key in keys]
+    calls.insert(7, ("{w:1}:events", encode_command(("XINFO", "GROUPS", "{w:1}:nothing"))))
+    await commands.call_many(calls[:1])  # connected
+    (link,) = commands.links.values()
+    assert link.transport is not None
+    writes: list[int] = []
+    write = link.transport.writelines
+
+    def counted(data: Any) -> None:
+        chunks = list(data)
+        writes.append(len(chunks))
+        write(chunks)
+
+    link.transport.writelines = counted  # type: ignore[method-assign]
+    replies = await commands.call_many(calls)
+    assert writes == [1]  # all 301 commands in one write
+    assert isinstance(replies[7], ResponseError) and "no such key" in str(replies[7])
+    del replies[7]
+    assert replies == [1 if n % 2 == 0 else 0 for n in range(300)]
+    assert await commands.call_many([]) == []
+
+
+async def test_a_batch_unanswered_in_time_breaks_its_link_and_the_next_batch_reconnects(
+    commands: PipelinedCommands,
+) -> None:
+    """Plain commands need no fence (reads carry nothing it guards), only an answer in time."""
+    ping = ("{w:1}:k", encode_command(("PING",)))
+    assert await commands.call_many([ping]) == ["PONG"]
+    (link,) = commands.links.values()
+    blocking = ("{w:1}:k", encode_command(("BLPOP", "{w:1}:never", 2)))  # answers after 2 s: past the 0.5 s
+    with pytest.raises(RedisTimeoutError):
+        await commands.call_many([ping, blocking, ping])
+    assert link.closed
+    assert await commands.call_many([ping, ping]) == ["PONG", "PONG"]
+    assert commands.links[next(iter(commands.links))] is not link

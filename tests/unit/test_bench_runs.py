@@ -11,7 +11,7 @@ import pytest
 
 from claimgate.cli import parser
 from loadtest.bench.command import run_benchmark
-from loadtest.bench.phases import PHASES, activity_key, phase_list, round_activities, select
+from loadtest.bench.phases import PHASES, activity_key, generators, phase_list, round_activities, select
 from loadtest.bench.report import as_json, markdown, summary
 from loadtest.bench.results import Figure, Phase, Results
 from loadtest.bench.run import Run
@@ -111,7 +111,24 @@ def test_each_round_claims_from_activities_of_its_own() -> None:
         "warm", "claim", "sold_out", "open_loop", "warm_safe", "claim_safe", "backlog",
     }  # fmt: skip
     assert round_activities(("worker",), 500) == {"backlog": (500, 1)}
+    assert round_activities(("idle",), 500) == {}  # its ended activities are made once, not per round
     assert activity_key("claim", 2) == "claim-2"
+
+
+def test_a_run_needs_only_the_load_generators_of_its_phases() -> None:
+    assert generators(("idle", "worker")) == {}
+    assert generators(("raw", "idle")) == {"redis-benchmark": "redis-tools"}
+    assert generators(("claim", "open_loop")) == {"wrk": "wrk", "h2load": "nghttp2-client"}
+    assert set(generators(tuple(PHASES))) == {"wrk", "h2load", "redis-benchmark"}
+
+
+def test_the_idle_phase_takes_its_activities_seconds_and_the_code_it_runs() -> None:
+    args = parser().parse_args(
+        ["benchmark", "--phases", "idle", "--idle-activities", "10", "--code", "/tmp/x"]
+    )
+    assert args.phases == ("idle",) and args.idle_activities == 10 and args.code == "/tmp/x"
+    defaults = parser().parse_args(["benchmark"])
+    assert (defaults.idle_activities, defaults.idle_seconds, defaults.idle_settle) == (1_000, 30, 15)
 
 
 def test_the_command_line_takes_repeat_phases_and_seconds() -> None:
@@ -194,3 +211,16 @@ def test_the_report_gives_each_figure_its_median_spread_and_runs() -> None:
         "claim / bare HTTP: 0.40x (runs 0.30 / 0.40 / 0.50; target ≥ 0.40x): met at the median only"
         in summary(three_runs())
     )
+
+
+def test_the_idle_figures_are_targets_of_at_most_two_percent_of_a_core() -> None:
+    rounds = [
+        Rates(None, None, None, None, None, None, idle_worker=1.0, idle_gateway=1.5),
+        Rates(None, None, None, None, None, None, idle_worker=1.2, idle_gateway=2.5),
+    ]
+    found = {t.name: t for t in targets(rounds)}
+    worker = found["idle worker, ended activities (% of a core)"]
+    gateway = found["idle gateway, ended activities (% of a core)"]
+    assert (worker.verdict, worker.shown(worker.value), worker.goal) == (MET, "1.10%", "≤ 2.00%")
+    assert gateway.verdict == MET_AT_MEDIAN  # median 2.0 meets it, the worst run does not
+    assert targets(Rates(1, 1, 1, 1, 1, 1))[-1].verdict == NOT_MEASURED  # a run without the idle phase
