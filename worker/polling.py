@@ -37,6 +37,7 @@ IDLE_PAUSE_MAX_SECONDS = (
 )
 PENDING = "0"  # a read of our own pending entries (from the start of our pending list)
 NEW = ">"  # a read of entries never delivered to the group
+MIN_COUNT = 10  # the fewest entries a read asks of one stream, however many streams a round reads
 
 
 async def ensure_group(client: RedisClient, stream: str) -> None:
@@ -163,31 +164,27 @@ class StreamReads:
     polls: PipelinedCommands
     consumer: str
     count: int
-    _encoded: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    _encoded: dict[tuple[str, str, int], bytes] = field(default_factory=dict)
     _autoclaims: dict[str, bytes] = field(default_factory=dict)
 
-    def command(self, stream: str, start: str) -> bytes:
-        encoded = self._encoded.get((stream, start))
+    def command(self, stream: str, start: str, count: int) -> bytes:
+        encoded = self._encoded.get((stream, start, count))
         if encoded is None:
-            parts = (
-                "XREADGROUP",
-                "GROUP",
-                stream,
-                self.consumer,
-                "COUNT",
-                self.count,
-                "STREAMS",
-                stream,
-                start,
-            )
-            encoded = self._encoded[(stream, start)] = encode_command(parts)
+            parts = ("XREADGROUP", "GROUP", stream, self.consumer, "COUNT", count, "STREAMS", stream, start)
+            encoded = self._encoded[(stream, start, count)] = encode_command(parts)
         return encoded
+
+    def count_of(self, reads: int) -> int:
+        """Each stream's share of a round's batch (at least ``MIN_COUNT``): a round of many streams with backlogs
+        stays about one batch, so its reply arrives within the timeout and its transaction stays small."""
+        return max(MIN_COUNT, self.count // max(reads, 1))
 
     async def read(self, reads: list[tuple[str, str]]) -> tuple[dict[str, list[Entry]], list[str]]:
         """The entries of each read that found some, by stream, and the streams whose group is missing
         (``NOGROUP``). Another error reply is raised."""
+        count = self.count_of(len(reads))
         replies = await self.polls.call_many(
-            [(stream, self.command(stream, start)) for stream, start in reads]
+            [(stream, self.command(stream, start, count)) for stream, start in reads]
         )
         found: dict[str, list[Entry]] = {}
         missing: list[str] = []

@@ -216,3 +216,29 @@ async def test_the_running_worker_persists_a_late_grant_after_the_window_at_the_
         await asyncio.wait_for(loop, 10)
         await consumer.redis.close()
         await consumer.pool.close()
+
+
+async def test_a_round_over_many_streams_with_backlogs_reads_about_one_batch(consumer: Consumer) -> None:
+    """Each stream's share of the batch, at least MIN_COUNT: 40 streams of 50 entries each, a batch of 100, read
+    10 at a time per stream (400, not 2,000: a round's reply must arrive within the transport's timeout, and its
+    transaction stay a batch); a single stream with a backlog still gets the whole batch."""
+    streams = [f"{{a:backlog-{n}}}:events" for n in range(40)]
+    for stream in streams:
+        await polling.ensure_group(consumer.client, stream)
+        pipe = consumer.client.pipeline(transaction=False)
+        for n in range(50):
+            pipe.xadd(stream, {"n": str(n)})
+        await pipe.execute()
+    reader = polling.StreamReads(consumer.redis.polls, "reader-1", 100)
+
+    found, missing = await reader.read([(stream, polling.NEW) for stream in streams])
+
+    assert missing == []
+    assert {stream: len(entries) for stream, entries in found.items()} == {
+        s: polling.MIN_COUNT for s in streams
+    }
+    alone, _ = await reader.read([(streams[0], polling.NEW)])
+    assert len(alone[streams[0]]) == 40  # what the stream had left, under a batch of 100 for it alone
+    assert (
+        reader.count_of(1) == 100 and reader.count_of(3) == 33 and reader.count_of(1000) == polling.MIN_COUNT
+    )
