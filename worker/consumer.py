@@ -70,6 +70,9 @@ HELD_RELEASE_SECONDS = 1.0  # how often a lane applies held entries whose claim 
 
 
 DELIVERING = sink.DELIVERING
+DELIVER_AT_ONCE = (
+    32  # deliveries in flight at once (the runner's slots: 64 by default, shared with the sweeps)
+)
 
 
 def is_other_stream(stream: str) -> bool:
@@ -185,15 +188,18 @@ class Consumer:
         self.plan.suspect(taken)
 
     async def deliver_claims(self, entries: list[Entry]) -> None:
+        """Each claim's coupons into its wallet, ``DELIVER_AT_ONCE`` at a time: a round over many streams holds
+        thousands, more than the runner lets wait for a slot."""
         now = int(clock.now())
-        # The answer as the script wrote it: deliver records it byte for byte.
-        await asyncio.gather(
-            *(
-                self.claims.deliver(event.user_id, event.activity_id, e.fields["answer"], now=now)
-                for e in entries
-                if isinstance(event := e.event, DELIVERING)
+        claimed = [(e, event) for e in entries if isinstance(event := e.event, DELIVERING)]
+        for start in range(0, len(claimed), DELIVER_AT_ONCE):
+            # The answer as the script wrote it: deliver records it byte for byte.
+            await asyncio.gather(
+                *(
+                    self.claims.deliver(event.user_id, event.activity_id, e.fields["answer"], now=now)
+                    for e, event in claimed[start : start + DELIVER_AT_ONCE]
+                )
             )
-        )
 
     async def ack(self, entries: list[Entry]) -> None:
         by_stream: dict[str, list[str]] = {}
