@@ -49,7 +49,7 @@ from worker.events import Entry
 from worker.faults import crash_point, stalled
 from worker.housekeeping import Housekeeping
 from worker.operations import operations
-from worker.polling import Schedule, StreamReads, ensure_group
+from worker.polling import Schedule, StreamReads, ensure_group, ensure_group_unless_retired
 from worker.trim import trim_unsettled
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class Consumer:
             raise
         cleared = self.plan.read(reads, found, mono)
         for stream in missing:
-            await ensure_group(self.client, stream)
+            await ensure_group_unless_retired(self.client, stream)
         if cleared and not found:
             return await self.read()
         return [entry for entries in found.values() for entry in entries]

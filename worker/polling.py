@@ -27,6 +27,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from gateway.catalog.store import PolledStream
+from gateway.keys import ActivityKeys, is_activity_partition, partition_of_stream
 from gateway.scripts.runner import RedisClient
 from gateway.scripts.transport import PipelinedCommands, encode_command
 from worker.events import Entry
@@ -47,6 +48,17 @@ async def ensure_group(client: RedisClient, stream: str) -> None:
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+async def ensure_group_unless_retired(client: RedisClient, stream: str) -> bool:
+    """``ensure_group``, except for a retired activity's stream (its marker in Redis): the retire sweep deleted it,
+    and making it again would leave an empty stream and group behind for every activity retired while a lane still
+    had it in its list (until the next refresh drops it). False when it was left alone."""
+    partition = partition_of_stream(stream)
+    if is_activity_partition(partition) and await client.exists(ActivityKeys(partition).retired):
+        return False
+    await ensure_group(client, stream)
+    return True
 
 
 @dataclass

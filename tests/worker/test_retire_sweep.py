@@ -20,6 +20,7 @@ from tests.retire_support import (
     sweep,
 )
 from tests.worker.conftest import drain
+from worker import polling
 from worker.consumer import Consumer
 from worker.housekeeping import Housekeeping
 from worker.recovery.drain import drain_partition
@@ -126,3 +127,25 @@ async def test_the_housekeeping_lane_runs_the_sweep(consumer: Consumer) -> None:
     assert chores.retire.retired == 1
     assert await consumer.client.exists(ended.keys.retired) == 1
     assert await consumer.client.exists(Partition(ended.keys.tag).seq) == 0
+
+
+async def test_a_lane_that_still_reads_a_retired_stream_does_not_make_it_again(consumer: Consumer) -> None:
+    """The sweep deletes the stream; a lane whose list still names it (until its next refresh) gets NOGROUP and
+    leaves it gone, where a live activity's missing group is made as before."""
+    ended = await ended_activity(consumer)
+    await persist(consumer)
+    await consumer.refresh_streams()
+    assert ended.keys.events in consumer.streams
+    assert await sweep(consumer).sweep(int(time.time())) == 1
+    assert await consumer.client.exists(ended.keys.events) == 0
+
+    await consumer.read()  # the lane's list is as before the sweep: it reads the deleted stream
+
+    assert await consumer.client.exists(ended.keys.events) == 0
+    assert await partition_keys(consumer.client, ended.keys) == {
+        ended.keys.retired: "string",
+        ended.keys.idempotency("u3", "k3"): "string",
+    }
+    live = "{a:never-made}:events"
+    assert await polling.ensure_group_unless_retired(consumer.client, live)  # no marker: made as before
+    assert await consumer.client.exists(live) == 1
