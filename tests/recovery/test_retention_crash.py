@@ -73,7 +73,10 @@ async def test_a_crash_in_the_middle_of_the_retention_sweep_then_restore(consume
     assert await wallets(consumer) == before
     assert await consumer.pool.fetchval("SELECT count(*) FROM claims") == claims
     config = await consumer.client.hgetall(KEYS.activity(activity_id).config)
-    assert (config["taken"], config["stock_left"]) == (str(len(USERS)), "0")  # restored as sold, not sold again
+    assert (config["taken"], config["stock_left"]) == (
+        str(len(USERS)),
+        "0",
+    )  # restored as sold, not sold again
     assert await refusal(consumer, activity_id, "newcomer", "d-new") is Outcome.SOLD_OUT
 
     # The sweep, run again, finishes what the crash left: every coupon and order out of Redis, recorded once.
