@@ -58,6 +58,11 @@ def report(f: dict[str, Any]) -> str:
         for name, m in rows
     )
     differ = ", ".join(f"{k}: {len(v)}" for k, v in sample["differ"].items())
+    left = "\n".join(
+        f"| `{pattern}` | {n:,} | {size:,} |"
+        for pattern, (n, size) in sorted(end["patterns"].items(), key=lambda item: -item[1][1])
+    )
+    lut = "overhead.db.hashtable.lut"
     return f"""# The retention soak
 
 `claimgate soak` ({shape["claims"]:,} claims over {shape["activities"]:,} activities, {shape["users"]:,} users,
@@ -77,6 +82,15 @@ in {f["sweeps"]["seconds"]} s.
 Keys with a TTL (`EX`: keyed claims' idempotency records) follow Redis's clock, not the moved one: counted apart.
 Redis after the sweeps, without them, against the start: {f["verdict"]["growth"]:+.2%}
 ({"within" if f["verdict"]["met"] else "NOT within"} the 10% the issue asks).
+
+What Redis holds after the sweeps, by key pattern (MEMORY USAGE):
+
+| pattern | keys | bytes |
+|---|---|---|
+{left}
+
+The keyspace's per-slot tables (MEMORY STATS `{lut}`): {start["stats"].get(lut, 0):,} B at the start,
+{end["stats"].get(lut, 0):,} B after the sweeps (a slot that holds any key keeps its table).
 
 Sample read before and after the retention sweeps: {sample["users"]} users' expired wallets ({sample["coupons"]:,}
 coupons, every page), {sample["activities"]} activities' stats, {sample["histories"]} coupons' histories; answers
