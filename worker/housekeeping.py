@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
@@ -26,6 +28,7 @@ from worker.prune import prune_expired
 from worker.retire import RETIRE_SECONDS, RetireSweep
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 PRUNE_SECONDS = 60.0  # how often expired idempotency records are deleted from the ledger
 RETAIN_SECONDS = 60.0  # how often final coupons and finished orders past the retention leave Redis
 CODE_RETENTION_SECONDS = 60.0  # how often code batches whose window ended the retention ago leave Redis
@@ -85,19 +88,17 @@ class Housekeeping:
     async def sweep_locks(self) -> None:
         """Mark lapsed checkout locks expired; a fenced Redis waits for the next pass."""
         self._swept_at = time.monotonic()
-        try:
-            self.locks_expired += await self.locks.sweep(now=int(clock.now()))
-        except DomainError as exc:
-            log.warning("lock sweep postponed: %s", exc.message)
+        self.locks_expired += (
+            await _unless_postponed("lock sweep", self.locks.sweep(now=int(clock.now()))) or 0
+        )
 
     async def sweep_expired(self) -> None:
         """Record coupons past their validity (``expired``) and move final ones to the finished index; a fenced
         Redis waits for the next pass."""
         self._swept_at = time.monotonic()
-        try:
-            self.coupons_expired += await self.expiry.sweep(now=int(clock.now()))
-        except DomainError as exc:
-            log.warning("expiry sweep postponed: %s", exc.message)
+        self.coupons_expired += (
+            await _unless_postponed("expiry sweep", self.expiry.sweep(now=int(clock.now()))) or 0
+        )
 
     async def prune(self) -> None:
         """Delete the ledger's expired idempotency records (a bounded pass; the rest wait for the next)."""
@@ -108,10 +109,8 @@ class Housekeeping:
         """Final coupons and finished orders past the retention leave Redis; a fenced Redis waits."""
         self._retained_at = time.monotonic()
         assert self.wallets is not None
-        try:
-            removed = await self.wallets.sweep(now=int(clock.now()))
-        except DomainError as exc:
-            log.warning("wallet retention postponed: %s", exc.message)
+        removed = await _unless_postponed("wallet retention", self.wallets.sweep(now=int(clock.now())))
+        if removed is None:
             return
         self.coupons_archived += removed.coupons
         self.orders_archived += removed.orders
@@ -119,23 +118,29 @@ class Housekeeping:
     async def retire_activities(self) -> None:
         """Ended activities past their retention leave Redis (a bounded pass); a fenced Redis waits."""
         self._retired_at = time.monotonic()
-        try:
-            await self.retire.sweep(int(clock.now()))
-        except DomainError as exc:
-            log.warning("retire sweep postponed: %s", exc.message)
+        await _unless_postponed("retire sweep", self.retire.sweep(int(clock.now())))
 
     async def retire_codes(self) -> None:
         """Code batches whose window ended the retention ago leave Redis, codes and records; a fenced Redis or an
         absent Postgres waits for the next pass, which finishes what this one left."""
         self._codes_retained_at = time.monotonic()
         assert self.codes is not None
-        try:
-            retired = await self.codes.sweep(now=int(clock.now()))
-        except DomainError as exc:
-            log.warning("code retention postponed: %s", exc.message)
-            return
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("code retention postponed: %r", exc)
+        retired = await _unless_postponed("code retention", self.codes.sweep(now=int(clock.now())))
+        if retired is None:
             return
         self.batches_retired += retired.batches
         self.codes_retired += retired.codes
+
+
+# What postpones a chore's pass to its next turn (logged) instead of failing the lane: a fenced Redis (or one
+# refusing), and a store away (Redis or Postgres unreachable, busy, shutting down).
+POSTPONING = (DomainError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def _unless_postponed(what: str, chore: Awaitable[T]) -> T | None:
+    """The pass's result, or None when it was postponed."""
+    try:
+        return await chore
+    except POSTPONING as exc:
+        log.warning("%s postponed: %s", what, exc.message if isinstance(exc, DomainError) else repr(exc))
+        return None

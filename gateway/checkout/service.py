@@ -8,6 +8,7 @@ and the order atomically; the read only picks the terms.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -16,7 +17,7 @@ from gateway.checkout.quote import Line, split, worth
 from gateway.checkout.terms import TermsCache
 from gateway.events import Share
 from gateway.ids import new_id
-from gateway.keys import KeySpace
+from gateway.keys import KeySpace, WalletKeys
 from gateway.outcomes import DomainError, Outcome
 from gateway.scripts.calls import checkout as calls
 from gateway.scripts.runner import RedisClient, ScriptRunner
@@ -148,6 +149,22 @@ class CheckoutService:
         return order_view(order_id, order, coupon, now=now)
 
 
+async def every_bucket(
+    keyspace: KeySpace, batch: int, one_pass: Callable[[WalletKeys], Awaitable[list[Any]]]
+) -> int:
+    """A sweep script's passes over every wallet bucket, each bucket until a pass saw fewer than ``batch`` due
+    (the scripts reply ``ok changed seen``); what the passes changed in all."""
+    changed = 0
+    for bucket in range(keyspace.wallet_buckets):
+        wallet = keyspace.wallet_of_bucket(bucket)
+        while True:
+            reply = await one_pass(wallet)
+            changed += int(reply[1])
+            if int(reply[2]) < batch:
+                break
+    return changed
+
+
 class LockSweeper:
     """Marks lapsed locks in every wallet bucket (``sweep_locks``), so the ledger records ``lock_expired``."""
 
@@ -157,18 +174,13 @@ class LockSweeper:
         self.batch = batch
 
     async def sweep(self, *, now: int) -> int:
-        expired = 0
-        for bucket in range(self.keyspace.wallet_buckets):
-            wallet = self.keyspace.wallet_of_bucket(bucket)
-            while True:
-                keys = calls.CheckoutKeys.of(wallet)
-                reply = await calls.sweep_locks(
-                    self.runner, keys, now=now, event_id=new_id(), limit=self.batch
-                )
-                expired += int(reply[1])
-                if int(reply[2]) < self.batch:
-                    break
-        return expired
+        return await every_bucket(
+            self.keyspace,
+            self.batch,
+            lambda wallet: calls.sweep_locks(
+                self.runner, calls.CheckoutKeys.of(wallet), now=now, event_id=new_id(), limit=self.batch
+            ),
+        )
 
 
 class ExpirySweeper:
@@ -182,15 +194,13 @@ class ExpirySweeper:
         self.batch = batch
 
     async def sweep(self, *, now: int) -> int:
-        expired = 0
-        for bucket in range(self.keyspace.wallet_buckets):
-            keys = calls.ExpiryKeys.of(self.keyspace.wallet_of_bucket(bucket))
-            while True:
-                reply = await calls.sweep_expired(self.runner, keys, now=now, limit=self.batch)
-                expired += int(reply[1])
-                if int(reply[2]) < self.batch:
-                    break
-        return expired
+        return await every_bucket(
+            self.keyspace,
+            self.batch,
+            lambda wallet: calls.sweep_expired(
+                self.runner, calls.ExpiryKeys.of(wallet), now=now, limit=self.batch
+            ),
+        )
 
 
 class CheckoutFigures(msgspec.Struct):
